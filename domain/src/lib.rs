@@ -1,0 +1,23 @@
+//! rtmanager's domain vocabulary, free of I/O so that the deterministic workflow crate, the
+//! activity adapters and every edge (HTTP, stream, CLI, workflow input) share one definition.
+//!
+//! Everything that crosses an edge is parsed once into a type that cannot hold an invalid value
+//! ([`GameId`], the enums in [`vocabulary`]) — the rest of the code never re-validates.
+
+pub mod game_id;
+pub mod output;
+pub mod record;
+pub mod request;
+pub mod vocabulary;
+
+pub use game_id::{GameId, GameIdError};
+pub use output::OperationOutput;
+pub use record::RuntimeRecord;
+pub use request::{InvalidRequest, LeaseToken, SourceRef, StopRequest};
+pub use vocabulary::{ErrorCode, OpKind, OpSource, Outcome, RuntimeStatus, StopReason};
+
+/// Truncates `value` to at most `max` characters (on a char boundary). Used where raw, possibly
+/// hostile input is echoed into logs or audit rows.
+pub fn truncate_chars(value: &str, max: usize) -> String {
+    value.chars().take(max).collect()
+}

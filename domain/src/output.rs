@@ -1,0 +1,52 @@
+//! The output every lifecycle workflow completes with. Business failures are values of this type,
+//! never workflow failures.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Outcome, RuntimeRecord};
+
+/// `{"outcome", "error_code", "error_message", "record"}`: `record` is present on success and
+/// replay, null on failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationOutput {
+    pub outcome: Outcome,
+    pub error_code: Option<ErrorCode>,
+    pub error_message: Option<String>,
+    pub record: Option<RuntimeRecord>,
+}
+
+impl OperationOutput {
+    /// A fresh success.
+    pub fn success(record: RuntimeRecord) -> Self {
+        Self {
+            outcome: Outcome::Success,
+            error_code: None,
+            error_message: None,
+            record: Some(record),
+        }
+    }
+
+    /// An idempotent replay: the desired state already held.
+    pub fn replay_no_op(record: RuntimeRecord) -> Self {
+        Self {
+            outcome: Outcome::Success,
+            error_code: Some(ErrorCode::ReplayNoOp),
+            error_message: None,
+            record: Some(record),
+        }
+    }
+
+    /// A business failure with its stable code.
+    pub fn failure(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Failure,
+            error_code: Some(code),
+            error_message: Some(message.into()),
+            record: None,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.outcome == Outcome::Success
+    }
+}

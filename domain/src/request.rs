@@ -1,0 +1,325 @@
+//! Workflow requests, parsed from raw JSON bytes.
+//!
+//! Workflows take their input as raw payloads and parse it here, instead of letting the SDK
+//! deserialize a typed struct: input the SDK cannot deserialize leaves a workflow stuck in
+//! workflow-task failures, while a parse error here completes it with `invalid_request`.
+//! [`InvalidRequest`] keeps a lenient echo of the fields that could be read so the audit row
+//! still names the game and the source.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{truncate_chars, GameId, OpSource, StopReason};
+
+/// Longest `source_ref` accepted (stream entry ids, request ids, user ids are far shorter).
+pub const SOURCE_REF_MAX_LEN: usize = 256;
+/// Longest lease token accepted.
+pub const LEASE_TOKEN_MAX_LEN: usize = 256;
+/// Largest workflow input accepted, in bytes.
+pub const REQUEST_MAX_BYTES: usize = 16 * 1024;
+
+/// An opaque per-source correlation reference (stream entry id, HTTP request id, admin id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SourceRef(String);
+
+impl SourceRef {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.chars().count() > SOURCE_REF_MAX_LEN {
+            return Err(format!("source_ref must be 1-{SOURCE_REF_MAX_LEN} characters"));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err("source_ref must not contain control characters".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The token of a held per-game lease. Only the holder knows it; it is passed from a parent
+/// workflow to its children so they run under the parent's lease.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty()
+            || raw.len() > LEASE_TOKEN_MAX_LEN
+            || !raw.chars().all(|c| c.is_ascii_graphic())
+        {
+            return Err(format!(
+                "lease_token must be 1-{LEASE_TOKEN_MAX_LEN} printable ASCII characters"
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for LeaseToken {
+    /// Tokens are capabilities: logs show only a prefix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeaseToken({}…)", truncate_chars(&self.0, 6))
+    }
+}
+
+/// What could be read from a request that failed to parse, for the audit row and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEcho {
+    /// The raw game id (truncated), empty when absent or not a string.
+    pub game_id: String,
+    /// The raw op_source (truncated), empty when absent or not a string.
+    pub op_source: String,
+    /// The raw source_ref (truncated), if it was a string.
+    pub source_ref: Option<String>,
+    /// The raw reason (truncated), if it was a string.
+    pub reason: Option<String>,
+}
+
+/// A request that does not parse: the `invalid_request` message plus what could be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidRequest {
+    pub message: String,
+    pub echo: RequestEcho,
+}
+
+/// A parsed `StopRuntime` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopRequest {
+    pub game_id: GameId,
+    pub reason: StopReason,
+    pub op_source: OpSource,
+    pub source_ref: Option<SourceRef>,
+    /// Set only by a parent workflow that already holds the game's lease (the seed's `Run`).
+    pub lease_token: Option<LeaseToken>,
+}
+
+impl StopRequest {
+    /// Parses `{"game_id", "reason", "op_source", "source_ref"?, "lease_token"?}`; unknown
+    /// fields are rejected so a misspelt optional field is not silently dropped.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+        let mut fields = Fields::parse(bytes)?;
+        let game_id = fields.game_id();
+        let reason = fields.required_enum::<StopReason>("reason");
+        let op_source = fields.required_enum::<OpSource>("op_source");
+        let source_ref = fields.optional_with("source_ref", SourceRef::parse);
+        let lease_token = fields.optional_with("lease_token", LeaseToken::parse);
+        fields.finish(&["game_id", "reason", "op_source", "source_ref", "lease_token"])?;
+        Ok(Self {
+            game_id: game_id.expect("checked by finish"),
+            reason: reason.expect("checked by finish"),
+            op_source: op_source.expect("checked by finish"),
+            source_ref: source_ref.expect("checked by finish"),
+            lease_token: lease_token.expect("checked by finish"),
+        })
+    }
+
+    /// The JSON a client sends to start the workflow.
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("game_id".into(), self.game_id.as_str().into());
+        map.insert("reason".into(), self.reason.as_str().into());
+        map.insert("op_source".into(), self.op_source.as_str().into());
+        if let Some(source_ref) = &self.source_ref {
+            map.insert("source_ref".into(), source_ref.as_str().into());
+        }
+        if let Some(token) = &self.lease_token {
+            map.insert("lease_token".into(), token.as_str().into());
+        }
+        Value::Object(map)
+    }
+}
+
+/// A JSON object being read field by field; collects the first error per field so the message
+/// names every problem at once.
+struct Fields {
+    map: Map<String, Value>,
+    errors: Vec<String>,
+    echo: RequestEcho,
+}
+
+impl Fields {
+    fn parse(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+        let invalid = |message: String| InvalidRequest {
+            message,
+            echo: RequestEcho::default(),
+        };
+        if bytes.len() > REQUEST_MAX_BYTES {
+            return Err(invalid(format!(
+                "request is {} bytes, more than the {REQUEST_MAX_BYTES} accepted",
+                bytes.len()
+            )));
+        }
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|err| invalid(format!("request is not valid JSON: {err}")))?;
+        let Value::Object(map) = value else {
+            return Err(invalid("request must be a JSON object".into()));
+        };
+        let raw = |name: &str| {
+            map.get(name)
+                .and_then(Value::as_str)
+                .map(|s| truncate_chars(s, 160))
+        };
+        let echo = RequestEcho {
+            game_id: raw("game_id").unwrap_or_default(),
+            op_source: raw("op_source").unwrap_or_default(),
+            source_ref: raw("source_ref"),
+            reason: raw("reason"),
+        };
+        Ok(Self {
+            map,
+            errors: Vec::new(),
+            echo,
+        })
+    }
+
+    fn required_str(&mut self, name: &str) -> Option<String> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => {
+                self.errors.push(format!("{name} is required"));
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.errors.push(format!("{name} must be a string"));
+                None
+            }
+        }
+    }
+
+    fn game_id(&mut self) -> Option<GameId> {
+        let raw = self.required_str("game_id")?;
+        GameId::parse(&raw)
+            .map_err(|err| self.errors.push(err.to_string()))
+            .ok()
+    }
+
+    fn required_enum<T>(&mut self, name: &str) -> Option<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.required_str(name)?;
+        raw.parse::<T>()
+            .map_err(|err| self.errors.push(err.to_string()))
+            .ok()
+    }
+
+    /// `Some(None)` when absent or null, `Some(Some(v))` when valid, `None` after an error.
+    fn optional_with<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => match parse(s) {
+                Ok(v) => Some(Some(v)),
+                Err(err) => {
+                    self.errors.push(err);
+                    None
+                }
+            },
+            Some(_) => {
+                self.errors.push(format!("{name} must be a string"));
+                None
+            }
+        }
+    }
+
+    fn finish(self, known: &[&str]) -> Result<(), InvalidRequest> {
+        let known: BTreeSet<&str> = known.iter().copied().collect();
+        let mut errors = self.errors;
+        let unknown: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .map(|k| format!("{:?}", truncate_chars(k, 40)))
+            .collect();
+        if !unknown.is_empty() {
+            errors.push(format!("unknown field(s): {}", unknown.join(", ")));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidRequest {
+                message: errors.join("; "),
+                echo: self.echo,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<StopRequest, InvalidRequest> {
+        StopRequest::from_json(json.as_bytes())
+    }
+
+    #[test]
+    fn parses_a_full_request_and_round_trips() {
+        let req = parse(
+            r#"{"game_id":"g-1","reason":"admin","op_source":"rest","source_ref":"r1","lease_token":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(req.game_id.as_str(), "g-1");
+        assert_eq!(req.reason, StopReason::Admin);
+        assert_eq!(req.op_source, OpSource::Rest);
+        assert_eq!(req.source_ref.as_ref().unwrap().as_str(), "r1");
+        let again = StopRequest::from_json(req.to_json().to_string().as_bytes()).unwrap();
+        assert_eq!(again, req);
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_or_null() {
+        let req = parse(r#"{"game_id":"g","reason":"finished","op_source":"stream","source_ref":null}"#)
+            .unwrap();
+        assert!(req.source_ref.is_none() && req.lease_token.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_named_and_the_echo_kept() {
+        let err = parse(r#"{"game_id":"bad id","reason":"reboot","op_source":7,"extra":1}"#)
+            .unwrap_err();
+        for needle in ["game_id", "reason", "op_source must be a string", "unknown field"] {
+            assert!(err.message.contains(needle), "{needle} missing in {}", err.message);
+        }
+        assert_eq!(err.echo.game_id, "bad id");
+        assert_eq!(err.echo.reason.as_deref(), Some("reboot"));
+    }
+
+    #[test]
+    fn non_objects_and_garbage_are_invalid() {
+        for bad in ["", "null", "[]", "\"x\"", "{", "{\"game_id\":}"] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let big = format!(r#"{{"game_id":"{}"}}"#, "a".repeat(REQUEST_MAX_BYTES));
+        assert!(parse(&big).unwrap_err().message.contains("bytes"));
+    }
+
+    #[test]
+    fn missing_fields_are_required() {
+        let err = parse("{}").unwrap_err();
+        assert!(err.message.contains("game_id is required"));
+        assert!(err.message.contains("reason is required"));
+        assert!(err.message.contains("op_source is required"));
+    }
+
+    #[test]
+    fn lease_token_debug_hides_the_secret() {
+        let token = LeaseToken::parse("abcdefghijklmnop").unwrap();
+        assert!(!format!("{token:?}").contains("ghijkl"));
+    }
+}
