@@ -1,1 +1,18 @@
+//! rtmanager's Temporal workflows: deterministic orchestration only.
+//!
+//! This crate holds no adapters (no tokio I/O, bollard, redis or diesel): each side effect is an
+//! activity whose contract — name, input and output — lives in [`contract`] and whose
+//! implementation lives in `rtmanager-activities`. Workflows parse their own raw input
+//! ([`support::request_bytes`]) so bad input completes with `invalid_request` instead of
+//! looping on workflow-task failures.
+//!
+//! Callers: the worker (`rtmanager worker`) registers the workflows; clients start them by the
+//! names pinned in `#[run(name = ...)]`.
 
+pub mod contract;
+pub mod settings;
+pub mod stop;
+pub mod support;
+
+pub use settings::StepSettings;
+pub use stop::StopRuntimeWorkflow;

@@ -1,0 +1,43 @@
+//! Diesel table definitions, matching `migrations/`.
+
+diesel::table! {
+    runtime_records (game_id) {
+        game_id -> Text,
+        status -> Text,
+        current_container_id -> Nullable<Text>,
+        current_image_ref -> Nullable<Text>,
+        started_at -> Nullable<Timestamptz>,
+        stopped_at -> Nullable<Timestamptz>,
+        removed_at -> Nullable<Timestamptz>,
+        last_op_at -> Timestamptz,
+        last_op_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    operation_log (id) {
+        id -> Int8,
+        operation_id -> Text,
+        game_id -> Text,
+        op_kind -> Text,
+        op_source -> Text,
+        source_ref -> Nullable<Text>,
+        image_ref -> Nullable<Text>,
+        container_id -> Nullable<Text>,
+        outcome -> Text,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    health_snapshots (game_id) {
+        game_id -> Text,
+        container_id -> Nullable<Text>,
+        event_type -> Text,
+        occurred_at -> Timestamptz,
+        details -> Jsonb,
+    }
+}

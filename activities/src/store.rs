@@ -1,0 +1,279 @@
+//! PostgreSQL through diesel-async: the runtime records, the operation log and the health
+//! snapshots. Every statement is built by diesel's query builder with bound parameters.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use diesel::{prelude::*, PgConnection};
+use diesel_async::{
+    pooled_connection::{deadpool::Pool, AsyncDieselConnectionManager},
+    AsyncPgConnection, RunQueryDsl,
+};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use rtmanager_domain::{GameId, RuntimeRecord, RuntimeStatus};
+use rtmanager_workflows::contract::{HealthEvent, OperationEntry, UpdateStatusOutcome};
+
+use crate::schema::{operation_log, runtime_records};
+
+/// The migrations in the repository's `migrations/`, compiled in.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// Serialises concurrent migration runs (several workers or test binaries starting at once).
+const MIGRATION_LOCK_KEY: i64 = 0x7274_6d61_6e61_6765; // "rtmanage"
+
+/// A store error. [`StoreError::Corrupt`] is definitive; the rest are worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Pool(String),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// A pool of PostgreSQL connections shared by every activity.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<AsyncPgConnection>,
+}
+
+impl Store {
+    /// Builds the pool. Connections are opened lazily, so a worker starts while PostgreSQL is
+    /// down and its steps retry until it is back.
+    pub fn new(database_url: &str, max_connections: usize) -> anyhow::Result<Self> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .wait_timeout(Some(std::time::Duration::from_secs(5)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()?;
+        Ok(Self { pool })
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, StoreError>
+    {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| StoreError::Pool(err.to_string()))
+    }
+
+    /// Cheap liveness probe for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Reads one game's record.
+    pub async fn load(&self, game_id: &GameId) -> Result<Option<RuntimeRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = runtime_records::table
+            .find(game_id.as_str())
+            .select(RecordRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        row.map(RecordRow::into_record).transpose()
+    }
+
+    /// Compare-and-swap of the status, guarded by the expected status and container id.
+    /// Idempotent per `operation_id`: a retry whose earlier attempt committed gets `Updated`.
+    pub async fn update_status(
+        &self,
+        game_id: &GameId,
+        operation_id: &str,
+        expected_from: RuntimeStatus,
+        expected_container_id: Option<&str>,
+        to: RuntimeStatus,
+    ) -> Result<UpdateStatusOutcome, StoreError> {
+        use runtime_records::dsl as r;
+        let now = Utc::now().trunc_subsecs(6);
+        let mut conn = self.conn().await?;
+        let target = r::runtime_records
+            .filter(r::game_id.eq(game_id.as_str()))
+            .filter(r::status.eq(expected_from.as_str()))
+            .filter(r::current_container_id.is_not_distinct_from(expected_container_id));
+        let updated = match to {
+            RuntimeStatus::Stopped => {
+                diesel::update(target)
+                    .set((
+                        r::status.eq(to.as_str()),
+                        r::stopped_at.eq(now),
+                        r::last_op_at.eq(now),
+                        r::last_op_id.eq(operation_id),
+                    ))
+                    .returning(RecordRow::as_returning())
+                    .get_result(&mut conn)
+                    .await
+            }
+            RuntimeStatus::Removed => {
+                diesel::update(target)
+                    .set((
+                        r::status.eq(to.as_str()),
+                        r::current_container_id.eq(None::<String>),
+                        r::removed_at.eq(now),
+                        r::last_op_at.eq(now),
+                        r::last_op_id.eq(operation_id),
+                    ))
+                    .returning(RecordRow::as_returning())
+                    .get_result(&mut conn)
+                    .await
+            }
+            RuntimeStatus::Running => {
+                return Err(StoreError::Corrupt(
+                    "update_status cannot move a record to running".into(),
+                ))
+            }
+        }
+        .optional()?;
+        if let Some(row) = updated {
+            return Ok(UpdateStatusOutcome::Updated {
+                record: row.into_record()?,
+            });
+        }
+        let current = runtime_records::table
+            .find(game_id.as_str())
+            .select(RecordRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        Ok(match current {
+            None => UpdateStatusOutcome::NotFound,
+            Some(row) if row.last_op_id.as_deref() == Some(operation_id) && row.status == to.as_str() => {
+                UpdateStatusOutcome::Updated {
+                    record: row.into_record()?,
+                }
+            }
+            Some(row) => UpdateStatusOutcome::Conflict {
+                current: row.into_record()?,
+            },
+        })
+    }
+
+    /// Inserts the operation's audit row unless it is already there; returns whether it wrote.
+    pub async fn append_operation(&self, entry: &OperationEntry) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = NewOperation {
+            operation_id: &entry.operation_id,
+            game_id: &entry.game_id,
+            op_kind: entry.op_kind.as_str(),
+            op_source: &entry.op_source,
+            source_ref: entry.source_ref.as_deref(),
+            image_ref: entry.image_ref.as_deref(),
+            container_id: entry.container_id.as_deref(),
+            outcome: entry.outcome.as_str(),
+            error_code: entry.error_code.map(|c| c.as_str()),
+            error_message: entry.error_message.as_deref(),
+            started_at: entry.started_at,
+            finished_at: Some(Utc::now().trunc_subsecs(6)),
+        };
+        let written = diesel::insert_into(operation_log::table)
+            .values(&row)
+            .on_conflict(operation_log::operation_id)
+            .do_nothing()
+            .execute(&mut conn)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// Keeps the latest health event of the game (an older event never overwrites a newer one).
+    pub async fn upsert_health_snapshot(&self, event: &HealthEvent) -> Result<(), StoreError> {
+        use diesel::sql_types::{Jsonb, Nullable, Text, Timestamptz};
+        let mut conn = self.conn().await?;
+        // diesel's upsert builder has no WHERE on DO UPDATE; this is the same statement with
+        // bound parameters.
+        diesel::sql_query(
+            "INSERT INTO health_snapshots (game_id, container_id, event_type, occurred_at, details) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (game_id) DO UPDATE SET container_id = EXCLUDED.container_id, \
+               event_type = EXCLUDED.event_type, occurred_at = EXCLUDED.occurred_at, \
+               details = EXCLUDED.details \
+             WHERE health_snapshots.occurred_at <= EXCLUDED.occurred_at",
+        )
+        .bind::<Text, _>(event.game_id.as_str())
+        .bind::<Nullable<Text>, _>(event.container_id.as_deref())
+        .bind::<Text, _>(&event.event_type)
+        .bind::<Timestamptz, _>(event.occurred_at)
+        .bind::<Jsonb, _>(&event.details)
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Runs the pending migrations, holding an advisory lock so concurrent starters do not race.
+pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        let mut conn = PgConnection::establish(&url)?;
+        let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})");
+        diesel::RunQueryDsl::execute(diesel::sql_query(lock), &mut conn)?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+            .map_err(|err| anyhow::anyhow!("run migrations: {err}"));
+        let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})");
+        diesel::RunQueryDsl::execute(diesel::sql_query(unlock), &mut conn)?;
+        applied
+    })
+    .await?
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = runtime_records, check_for_backend(diesel::pg::Pg))]
+struct RecordRow {
+    game_id: String,
+    status: String,
+    current_container_id: Option<String>,
+    current_image_ref: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    stopped_at: Option<DateTime<Utc>>,
+    removed_at: Option<DateTime<Utc>>,
+    last_op_at: DateTime<Utc>,
+    last_op_id: Option<String>,
+}
+
+impl RecordRow {
+    fn into_record(self) -> Result<RuntimeRecord, StoreError> {
+        let game_id = GameId::parse(&self.game_id).map_err(|err| {
+            StoreError::Corrupt(format!("runtime record has invalid game id: {err}"))
+        })?;
+        let status = self.status.parse::<RuntimeStatus>().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "runtime record has unsupported status {:?}",
+                self.status
+            ))
+        })?;
+        Ok(RuntimeRecord {
+            game_id,
+            status,
+            current_container_id: self.current_container_id,
+            current_image_ref: self.current_image_ref,
+            started_at: self.started_at,
+            stopped_at: self.stopped_at,
+            removed_at: self.removed_at,
+            last_op_at: self.last_op_at,
+        })
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = operation_log)]
+struct NewOperation<'a> {
+    operation_id: &'a str,
+    game_id: &'a str,
+    op_kind: &'a str,
+    op_source: &'a str,
+    source_ref: Option<&'a str>,
+    image_ref: Option<&'a str>,
+    container_id: Option<&'a str>,
+    outcome: &'a str,
+    error_code: Option<&'a str>,
+    error_message: Option<&'a str>,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,113 @@
+//! The worker's metrics: stop outcomes, lease-acquire latency, health events. Recorded by the
+//! activities (never by workflow code, which replays) into a registry the composition root
+//! exposes.
+
+use std::time::Duration;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Metric handles plus the registry that owns them.
+#[derive(Clone)]
+pub struct Telemetry {
+    registry: Registry,
+    stop_outcomes: IntCounterVec,
+    lease_acquire_seconds: HistogramVec,
+    health_events: IntCounterVec,
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let stop_outcomes = IntCounterVec::new(
+            Opts::new(
+                "rtmanager_stop_outcomes_total",
+                "Stop operations by outcome, reason and op_source",
+            ),
+            &["outcome", "reason", "op_source"],
+        )
+        .expect("static metric definition");
+        let lease_acquire_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "rtmanager_lease_acquire_seconds",
+                "Latency of one game-lease acquire attempt",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let health_events = IntCounterVec::new(
+            Opts::new(
+                "rtmanager_health_events_total",
+                "Health events published, by event type",
+            ),
+            &["event_type"],
+        )
+        .expect("static metric definition");
+        for collector in [
+            Box::new(stop_outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lease_acquire_seconds.clone()),
+            Box::new(health_events.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Self {
+            registry,
+            stop_outcomes,
+            lease_acquire_seconds,
+            health_events,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn record_stop_outcome(&self, outcome: &str, reason: &str, op_source: &str) {
+        self.stop_outcomes
+            .with_label_values(&[outcome, reason, op_source])
+            .inc();
+    }
+
+    pub fn stop_outcome_count(&self, outcome: &str, reason: &str, op_source: &str) -> u64 {
+        self.stop_outcomes
+            .with_label_values(&[outcome, reason, op_source])
+            .get()
+    }
+
+    pub fn record_lease_acquire(&self, result: &str, elapsed: Duration) {
+        self.lease_acquire_seconds
+            .with_label_values(&[result])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn lease_acquire_count(&self, result: &str) -> u64 {
+        self.lease_acquire_seconds
+            .with_label_values(&[result])
+            .get_sample_count()
+    }
+
+    pub fn record_health_event(&self, event_type: &str) {
+        self.health_events.with_label_values(&[event_type]).inc();
+    }
+
+    pub fn health_event_count(&self, event_type: &str) -> u64 {
+        self.health_events.with_label_values(&[event_type]).get()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .expect("text encoding into a String cannot fail");
+        out
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}

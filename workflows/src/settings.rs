@@ -1,0 +1,46 @@
+//! Timeouts and retry shapes the workflows give their activities.
+
+use std::time::Duration;
+
+/// Per-worker step settings, captured by the workflow factory at registration.
+///
+/// They shape activity *options* only (timeouts, retries, local versus normal activity), never
+/// the sequence of commands. Changing `local_fast_steps` between a workflow's start and its
+/// replay on another worker would change its history shape: change it only with a drained
+/// task queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSettings {
+    /// Docker's graceful stop timeout (SIGTERM to SIGKILL). The stop activity's own timeout is
+    /// derived from it plus `docker_queue_allowance`.
+    pub graceful_stop_timeout: Duration,
+    /// Extra time a Docker call may wait in dockerd's queue during a mass stop (dockerd tears
+    /// containers down one at a time, ~15/s).
+    pub docker_queue_allowance: Duration,
+    /// Run the sub-millisecond steps (lease, record load, CAS, audit log, health publish) as
+    /// local activities: one workflow task instead of a server round trip per step. Every such
+    /// step is idempotent, which local activities require (they re-run whole after a crash).
+    pub local_fast_steps: bool,
+    /// Attempts of each fast step before its failure code is returned.
+    pub fast_step_attempts: u32,
+    /// Attempts of a Docker call before `service_unavailable` is returned.
+    pub docker_attempts: u32,
+}
+
+impl Default for StepSettings {
+    fn default() -> Self {
+        Self {
+            graceful_stop_timeout: Duration::from_secs(10),
+            docker_queue_allowance: Duration::from_secs(60),
+            local_fast_steps: true,
+            fast_step_attempts: 5,
+            docker_attempts: 4,
+        }
+    }
+}
+
+impl StepSettings {
+    /// The start-to-close timeout of one Docker stop attempt.
+    pub fn docker_stop_timeout(&self) -> Duration {
+        self.graceful_stop_timeout + self.docker_queue_allowance
+    }
+}

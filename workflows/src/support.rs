@@ -1,0 +1,192 @@
+//! Small deterministic helpers shared by the lifecycle workflows: raw input, workflow time,
+//! activity options, and decoding activity failures into error codes.
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use futures::future::Either;
+use temporalio_workflow::{
+    common::{
+        data_converters::RawValue,
+        protos::{
+            temporal::api::failure::v1::{failure::FailureInfo, Failure},
+            ENCODING_PAYLOAD_KEY, JSON_ENCODING_VAL,
+        },
+        ActivityDefinition, RetryPolicy,
+    },
+    ActivityExecutionError, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken,
+    WorkflowContext,
+};
+
+use rtmanager_domain::ErrorCode;
+
+use crate::StepSettings;
+
+/// The JSON bytes of a workflow's single `json/plain` input payload.
+pub fn request_bytes(input: &RawValue) -> Result<&[u8], String> {
+    match input.payloads.as_slice() {
+        [payload] => {
+            let encoding = payload.metadata.get(ENCODING_PAYLOAD_KEY);
+            if encoding.map(Vec::as_slice) == Some(JSON_ENCODING_VAL.as_bytes()) {
+                Ok(&payload.data)
+            } else {
+                Err("request must be one json/plain payload (a JSON object)".into())
+            }
+        }
+        [] => Err("request is missing: pass one JSON object as input".into()),
+        _ => Err("request must be exactly one JSON object, not several arguments".into()),
+    }
+}
+
+/// Deterministic "now": the workflow task's timestamp, truncated to PostgreSQL's microseconds.
+pub fn workflow_now<W>(ctx: &WorkflowContext<W>) -> DateTime<Utc> {
+    let now: DateTime<Utc> = ctx.workflow_time().unwrap_or(SystemTime::UNIX_EPOCH).into();
+    now.trunc_subsecs(6)
+}
+
+/// `workflow_id/run_id`: the idempotency key of everything the operation writes once.
+pub fn operation_id<W>(ctx: &WorkflowContext<W>) -> String {
+    format!("{}/{}", ctx.workflow_id(), ctx.run_id())
+}
+
+/// Which cancellation a step obeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// The step is cancelled with the workflow (the main steps).
+    WithWorkflow,
+    /// The step runs even after the workflow was cancelled (audit, health, lease release): the
+    /// seed's "release on a fresh context".
+    Detached,
+}
+
+fn retry(attempts: u32, initial: Duration, max: Duration) -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_interval(initial)
+        .backoff_coefficient(2.0)
+        .maximum_interval(max)
+        .maximum_attempts(attempts.max(1))
+        .build()
+}
+
+/// Runs a sub-millisecond step (Redis or PostgreSQL) as a local or a normal activity, with a
+/// short timeout and bounded retries.
+pub async fn fast_step<W, AD>(
+    ctx: &WorkflowContext<W>,
+    settings: &StepSettings,
+    activity: AD,
+    input: AD::Input,
+    attempts: u32,
+    cancel: Cancel,
+) -> Result<AD::Output, ActivityExecutionError>
+where
+    AD: ActivityDefinition,
+    AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
+{
+    let attempt_timeout = Duration::from_secs(5);
+    let policy = retry(attempts, Duration::from_millis(100), Duration::from_secs(2));
+    let token = match cancel {
+        Cancel::WithWorkflow => None,
+        Cancel::Detached => Some(WorkflowCancellationToken::new()),
+    };
+    let future = if settings.local_fast_steps {
+        let opts = LocalActivityOptions::builder()
+            .start_to_close_timeout(attempt_timeout)
+            .schedule_to_close_timeout(attempt_timeout * (attempts.max(1) + 1))
+            .retry_policy(policy)
+            .maybe_cancellation_token(token)
+            .build();
+        Either::Left(ctx.execute_local_activity(activity, input, opts))
+    } else {
+        let opts = ActivityOptions::with_start_to_close_timeout(attempt_timeout)
+            .retry_policy(policy)
+            .maybe_cancellation_token(token)
+            .build();
+        Either::Right(ctx.execute_activity(activity, input, opts))
+    };
+    future.await
+}
+
+/// Runs a Docker step: a normal activity that heartbeats, so a crashed worker is noticed within
+/// the heartbeat timeout and a cancellation reaches the call.
+pub async fn docker_step<W, AD>(
+    ctx: &WorkflowContext<W>,
+    settings: &StepSettings,
+    activity: AD,
+    input: AD::Input,
+) -> Result<AD::Output, ActivityExecutionError>
+where
+    AD: ActivityDefinition,
+    AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
+{
+    let opts = ActivityOptions::with_start_to_close_timeout(settings.docker_stop_timeout())
+        .heartbeat_timeout(Duration::from_secs(10))
+        .retry_policy(retry(
+            settings.docker_attempts,
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+        ))
+        .build();
+    ctx.execute_activity(activity, input, opts).await
+}
+
+/// What a failed step means to the workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    /// The code an activity attached to a definitive failure, if any.
+    pub code: Option<ErrorCode>,
+    /// The innermost failure message (the activity's own words).
+    pub message: String,
+    /// The step ended because the workflow was cancelled.
+    pub cancelled: bool,
+}
+
+impl StepFailure {
+    /// The code to report: the activity's own, else `fallback` (the step's retries-exhausted
+    /// code), with cancellation reported as `service_unavailable` like the seed's cancelled
+    /// context.
+    pub fn code_or(&self, fallback: ErrorCode) -> ErrorCode {
+        if self.cancelled {
+            ErrorCode::ServiceUnavailable
+        } else {
+            self.code.unwrap_or(fallback)
+        }
+    }
+}
+
+impl From<ActivityExecutionError> for StepFailure {
+    fn from(err: ActivityExecutionError) -> Self {
+        let cancelled = matches!(err, ActivityExecutionError::Cancelled(_));
+        match err.failure() {
+            Some(failure) => {
+                let innermost = innermost(failure);
+                let code = chain(failure).find_map(|f| match &f.failure_info {
+                    Some(FailureInfo::ApplicationFailureInfo(info)) => info.r#type.parse().ok(),
+                    _ => None,
+                });
+                let message = if cancelled {
+                    format!("operation cancelled: {}", innermost.message)
+                } else {
+                    innermost.message.clone()
+                };
+                StepFailure {
+                    code,
+                    message,
+                    cancelled,
+                }
+            }
+            None => StepFailure {
+                code: Some(ErrorCode::Internal),
+                message: err.to_string(),
+                cancelled,
+            },
+        }
+    }
+}
+
+fn chain(failure: &Failure) -> impl Iterator<Item = &Failure> {
+    std::iter::successors(Some(failure), |f| f.cause.as_deref())
+}
+
+fn innermost(failure: &Failure) -> &Failure {
+    chain(failure).last().unwrap_or(failure)
+}
