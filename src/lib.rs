@@ -1,1 +1,10 @@
-//! placeholder
+//! The `rtmanager` composition root: configuration, telemetry, the Temporal worker and the
+//! client used by the CLI and the tests. It wires `rtmanager-workflows` (deterministic
+//! orchestration) to `rtmanager-activities` (adapters) and holds no business logic.
+
+pub mod client;
+pub mod config;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::Config;

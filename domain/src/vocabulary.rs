@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub struct UnknownValue {
     pub field: &'static str,
     pub value: String,
-    pub expected: &'static str,
+    pub expected: String,
 }
 
 macro_rules! vocabulary {
@@ -39,7 +39,7 @@ macro_rules! vocabulary {
                     _ => Err(UnknownValue {
                         field: $field,
                         value: crate::truncate_chars(raw, 64),
-                        expected: concat!($($text, " "),+),
+                        expected: [$($text),+].join(", "),
                     }),
                 }
             }

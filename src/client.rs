@@ -1,0 +1,68 @@
+//! Starting rtmanager's workflows from Rust: the CLI's client commands and the tests. Inputs
+//! are sent as raw JSON so that exactly what a `temporal` CLI user would send can be sent here
+//! too, including input the workflow must reject.
+
+use std::collections::HashMap;
+
+use temporalio_client::{
+    Client, UntypedWorkflow, WorkflowGetResultOptions, WorkflowHandle, WorkflowStartOptions,
+};
+use temporalio_common::{
+    data_converters::RawValue,
+    protos::{temporal::api::common::v1::Payload, ENCODING_PAYLOAD_KEY, JSON_ENCODING_VAL},
+};
+
+use rtmanager_domain::OperationOutput;
+
+/// Wraps JSON bytes as the single `json/plain` payload the workflows expect.
+pub fn json_input(json: &[u8]) -> RawValue {
+    RawValue::new(vec![Payload {
+        metadata: HashMap::from([(
+            ENCODING_PAYLOAD_KEY.to_owned(),
+            JSON_ENCODING_VAL.as_bytes().to_vec(),
+        )]),
+        data: json.to_vec(),
+        ..Default::default()
+    }])
+}
+
+/// A started rtmanager workflow.
+pub type Handle = WorkflowHandle<Client, UntypedWorkflow>;
+
+/// Starts `workflow_type` (e.g. `StopRuntime`) with `input` on `task_queue`.
+pub async fn start(
+    client: &Client,
+    task_queue: &str,
+    workflow_type: &str,
+    workflow_id: &str,
+    input: RawValue,
+) -> anyhow::Result<Handle> {
+    let options = WorkflowStartOptions::new(task_queue, workflow_id).build();
+    Ok(client
+        .start_workflow(UntypedWorkflow::new(workflow_type), input, options)
+        .await?)
+}
+
+/// Waits for a workflow's output and decodes the contract JSON.
+pub async fn result(handle: &Handle) -> anyhow::Result<OperationOutput> {
+    let raw = handle
+        .get_result(WorkflowGetResultOptions::default())
+        .await?;
+    let payload = raw
+        .payloads
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("workflow completed without a result"))?;
+    Ok(serde_json::from_slice(&payload.data)?)
+}
+
+/// Starts a workflow and waits for its output.
+pub async fn execute(
+    client: &Client,
+    task_queue: &str,
+    workflow_type: &str,
+    workflow_id: &str,
+    input: RawValue,
+) -> anyhow::Result<OperationOutput> {
+    let handle = start(client, task_queue, workflow_type, workflow_id, input).await?;
+    result(&handle).await
+}

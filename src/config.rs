@@ -1,0 +1,182 @@
+//! Configuration from `RTMANAGER_*` environment variables, each with a documented default
+//! (see `.env.example`). Parsed once at start; a bad value stops the process with its name.
+
+use std::{fmt, time::Duration};
+
+use rtmanager_workflows::StepSettings;
+
+/// A secret-bearing URL: `Debug` hides the password.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                write!(f, "{url}")
+            }
+            Ok(url) => write!(f, "{url}"),
+            Err(_) => f.write_str("<unparsable url>"),
+        }
+    }
+}
+
+/// The worker's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Temporal frontend, e.g. `http://127.0.0.1:7233`.
+    pub temporal_address: String,
+    pub namespace: String,
+    pub task_queue: String,
+    pub database_url: SecretUrl,
+    pub database_pool_size: usize,
+    pub redis_url: SecretUrl,
+    /// Prefix of rtmanager's Redis keys (leases, publish markers).
+    pub redis_prefix: String,
+    pub health_stream: String,
+    /// `unix:///var/run/docker.sock` or `tcp://host:port`.
+    pub docker_host: String,
+    /// Docker's graceful stop timeout (SIGTERM, then SIGKILL).
+    pub stop_timeout: Duration,
+    /// Per-game lease TTL; must exceed the graceful stop timeout plus Docker's queueing.
+    pub lease_ttl: Duration,
+    /// Run the sub-millisecond steps as local activities.
+    pub local_fast_steps: bool,
+    /// How long a workflow task waits on a (possibly dead) worker's sticky queue.
+    pub sticky_queue_timeout: Duration,
+    /// Worker build id (skips hashing the executable at start).
+    pub build_id: String,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
+        let num = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match lookup(name) {
+                None => Ok(default),
+                Some(raw) => raw
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{name}={raw:?} is not a whole number")),
+            }
+        };
+        let flag = |name: &str, default: bool| -> anyhow::Result<bool> {
+            match lookup(name).as_deref().map(str::trim) {
+                None => Ok(default),
+                Some("1" | "true" | "yes") => Ok(true),
+                Some("0" | "false" | "no") => Ok(false),
+                Some(raw) => anyhow::bail!("{name}={raw:?} is not true/false"),
+            }
+        };
+        let config = Self {
+            temporal_address: get("RTMANAGER_TEMPORAL_ADDRESS", "http://127.0.0.1:7233"),
+            namespace: get("RTMANAGER_NAMESPACE", "default"),
+            task_queue: get("RTMANAGER_TASK_QUEUE", "rtmanager"),
+            database_url: SecretUrl(get(
+                "RTMANAGER_DATABASE_URL",
+                "postgres://rtmanager:rtmanager@127.0.0.1:5432/rtmanager",
+            )),
+            database_pool_size: num("RTMANAGER_DATABASE_POOL_SIZE", 16)? as usize,
+            redis_url: SecretUrl(get("RTMANAGER_REDIS_URL", "redis://127.0.0.1:6379")),
+            redis_prefix: get("RTMANAGER_REDIS_PREFIX", "rtmanager:"),
+            health_stream: get("RTMANAGER_HEALTH_STREAM", "runtime:health_events"),
+            docker_host: get("RTMANAGER_DOCKER_HOST", "unix:///var/run/docker.sock"),
+            stop_timeout: Duration::from_secs(num("RTMANAGER_STOP_TIMEOUT_SECS", 10)?),
+            lease_ttl: Duration::from_secs(num("RTMANAGER_LEASE_TTL_SECS", 120)?),
+            local_fast_steps: flag("RTMANAGER_LOCAL_FAST_STEPS", true)?,
+            sticky_queue_timeout: Duration::from_millis(num(
+                "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
+                3000,
+            )?),
+            build_id: get("RTMANAGER_BUILD_ID", concat!("rtmanager-", env!("CARGO_PKG_VERSION"))),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.task_queue.is_empty() && !self.namespace.is_empty(),
+            "RTMANAGER_TASK_QUEUE and RTMANAGER_NAMESPACE must not be empty"
+        );
+        anyhow::ensure!(
+            self.database_pool_size > 0,
+            "RTMANAGER_DATABASE_POOL_SIZE must be positive"
+        );
+        anyhow::ensure!(
+            self.lease_ttl > self.stop_timeout,
+            "RTMANAGER_LEASE_TTL_SECS ({}s) must exceed RTMANAGER_STOP_TIMEOUT_SECS ({}s): a stop \
+             must not outlive its lease",
+            self.lease_ttl.as_secs(),
+            self.stop_timeout.as_secs()
+        );
+        url::Url::parse(&self.temporal_address).map_err(|err| {
+            anyhow::anyhow!("RTMANAGER_TEMPORAL_ADDRESS={:?}: {err}", self.temporal_address)
+        })?;
+        Ok(())
+    }
+
+    /// The workflows' step settings derived from this configuration.
+    pub fn step_settings(&self) -> StepSettings {
+        StepSettings {
+            graceful_stop_timeout: self.stop_timeout,
+            local_fast_steps: self.local_fast_steps,
+            ..StepSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.task_queue, "rtmanager");
+        assert_eq!(c.namespace, "default");
+        assert_eq!(c.health_stream, "runtime:health_events");
+        assert_eq!(c.stop_timeout, Duration::from_secs(10));
+        assert!(c.local_fast_steps);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = config(&[("RTMANAGER_STOP_TIMEOUT_SECS", "ten")]).unwrap_err();
+        assert!(err.to_string().contains("RTMANAGER_STOP_TIMEOUT_SECS"));
+        let err = config(&[("RTMANAGER_LOCAL_FAST_STEPS", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("RTMANAGER_LOCAL_FAST_STEPS"));
+        let err = config(&[("RTMANAGER_LEASE_TTL_SECS", "5")]).unwrap_err();
+        assert!(err.to_string().contains("must exceed"));
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let c = config(&[("RTMANAGER_DATABASE_URL", "postgres://u:hunter2@h/db")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,19 @@
+//! Logging setup: `tracing` to stderr, filtered by `RTMANAGER_LOG` (or `RUST_LOG`), as text or
+//! JSON (`RTMANAGER_LOG_FORMAT=json`).
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+/// Installs the global subscriber once; later calls (tests) are no-ops.
+pub fn init_logging() {
+    let filter = std::env::var("RTMANAGER_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,temporalio_sdk_core=warn".to_owned());
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("RTMANAGER_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

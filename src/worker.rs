@@ -1,0 +1,104 @@
+//! The Temporal worker: runs the migrations, builds the adapters once, registers the workflows
+//! and activities on the configured task queue, and runs until `shutdown` resolves.
+//!
+//! Callers: `rtmanager worker` (with SIGTERM/SIGINT as `shutdown`) and the integration tests
+//! (one worker per test, on its own task queue).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use temporalio_client::{Client, ClientOptions, ConnectionOptions};
+use temporalio_common::worker::WorkerDeploymentOptions;
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+
+use rtmanager_activities::{
+    Dependencies, DockerRuntime, RedisKeys, RedisStore, RuntimeActivities, Store, Telemetry,
+};
+use rtmanager_workflows::StopRuntimeWorkflow;
+
+use crate::Config;
+
+/// Connects a Temporal client for `config`'s address and namespace.
+pub async fn connect_temporal(config: &Config) -> anyhow::Result<Client> {
+    let url = url::Url::parse(&config.temporal_address)?;
+    let connection = ConnectionOptions::new(url)
+        .identity(format!("rtmanager@{}", std::process::id()))
+        .connect_timeout(Duration::from_secs(5))
+        .build();
+    let client = Client::connect(connection, ClientOptions::new(config.namespace.clone()).build())
+        .await
+        .with_context(|| format!("connect to Temporal at {}", config.temporal_address))?;
+    Ok(client)
+}
+
+/// The adapters a worker owns, built once and shared by every activity.
+pub fn build_dependencies(config: &Config, telemetry: Telemetry) -> anyhow::Result<Dependencies> {
+    let store = Store::new(config.database_url.expose(), config.database_pool_size)?;
+    let redis = RedisStore::new(
+        config.redis_url.expose(),
+        RedisKeys {
+            prefix: config.redis_prefix.clone(),
+            health_stream: config.health_stream.clone(),
+            health_stream_maxlen: 100_000,
+        },
+    )?;
+    let settings = config.step_settings();
+    let docker = DockerRuntime::connect(
+        &config.docker_host,
+        settings.docker_stop_timeout() + Duration::from_secs(5),
+        config.stop_timeout,
+    )
+    .with_context(|| format!("docker at {}", config.docker_host))?;
+    Ok(Dependencies {
+        store,
+        redis: Arc::new(redis),
+        docker,
+        telemetry,
+        lease_ttl: config.lease_ttl,
+    })
+}
+
+/// Runs one worker until `shutdown` resolves, then drains in-flight tasks.
+pub async fn run_worker(
+    config: &Config,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let applied = rtmanager_activities::store::run_migrations(config.database_url.expose())
+        .await
+        .context("run database migrations")?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "applied migrations");
+    }
+    let deps = build_dependencies(config, telemetry)?;
+    let client = connect_temporal(config).await?;
+    let runtime = Runtime::from_current_tokio(Default::default())?;
+    let settings = config.step_settings();
+    let options = WorkerOptions::new(config.task_queue.clone())
+        .register_activities(RuntimeActivities::new(deps))
+        .register_workflow_with_factory::<StopRuntimeWorkflow, _>(move || {
+            StopRuntimeWorkflow::new(settings.clone())
+        })?
+        .sticky_queue_schedule_to_start_timeout(config.sticky_queue_timeout)
+        .deployment_options(WorkerDeploymentOptions::from_build_id(
+            config.build_id.clone(),
+        ))
+        .graceful_shutdown_period(config.stop_timeout + Duration::from_secs(5))
+        .build();
+    let mut worker = Worker::new(&runtime, client, options)?;
+    let stop = worker.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down the worker: finishing in-flight tasks");
+        stop();
+    });
+    tracing::info!(
+        task_queue = %config.task_queue,
+        namespace = %config.namespace,
+        temporal = %config.temporal_address,
+        "rtmanager worker started"
+    );
+    worker.run().await?;
+    tracing::info!("rtmanager worker stopped");
+    Ok(())
+}
