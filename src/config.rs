@@ -10,6 +10,10 @@ use rtmanager_workflows::StepSettings;
 pub struct SecretUrl(String);
 
 impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

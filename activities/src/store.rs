@@ -69,7 +69,7 @@ impl Store {
     }
 
     /// Reads one game's record.
-    pub async fn load(&self, game_id: &GameId) -> Result<Option<RuntimeRecord>, StoreError> {
+    pub async fn get_record(&self, game_id: &GameId) -> Result<Option<RuntimeRecord>, StoreError> {
         let mut conn = self.conn().await?;
         let row = runtime_records::table
             .find(game_id.as_str())

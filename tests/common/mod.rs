@@ -1,0 +1,457 @@
+//! The integration-test harness: every test gets its own database, task queue, Redis key prefix
+//! and health stream, its own in-process worker, and its own labelled containers, all removed
+//! when the [`TestApp`] is dropped. Services come from `.dev/env` (written by `scripts/dev`).
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use bollard::{
+    models::{ContainerCreateBody, HostConfig},
+    query_parameters::{CreateContainerOptions, RemoveContainerOptions},
+    Docker,
+};
+use diesel::{prelude::*, PgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use redis::AsyncCommands;
+use temporalio_client::Client;
+use tokio::sync::oneshot;
+
+use rtmanager::{client, worker, Config};
+use rtmanager_activities::{schema, store::Store, Telemetry};
+use rtmanager_domain::{GameId, OperationOutput, RuntimeRecord};
+
+/// Loads `.dev/env` into the process environment for variables not already set.
+fn load_dev_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".dev/env");
+        let Ok(text) = std::fs::read_to_string(path) else { return };
+        for line in text.lines() {
+            if let Some((key, value)) = line.split_once('=') {
+                if std::env::var_os(key).is_none() {
+                    // SAFETY: runs once, before any test thread reads the environment here.
+                    unsafe { std::env::set_var(key, value) };
+                }
+            }
+        }
+    });
+}
+
+/// Logs go through the test writer (shown only for failing tests); `RTMANAGER_LOG` filters.
+pub fn init_test_logging() {
+    let filter = std::env::var("RTMANAGER_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// The local game image (exits promptly on SIGTERM).
+pub fn game_image() -> String {
+    load_dev_env();
+    std::env::var("RTMANAGER_DEMO_IMAGE").unwrap_or_else(|_| "rtmanager-game:dev".into())
+}
+
+/// The `temporal` CLI installed by `scripts/dev`.
+pub fn temporal_cli() -> String {
+    load_dev_env();
+    std::env::var("RTMANAGER_TEMPORAL_CLI").unwrap_or_else(|_| "temporal".into())
+}
+
+/// A test's private configuration: its own database, task queue and Redis names.
+pub struct TestConfig {
+    pub config: Config,
+    admin_url: String,
+    database: String,
+}
+
+impl TestConfig {
+    pub fn new() -> Self {
+        load_dev_env();
+        let mut config = Config::from_env().expect("configuration from .dev/env");
+        let database = unique("rtm_test").replace('-', "_");
+        let admin_url = config.database_url.expose().to_owned();
+        let mut conn = PgConnection::establish(&admin_url).expect("connect to PostgreSQL");
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query(format!("CREATE DATABASE {database}")),
+            &mut conn,
+        )
+        .expect("create the test database");
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&database);
+        let id = unique("t");
+        config = Config {
+            database_url: rtmanager::config::SecretUrl::new(url.as_str()),
+            task_queue: format!("rtmanager-{id}"),
+            redis_prefix: format!("rtm-{id}:"),
+            health_stream: format!("rtm-{id}:health_events"),
+            database_pool_size: 4,
+            build_id: format!("test-{id}"),
+            ..config
+        };
+        Self {
+            config,
+            admin_url,
+            database,
+        }
+    }
+}
+
+impl Drop for TestConfig {
+    fn drop(&mut self) {
+        let (admin, db) = (self.admin_url.clone(), self.database.clone());
+        // Dropped from async tests: do the blocking work on a plain thread.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut conn) = PgConnection::establish(&admin) {
+                let _ = diesel::RunQueryDsl::execute(
+                    diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")),
+                    &mut conn,
+                );
+            }
+        })
+        .join();
+    }
+}
+
+/// One test's running rtmanager: an in-process worker plus handles on every service.
+pub struct TestApp {
+    pub cfg: TestConfig,
+    pub client: Client,
+    pub telemetry: Telemetry,
+    pub docker: Docker,
+    pub redis: redis::aio::MultiplexedConnection,
+    pub store: Store,
+    shutdown: Option<oneshot::Sender<()>>,
+    worker: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    containers: Vec<String>,
+}
+
+impl TestApp {
+    /// A worker with the default configuration.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A worker whose configuration `adjust` may change first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = TestConfig::new();
+        adjust(&mut cfg.config);
+        init_test_logging();
+        rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
+            .await
+            .expect("migrations");
+        let mut app = Self::without_worker(cfg).await;
+        app.start_worker();
+        app
+    }
+
+    /// Handles on every service but no worker (for tests that run the worker binary).
+    pub async fn without_worker(cfg: TestConfig) -> Self {
+        let client = worker::connect_temporal(&cfg.config).await.expect("Temporal");
+        let docker = Docker::connect_with_local_defaults().expect("docker");
+        // The harness's own handle uses the real Redis even when a test breaks the worker's.
+        let redis_url = std::env::var("RTMANAGER_REDIS_URL")
+            .unwrap_or_else(|_| cfg.config.redis_url.expose().to_owned());
+        let redis = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let store = Store::new(cfg.config.database_url.expose(), 2).unwrap();
+        Self {
+            cfg,
+            client,
+            telemetry: Telemetry::new(),
+            docker,
+            redis,
+            store,
+            shutdown: None,
+            worker: None,
+            containers: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg.config
+    }
+
+    pub fn start_worker(&mut self) {
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = self.cfg.config.clone();
+        let telemetry = self.telemetry.clone();
+        // The SDK's worker future is not `Send`: it gets a thread and a runtime of its own.
+        self.worker = Some(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(worker::run_worker(&config, telemetry, async {
+                let _ = rx.await;
+            }))
+        }));
+        self.shutdown = Some(tx);
+    }
+
+    /// Runs `StopRuntime` with raw JSON input and waits for its output.
+    pub async fn stop_raw(&self, json: &str) -> OperationOutput {
+        self.execute("StopRuntime", json).await
+    }
+
+    pub async fn execute(&self, workflow_type: &str, json: &str) -> OperationOutput {
+        client::execute(
+            &self.client,
+            &self.config().task_queue,
+            workflow_type,
+            &unique("wf"),
+            client::json_input(json.as_bytes()),
+        )
+        .await
+        .expect("workflow result")
+    }
+
+    /// Runs `StopRuntime` for `game_id` with reason `admin` from source `admin`.
+    pub async fn stop(&self, game_id: &str) -> OperationOutput {
+        self.stop_raw(&format!(
+            r#"{{"game_id":"{game_id}","reason":"admin","op_source":"admin"}}"#
+        ))
+        .await
+    }
+
+    /// Creates and starts a container labelled for `game_id` (`cmd` overrides the image's).
+    pub async fn game_container(&mut self, game_id: &str, cmd: Option<Vec<&str>>) -> String {
+        let labels = HashMap::from([
+            ("rtmanager.game_id".to_string(), game_id.to_string()),
+            ("rtmanager.managed".to_string(), "true".to_string()),
+        ]);
+        self.container(labels, cmd).await
+    }
+
+    /// Creates and starts a container with exactly `labels`.
+    pub async fn container(
+        &mut self,
+        labels: HashMap<String, String>,
+        cmd: Option<Vec<&str>>,
+    ) -> String {
+        let body = ContainerCreateBody {
+            image: Some(game_image()),
+            cmd: cmd.map(|c| c.into_iter().map(String::from).collect()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = unique("rtm-test");
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .expect("create container");
+        self.containers.push(created.id.clone());
+        self.docker
+            .start_container(&created.id, None)
+            .await
+            .expect("start container");
+        created.id
+    }
+
+    pub async fn container_running(&self, id: &str) -> Option<bool> {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state.and_then(|s| s.running))
+    }
+
+    pub async fn remove_container(&self, id: &str) {
+        let _ = self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+
+    pub async fn pg(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(self.config().database_url.expose())
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Inserts a runtime record as StartRuntime would have.
+    pub async fn insert_record(&self, game_id: &str, status: &str, container_id: Option<&str>) {
+        use schema::runtime_records::dsl as r;
+        let now = chrono::Utc::now();
+        diesel::insert_into(r::runtime_records)
+            .values((
+                r::game_id.eq(game_id),
+                r::status.eq(status),
+                r::current_container_id.eq(container_id),
+                r::current_image_ref.eq(game_image()),
+                r::started_at.eq(now),
+                r::last_op_at.eq(now),
+            ))
+            .execute(&mut self.pg().await)
+            .await
+            .expect("insert record");
+    }
+
+    pub async fn record(&self, game_id: &str) -> Option<RuntimeRecord> {
+        self.store
+            .get_record(&GameId::parse(game_id).unwrap())
+            .await
+            .expect("load record")
+    }
+
+    /// `(outcome, error_code, container_id, image_ref, source_ref, op_source)` of each row.
+    pub async fn op_log(&self, game_id: &str) -> Vec<OpRow> {
+        use schema::operation_log::dsl as o;
+        o::operation_log
+            .filter(o::game_id.eq(game_id))
+            .order(o::id)
+            .select((
+                o::outcome,
+                o::error_code,
+                o::error_message,
+                o::container_id,
+                o::image_ref,
+                o::source_ref,
+                o::op_source,
+                o::finished_at.is_not_null(),
+            ))
+            .load::<OpRow>(&mut self.pg().await)
+            .await
+            .expect("read operation_log")
+    }
+
+    pub async fn op_log_count(&self) -> i64 {
+        use schema::operation_log::dsl as o;
+        o::operation_log
+            .count()
+            .get_result(&mut self.pg().await)
+            .await
+            .unwrap()
+    }
+
+    pub fn lease_key(&self, game_id: &str) -> String {
+        format!("{}lease:{game_id}", self.config().redis_prefix)
+    }
+
+    pub async fn lease_holder(&self, game_id: &str) -> Option<String> {
+        self.redis
+            .clone()
+            .get(self.lease_key(game_id))
+            .await
+            .expect("redis GET")
+    }
+
+    /// Every entry of this test's health stream, as field maps.
+    pub async fn health_events(&self) -> Vec<HashMap<String, String>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .redis
+            .clone()
+            .xrange_all(&self.config().health_stream)
+            .await
+            .expect("XRANGE");
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                entry
+                    .map
+                    .into_iter()
+                    .map(|(k, v)| (k, redis::from_redis_value(v).unwrap_or_default()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Stops the in-process worker and waits for it to drain.
+    pub async fn shutdown_worker(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(worker) = self.worker.take() {
+            let joined = tokio::task::spawn_blocking(move || worker.join());
+            let _ = tokio::time::timeout(Duration::from_secs(30), joined).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let ids = std::mem::take(&mut self.containers);
+        let docker = self.docker.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for id in ids {
+                    let _ = docker
+                        .remove_container(
+                            &id,
+                            Some(RemoveContainerOptions {
+                                force: true,
+                                ..Default::default()
+                            }),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One operation_log row as the tests look at it.
+#[derive(Debug, Clone, Queryable)]
+pub struct OpRow {
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub container_id: Option<String>,
+    pub image_ref: Option<String>,
+    pub source_ref: Option<String>,
+    pub op_source: String,
+    pub finished: bool,
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
