@@ -455,3 +455,26 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The `rtmanager worker` binary, configured like `config`, as a child process.
+pub fn worker_process(config: &Config) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rtmanager"))
+        .arg("worker")
+        .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
+        .env("RTMANAGER_NAMESPACE", &config.namespace)
+        .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
+        .env("RTMANAGER_DATABASE_URL", config.database_url.expose())
+        .env("RTMANAGER_DATABASE_POOL_SIZE", "4")
+        .env("RTMANAGER_REDIS_URL", config.redis_url.expose())
+        .env("RTMANAGER_REDIS_PREFIX", &config.redis_prefix)
+        .env("RTMANAGER_HEALTH_STREAM", &config.health_stream)
+        .env("RTMANAGER_DOCKER_HOST", &config.docker_host)
+        .env("RTMANAGER_STOP_TIMEOUT_SECS", config.stop_timeout.as_secs().to_string())
+        .env("RTMANAGER_LEASE_TTL_SECS", config.lease_ttl.as_secs().to_string())
+        .env("RTMANAGER_LOCAL_FAST_STEPS", config.local_fast_steps.to_string())
+        .env("RTMANAGER_BUILD_ID", &config.build_id)
+        .env("RTMANAGER_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the rtmanager worker")
+}

@@ -1,0 +1,58 @@
+//! A worker killed with SIGKILL while a stop is in flight: a new worker finishes the operation
+//! with exactly one audit row and the lease released.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, unique, worker_process, TestApp, TestConfig};
+use rtmanager_domain::{Outcome, RuntimeStatus};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
+    let mut cfg = TestConfig::new();
+    // The container ignores SIGTERM, so each stop attempt takes the whole graceful timeout.
+    cfg.config.stop_timeout = Duration::from_secs(4);
+    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
+        .await
+        .unwrap();
+    let mut app = TestApp::without_worker(cfg).await;
+    let game = unique("crash");
+    let cid = app.game_container(&game, Some(vec!["sleep", "3600"])).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+
+    let mut first = worker_process(app.config());
+    let handle = rtmanager::client::start(
+        &app.client,
+        &app.config().task_queue,
+        "StopRuntime",
+        &unique("wf"),
+        rtmanager::client::json_input(
+            format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#).as_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually("the stop to take the lease", Duration::from_secs(30), || async {
+        app.lease_holder(&game).await.map(|_| ())
+    })
+    .await;
+    // Let the Docker stop get under way, then kill the worker mid-step.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.kill().expect("SIGKILL the worker");
+    first.wait().unwrap();
+
+    let mut second = worker_process(app.config());
+    let out = tokio::time::timeout(Duration::from_secs(90), rtmanager::client::result(&handle))
+        .await
+        .expect("the workflow completes on the new worker")
+        .unwrap();
+    let _ = second.kill();
+    let _ = second.wait();
+
+    assert_eq!(out.outcome, Outcome::Success, "{out:?}");
+    assert_eq!(out.record.unwrap().status, RuntimeStatus::Stopped);
+    assert_eq!(app.op_log(&game).await.len(), 1, "exactly one audit row");
+    assert_eq!(app.lease_holder(&game).await, None, "lease released");
+    assert_eq!(app.container_running(&cid).await, Some(false));
+}

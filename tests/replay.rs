@@ -1,0 +1,118 @@
+//! Determinism guard: histories recorded from real runs of each StopRuntime path, replayed by
+//! the SDK's replayer against the current workflow code. A change that alters the command
+//! sequence of an existing path fails here, in CI, before it can break running workflows.
+//!
+//! Re-record (after an intended, versioned change) with:
+//! `scripts/dev test --test replay -- --ignored record_histories`
+
+mod common;
+
+use std::{collections::HashMap, path::PathBuf};
+
+use common::{unique, TestApp};
+use redis::AsyncCommands;
+use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
+use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
+
+use rtmanager_workflows::StopRuntimeWorkflow;
+
+fn histories_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/histories")
+}
+
+#[tokio::test]
+async fn recorded_histories_replay_against_the_current_code() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(histories_dir())
+        .expect("tests/histories")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "expected the recorded histories, found {files:?}");
+    let replayer = WorkflowReplayer::new(
+        WorkflowReplayerOptions::new()
+            .register_workflow::<StopRuntimeWorkflow>()
+            .unwrap()
+            .build(),
+    )
+    .unwrap();
+    for file in files {
+        let history = WorkflowHistory::from_json(&std::fs::read(&file).unwrap()).unwrap();
+        replayer
+            .replay_workflow(history)
+            .await
+            .unwrap_or_else(|err| panic!("{} no longer replays: {err}", file.display()));
+    }
+}
+
+#[tokio::test]
+async fn a_history_that_does_not_match_the_code_is_rejected() {
+    // The replayer must notice a mismatch, or the test above proves nothing: rename the Docker
+    // step of a recorded history, as a code change scheduling another activity would.
+    let text = std::fs::read_to_string(histories_dir().join("stop_success.json")).unwrap();
+    let tampered = text.replacen(r#"{"name":"StopContainer"}"#, r#"{"name":"KillContainer"}"#, 1);
+    assert!(text != tampered, "the success history schedules StopContainer");
+    let replayer = WorkflowReplayer::new(
+        WorkflowReplayerOptions::new()
+            .register_workflow::<StopRuntimeWorkflow>()
+            .unwrap()
+            .build(),
+    )
+    .unwrap();
+    let history = WorkflowHistory::from_json(tampered.as_bytes()).unwrap();
+    assert!(replayer.replay_workflow(history).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "records tests/histories from the running stack; run on purpose only"]
+async fn record_histories() {
+    let mut app = TestApp::spawn().await;
+    let mut inputs: Vec<(&str, String)> = Vec::new();
+
+    let running = unique("rec");
+    let cid = app.game_container(&running, None).await;
+    app.insert_record(&running, "running", Some(&cid)).await;
+    inputs.push(("stop_success", stop_json(&running)));
+    inputs.push(("stop_replay_no_op", stop_json(&running)));
+
+    let vanished = unique("rec");
+    let gone = app.game_container(&vanished, None).await;
+    app.insert_record(&vanished, "running", Some(&gone)).await;
+    app.remove_container(&gone).await;
+    inputs.push(("stop_vanished", stop_json(&vanished)));
+
+    let busy = unique("rec");
+    app.insert_record(&busy, "running", Some("x")).await;
+    let _: () = app.redis.clone().set_ex(app.lease_key(&busy), "other", 60).await.unwrap();
+    inputs.push(("stop_conflict", stop_json(&busy)));
+
+    inputs.push(("stop_not_found", stop_json(&unique("rec"))));
+    inputs.push(("stop_invalid_request", r#"{"game_id":"bad id"}"#.to_owned()));
+
+    let mut written = HashMap::new();
+    for (name, input) in inputs {
+        let workflow_id = unique("rec");
+        let handle = rtmanager::client::start(
+            &app.client,
+            &app.config().task_queue,
+            "StopRuntime",
+            &workflow_id,
+            rtmanager::client::json_input(input.as_bytes()),
+        )
+        .await
+        .unwrap();
+        rtmanager::client::result(&handle).await.unwrap();
+        let json = handle
+            .fetch_history(WorkflowFetchHistoryOptions::default())
+            .to_json()
+            .await
+            .unwrap();
+        std::fs::write(histories_dir().join(format!("{name}.json")), &json).unwrap();
+        written.insert(name, json.len());
+    }
+    eprintln!("recorded {written:?}");
+}
+
+fn stop_json(game: &str) -> String {
+    format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#)
+}

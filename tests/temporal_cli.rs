@@ -1,0 +1,66 @@
+//! The `temporal` CLI as a client: `temporal workflow execute --type StopRuntime --input ...`
+//! returns the contract JSON, and bad input completes with `invalid_request` within seconds.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{unique, TestApp};
+
+fn execute(app: &TestApp, input: &str) -> serde_json::Value {
+    let address = app
+        .config()
+        .temporal_address
+        .trim_start_matches("http://")
+        .to_owned();
+    let out = Command::new(common::temporal_cli())
+        .args(["workflow", "execute", "--address", &address])
+        .args(["--task-queue", &app.config().task_queue])
+        .args(["--type", "StopRuntime", "--workflow-id", &unique("cli")])
+        .args(["--input", input, "--output", "json"])
+        .output()
+        .expect("run the temporal CLI");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(doc["status"], "COMPLETED", "{doc}");
+    doc["result"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_temporal_cli_stops_a_game_and_replays() {
+    let mut app = TestApp::spawn().await;
+    let game = unique("cli");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    let input = format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#);
+
+    let first = tokio::task::block_in_place(|| execute(&app, &input));
+    assert_eq!(first["outcome"], "success", "{first}");
+    assert_eq!(first["error_code"], serde_json::Value::Null);
+    assert_eq!(first["record"]["status"], "stopped");
+    assert_eq!(first["record"]["game_id"], game.as_str());
+    for key in ["current_container_id", "current_image_ref", "started_at", "stopped_at", "removed_at", "last_op_at"] {
+        assert!(first["record"].get(key).is_some(), "record lacks {key}: {first}");
+    }
+
+    let again = tokio::task::block_in_place(|| execute(&app, &input));
+    assert_eq!(again["outcome"], "success");
+    assert_eq!(again["error_code"], "replay_no_op");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_through_the_cli_is_invalid_request_within_seconds() {
+    let app = TestApp::spawn().await;
+    let started = std::time::Instant::now();
+    for input in [
+        r#"{"game_id":"no spaces allowed","reason":"admin","op_source":"admin"}"#,
+        r#"{"game_id":"g","reason":42,"op_source":"admin"}"#,
+        r#"{"gameid":"g"}"#,
+    ] {
+        let result = tokio::task::block_in_place(|| execute(&app, input));
+        assert_eq!(result["outcome"], "failure", "{result}");
+        assert_eq!(result["error_code"], "invalid_request", "{result}");
+        assert_eq!(result["record"], serde_json::Value::Null);
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
