@@ -105,7 +105,10 @@ impl Config {
                 "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
                 3000,
             )?),
-            build_id: get("RTMANAGER_BUILD_ID", concat!("rtmanager-", env!("CARGO_PKG_VERSION"))),
+            build_id: get(
+                "RTMANAGER_BUILD_ID",
+                concat!("rtmanager-", env!("CARGO_PKG_VERSION")),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -128,7 +131,10 @@ impl Config {
             self.stop_timeout.as_secs()
         );
         url::Url::parse(&self.temporal_address).map_err(|err| {
-            anyhow::anyhow!("RTMANAGER_TEMPORAL_ADDRESS={:?}: {err}", self.temporal_address)
+            anyhow::anyhow!(
+                "RTMANAGER_TEMPORAL_ADDRESS={:?}: {err}",
+                self.temporal_address
+            )
         })?;
         Ok(())
     }

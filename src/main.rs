@@ -6,7 +6,11 @@ use rtmanager::{client, config::Config, telemetry::init_logging, worker};
 use rtmanager_domain::{GameId, OpSource, StopReason, StopRequest};
 
 #[derive(Parser)]
-#[command(name = "rtmanager", version, about = "Runtime manager for game-server containers")]
+#[command(
+    name = "rtmanager",
+    version,
+    about = "Runtime manager for game-server containers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

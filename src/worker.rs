@@ -25,9 +25,12 @@ pub async fn connect_temporal(config: &Config) -> anyhow::Result<Client> {
         .identity(format!("rtmanager@{}", std::process::id()))
         .connect_timeout(Duration::from_secs(5))
         .build();
-    let client = Client::connect(connection, ClientOptions::new(config.namespace.clone()).build())
-        .await
-        .with_context(|| format!("connect to Temporal at {}", config.temporal_address))?;
+    let client = Client::connect(
+        connection,
+        ClientOptions::new(config.namespace.clone()).build(),
+    )
+    .await
+    .with_context(|| format!("connect to Temporal at {}", config.temporal_address))?;
     Ok(client)
 }
 

@@ -33,9 +33,11 @@ async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
     )
     .await
     .unwrap();
-    eventually("the stop to take the lease", Duration::from_secs(30), || async {
-        app.lease_holder(&game).await.map(|_| ())
-    })
+    eventually(
+        "the stop to take the lease",
+        Duration::from_secs(30),
+        || async { app.lease_holder(&game).await.map(|_| ()) },
+    )
     .await;
     // Let the Docker stop get under way, then kill the worker mid-step.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -28,7 +28,10 @@ async fn recorded_histories_replay_against_the_current_code() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "expected the recorded histories, found {files:?}");
+    assert!(
+        files.len() >= 5,
+        "expected the recorded histories, found {files:?}"
+    );
     let replayer = WorkflowReplayer::new(
         WorkflowReplayerOptions::new()
             .register_workflow::<StopRuntimeWorkflow>()
@@ -50,8 +53,15 @@ async fn a_history_that_does_not_match_the_code_is_rejected() {
     // The replayer must notice a mismatch, or the test above proves nothing: rename the Docker
     // step of a recorded history, as a code change scheduling another activity would.
     let text = std::fs::read_to_string(histories_dir().join("stop_success.json")).unwrap();
-    let tampered = text.replacen(r#"{"name":"StopContainer"}"#, r#"{"name":"KillContainer"}"#, 1);
-    assert!(text != tampered, "the success history schedules StopContainer");
+    let tampered = text.replacen(
+        r#"{"name":"StopContainer"}"#,
+        r#"{"name":"KillContainer"}"#,
+        1,
+    );
+    assert!(
+        text != tampered,
+        "the success history schedules StopContainer"
+    );
     let replayer = WorkflowReplayer::new(
         WorkflowReplayerOptions::new()
             .register_workflow::<StopRuntimeWorkflow>()
@@ -83,7 +93,12 @@ async fn record_histories() {
 
     let busy = unique("rec");
     app.insert_record(&busy, "running", Some("x")).await;
-    let _: () = app.redis.clone().set_ex(app.lease_key(&busy), "other", 60).await.unwrap();
+    let _: () = app
+        .redis
+        .clone()
+        .set_ex(app.lease_key(&busy), "other", 60)
+        .await
+        .unwrap();
     inputs.push(("stop_conflict", stop_json(&busy)));
 
     inputs.push(("stop_not_found", stop_json(&unique("rec"))));

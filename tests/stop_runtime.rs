@@ -33,7 +33,11 @@ async fn stops_a_running_game() {
     assert_eq!(record.status, RuntimeStatus::Stopped);
     assert_eq!(record.current_container_id.as_deref(), Some(cid.as_str()));
     assert!(record.stopped_at.is_some());
-    assert_eq!(app.record(&game).await.unwrap(), record, "output is the stored row");
+    assert_eq!(
+        app.record(&game).await.unwrap(),
+        record,
+        "output is the stored row"
+    );
     assert_eq!(app.container_running(&cid).await, Some(false));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -44,9 +48,16 @@ async fn stops_a_running_game() {
     assert_eq!(rows[0].op_source, "stream");
     assert!(rows[0].finished);
     assert_eq!(app.lease_holder(&game).await, None, "lease released");
-    assert_eq!(app.telemetry.stop_outcome_count("success", "finished", "stream"), 1);
+    assert_eq!(
+        app.telemetry
+            .stop_outcome_count("success", "finished", "stream"),
+        1
+    );
     assert_eq!(app.telemetry.lease_acquire_count("acquired"), 1);
-    assert!(app.telemetry.render().contains("rtmanager_stop_outcomes_total"));
+    assert!(app
+        .telemetry
+        .render()
+        .contains("rtmanager_stop_outcomes_total"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +69,10 @@ async fn stopped_and_removed_records_replay_as_no_op() {
     let removed = unique("removed");
     app.insert_record(&removed, "removed", None).await;
 
-    for (game, status) in [(&stopped, RuntimeStatus::Stopped), (&removed, RuntimeStatus::Removed)] {
+    for (game, status) in [
+        (&stopped, RuntimeStatus::Stopped),
+        (&removed, RuntimeStatus::Removed),
+    ] {
         let out = app.stop(game).await;
         assert_eq!(out.outcome, Outcome::Success);
         assert_eq!(out.error_code, Some(ErrorCode::ReplayNoOp));
@@ -68,7 +82,11 @@ async fn stopped_and_removed_records_replay_as_no_op() {
         assert_eq!(rows[0].error_code.as_deref(), Some("replay_no_op"));
         assert_eq!(app.lease_holder(game).await, None);
     }
-    assert_eq!(app.container_running(&cid).await, Some(true), "replay touches nothing");
+    assert_eq!(
+        app.container_running(&cid).await,
+        Some(true),
+        "replay touches nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +98,10 @@ async fn a_game_without_record_is_not_found() {
     assert_eq!(out.error_code, Some(ErrorCode::NotFound));
     assert!(out.record.is_none());
     assert!(out.error_message.unwrap().contains("does not exist"));
-    assert_eq!(app.op_log(&game).await[0].error_code.as_deref(), Some("not_found"));
+    assert_eq!(
+        app.op_log(&game).await[0].error_code.as_deref(),
+        Some("not_found")
+    );
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
@@ -88,15 +109,42 @@ async fn a_game_without_record_is_not_found() {
 async fn invalid_and_malformed_input_completes_with_invalid_request() {
     let app = TestApp::spawn().await;
     let cases = [
-        (r#"{"game_id":"bad id","reason":"admin","op_source":"admin"}"#, "game_id"),
-        (r#"{"game_id":"-x","reason":"admin","op_source":"admin"}"#, "game_id"),
-        (r#"{"game_id":"","reason":"admin","op_source":"admin"}"#, "game_id"),
-        (r#"{"game_id":"ok","reason":"reboot","op_source":"admin"}"#, "reason"),
-        (r#"{"game_id":"ok","reason":"admin","op_source":"cron"}"#, "op_source"),
-        (r#"{"game_id":"ok","reason":"admin"}"#, "op_source is required"),
-        (r#"{"game_id":7,"reason":"admin","op_source":"admin"}"#, "game_id must be a string"),
-        (r#"{"game_id":"ok","reason":"admin","op_source":"admin","extra":1}"#, "unknown field"),
-        (r#"{"game_id":"ok","reason":"admin","op_source":"admin","lease_token":""}"#, "lease_token"),
+        (
+            r#"{"game_id":"bad id","reason":"admin","op_source":"admin"}"#,
+            "game_id",
+        ),
+        (
+            r#"{"game_id":"-x","reason":"admin","op_source":"admin"}"#,
+            "game_id",
+        ),
+        (
+            r#"{"game_id":"","reason":"admin","op_source":"admin"}"#,
+            "game_id",
+        ),
+        (
+            r#"{"game_id":"ok","reason":"reboot","op_source":"admin"}"#,
+            "reason",
+        ),
+        (
+            r#"{"game_id":"ok","reason":"admin","op_source":"cron"}"#,
+            "op_source",
+        ),
+        (
+            r#"{"game_id":"ok","reason":"admin"}"#,
+            "op_source is required",
+        ),
+        (
+            r#"{"game_id":7,"reason":"admin","op_source":"admin"}"#,
+            "game_id must be a string",
+        ),
+        (
+            r#"{"game_id":"ok","reason":"admin","op_source":"admin","extra":1}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"game_id":"ok","reason":"admin","op_source":"admin","lease_token":""}"#,
+            "lease_token",
+        ),
         ("[1,2,3]", "JSON object"),
         ("\"just a string\"", "JSON object"),
         ("{not json", "not valid JSON"),
@@ -109,10 +157,24 @@ async fn invalid_and_malformed_input_completes_with_invalid_request() {
         let message = out.error_message.unwrap();
         assert!(message.contains(needle), "{input}: {message}");
     }
-    assert!(started.elapsed() < Duration::from_secs(60), "each completes within seconds");
-    assert_eq!(app.op_log_count().await, cases.len() as i64, "each is audited once");
-    assert_eq!(app.op_log("bad id").await[0].error_code.as_deref(), Some("invalid_request"));
-    assert_eq!(app.telemetry.stop_outcome_count("failure", "admin", "admin"), 6);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "each completes within seconds"
+    );
+    assert_eq!(
+        app.op_log_count().await,
+        cases.len() as i64,
+        "each is audited once"
+    );
+    assert_eq!(
+        app.op_log("bad id").await[0].error_code.as_deref(),
+        Some("invalid_request")
+    );
+    assert_eq!(
+        app.telemetry
+            .stop_outcome_count("failure", "admin", "admin"),
+        6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,13 +214,19 @@ async fn a_lease_held_by_another_operation_is_a_conflict() {
 
     assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
     assert_eq!(app.container_running(&cid).await, Some(true));
-    assert_eq!(app.record(&game).await.unwrap().status, RuntimeStatus::Running);
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Running
+    );
     assert_eq!(
         app.lease_holder(&game).await.as_deref(),
         Some("someone-else"),
         "the other holder's lease is not touched"
     );
-    assert_eq!(app.op_log(&game).await[0].error_code.as_deref(), Some("conflict"));
+    assert_eq!(
+        app.op_log(&game).await[0].error_code.as_deref(),
+        Some("conflict")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +250,10 @@ async fn an_inherited_lease_is_neither_acquired_nor_released() {
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     assert_eq!(app.container_running(&cid).await, Some(false));
-    assert_eq!(app.lease_holder(&game).await.as_deref(), Some("parent-token"));
+    assert_eq!(
+        app.lease_holder(&game).await.as_deref(),
+        Some("parent-token")
+    );
     assert_eq!(app.telemetry.lease_acquire_count("acquired"), 0);
 }
 
@@ -195,13 +266,27 @@ async fn an_unreachable_docker_is_service_unavailable() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(out.error_code, Some(ErrorCode::ServiceUnavailable), "{out:?}");
+    assert_eq!(
+        out.error_code,
+        Some(ErrorCode::ServiceUnavailable),
+        "{out:?}"
+    );
     assert!(out.error_message.unwrap().starts_with("docker stop:"));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].container_id.as_deref(), Some(cid.as_str()), "row names the container");
-    assert_eq!(rows[0].image_ref.as_deref(), Some(common::game_image().as_str()));
-    assert_eq!(app.record(&game).await.unwrap().status, RuntimeStatus::Running);
+    assert_eq!(
+        rows[0].container_id.as_deref(),
+        Some(cid.as_str()),
+        "row names the container"
+    );
+    assert_eq!(
+        rows[0].image_ref.as_deref(),
+        Some(common::game_image().as_str())
+    );
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Running
+    );
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
@@ -216,9 +301,19 @@ async fn an_unreachable_redis_is_service_unavailable() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(out.error_code, Some(ErrorCode::ServiceUnavailable), "{out:?}");
-    assert!(out.error_message.unwrap().starts_with("acquire game lease:"));
-    assert_eq!(app.record(&game).await.unwrap().status, RuntimeStatus::Running);
+    assert_eq!(
+        out.error_code,
+        Some(ErrorCode::ServiceUnavailable),
+        "{out:?}"
+    );
+    assert!(out
+        .error_message
+        .unwrap()
+        .starts_with("acquire game lease:"));
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Running
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,14 +363,18 @@ async fn a_lost_compare_and_swap_is_a_replay_no_op() {
     // path (a reconciler) moves the record.
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(3)).await;
     let game = unique("race");
-    let cid = app.game_container(&game, Some(IGNORES_SIGTERM.to_vec())).await;
+    let cid = app
+        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
+        .await;
     app.insert_record(&game, "running", Some(&cid)).await;
 
     let stop = app.stop(&game);
     let race = async {
-        eventually("the stop to hold the lease", Duration::from_secs(10), || async {
-            app.lease_holder(&game).await.map(|_| ())
-        })
+        eventually(
+            "the stop to hold the lease",
+            Duration::from_secs(10),
+            || async { app.lease_holder(&game).await.map(|_| ()) },
+        )
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         use rtmanager_activities::schema::runtime_records::dsl as r;
@@ -290,7 +389,10 @@ async fn a_lost_compare_and_swap_is_a_replay_no_op() {
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     assert_eq!(out.error_code, Some(ErrorCode::ReplayNoOp));
     assert_eq!(out.record.unwrap().status, RuntimeStatus::Stopped);
-    assert_eq!(app.op_log(&game).await[0].error_code.as_deref(), Some("replay_no_op"));
+    assert_eq!(
+        app.op_log(&game).await[0].error_code.as_deref(),
+        Some("replay_no_op")
+    );
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
@@ -298,14 +400,18 @@ async fn a_lost_compare_and_swap_is_a_replay_no_op() {
 async fn a_record_gone_mid_stop_is_not_found() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(3)).await;
     let game = unique("midstop");
-    let cid = app.game_container(&game, Some(IGNORES_SIGTERM.to_vec())).await;
+    let cid = app
+        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
+        .await;
     app.insert_record(&game, "running", Some(&cid)).await;
 
     let stop = app.stop(&game);
     let delete = async {
-        eventually("the stop to hold the lease", Duration::from_secs(10), || async {
-            app.lease_holder(&game).await.map(|_| ())
-        })
+        eventually(
+            "the stop to hold the lease",
+            Duration::from_secs(10),
+            || async { app.lease_holder(&game).await.map(|_| ()) },
+        )
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         use rtmanager_activities::schema::runtime_records::dsl as r;
@@ -334,12 +440,19 @@ async fn audit_log_failure_does_not_change_the_outcome() {
     let out = app.stop(&game).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
-    assert_eq!(app.record(&game).await.unwrap().status, RuntimeStatus::Stopped);
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Stopped
+    );
     assert_eq!(app.container_running(&cid).await, Some(false));
-    assert!(app.op_log(&game).await.is_empty(), "the insert really failed");
+    assert!(
+        app.op_log(&game).await.is_empty(),
+        "the insert really failed"
+    );
     assert_eq!(app.lease_holder(&game).await, None);
     assert_eq!(
-        app.telemetry.stop_outcome_count("success", "admin", "admin"),
+        app.telemetry
+            .stop_outcome_count("success", "admin", "admin"),
         1,
         "the outcome is still counted"
     );
@@ -349,7 +462,9 @@ async fn audit_log_failure_does_not_change_the_outcome() {
 async fn cancelling_the_workflow_releases_the_lease() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(60)).await;
     let game = unique("cancel");
-    let cid = app.game_container(&game, Some(IGNORES_SIGTERM.to_vec())).await;
+    let cid = app
+        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
+        .await;
     app.insert_record(&game, "running", Some(&cid)).await;
 
     let handle = rtmanager::client::start(
@@ -363,9 +478,11 @@ async fn cancelling_the_workflow_releases_the_lease() {
     )
     .await
     .unwrap();
-    eventually("the stop to hold the lease", Duration::from_secs(10), || async {
-        app.lease_holder(&game).await.map(|_| ())
-    })
+    eventually(
+        "the stop to hold the lease",
+        Duration::from_secs(10),
+        || async { app.lease_holder(&game).await.map(|_| ()) },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     handle
@@ -377,13 +494,20 @@ async fn cancelling_the_workflow_releases_the_lease() {
         .await
         .expect("the cancelled workflow completes promptly")
         .unwrap();
-    assert_eq!(out.error_code, Some(ErrorCode::ServiceUnavailable), "{out:?}");
+    assert_eq!(
+        out.error_code,
+        Some(ErrorCode::ServiceUnavailable),
+        "{out:?}"
+    );
     assert!(out.error_message.unwrap().contains("cancelled"));
     assert_eq!(app.lease_holder(&game).await, None, "lease released");
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].outcome, "failure");
-    assert_eq!(app.record(&game).await.unwrap().status, RuntimeStatus::Running);
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Running
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +537,10 @@ async fn a_container_without_the_game_label_is_left_untouched() {
         assert_eq!(out.error_code, Some(ErrorCode::Internal), "{out:?}");
         assert!(out.error_message.unwrap().contains("refusing to stop"));
         assert_eq!(app.container_running(cid).await, Some(true), "not stopped");
-        assert_eq!(app.record(&game).await.unwrap().status, RuntimeStatus::Running);
+        assert_eq!(
+            app.record(&game).await.unwrap().status,
+            RuntimeStatus::Running
+        );
         assert_eq!(app.lease_holder(&game).await, None);
     }
 }

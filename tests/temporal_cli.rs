@@ -20,7 +20,11 @@ fn execute(app: &TestApp, input: &str) -> serde_json::Value {
         .args(["--input", input, "--output", "json"])
         .output()
         .expect("run the temporal CLI");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(doc["status"], "COMPLETED", "{doc}");
     doc["result"].clone()
@@ -39,8 +43,18 @@ async fn the_temporal_cli_stops_a_game_and_replays() {
     assert_eq!(first["error_code"], serde_json::Value::Null);
     assert_eq!(first["record"]["status"], "stopped");
     assert_eq!(first["record"]["game_id"], game.as_str());
-    for key in ["current_container_id", "current_image_ref", "started_at", "stopped_at", "removed_at", "last_op_at"] {
-        assert!(first["record"].get(key).is_some(), "record lacks {key}: {first}");
+    for key in [
+        "current_container_id",
+        "current_image_ref",
+        "started_at",
+        "stopped_at",
+        "removed_at",
+        "last_op_at",
+    ] {
+        assert!(
+            first["record"].get(key).is_some(),
+            "record lacks {key}: {first}"
+        );
     }
 
     let again = tokio::task::block_in_place(|| execute(&app, &input));

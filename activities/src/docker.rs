@@ -110,7 +110,11 @@ impl DockerRuntime {
             t: Some(i32::try_from(self.graceful_stop_timeout.as_secs()).unwrap_or(i32::MAX)),
             signal: None,
         };
-        match self.docker.stop_container(container_id, Some(options)).await {
+        match self
+            .docker
+            .stop_container(container_id, Some(options))
+            .await
+        {
             Ok(()) => Ok(ContainerStopOutcome::Stopped),
             Err(err) if is_not_found(&err) => Ok(ContainerStopOutcome::Vanished),
             Err(err) => Err(DockerError::Unavailable(format!("stop: {err}"))),

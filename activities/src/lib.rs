@@ -137,9 +137,15 @@ impl RuntimeActivities {
         game_id: GameId,
     ) -> Result<Option<RuntimeRecord>, ActivityError> {
         let span = span(&ctx, &game_id);
-        async move { self.deps.store.get_record(&game_id).await.map_err(store_error) }
-            .instrument(span)
-            .await
+        async move {
+            self.deps
+                .store
+                .get_record(&game_id)
+                .await
+                .map_err(store_error)
+        }
+        .instrument(span)
+        .await
     }
 
     #[activity(definition = contract::StopContainer)]

@@ -162,7 +162,11 @@ impl RedisStore {
             .arg(event.game_id.as_str())
             .arg(event.container_id.as_deref().unwrap_or(""))
             .arg(&event.event_type)
-            .arg(event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .arg(
+                event
+                    .occurred_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            )
             .arg(event.details.to_string())
             .invoke_async(&mut conn)
             .await?;

@@ -143,7 +143,9 @@ impl Store {
             .optional()?;
         Ok(match current {
             None => UpdateStatusOutcome::NotFound,
-            Some(row) if row.last_op_id.as_deref() == Some(operation_id) && row.status == to.as_str() => {
+            Some(row)
+                if row.last_op_id.as_deref() == Some(operation_id) && row.status == to.as_str() =>
+            {
                 UpdateStatusOutcome::Updated {
                     record: row.into_record()?,
                 }

@@ -28,7 +28,9 @@ pub struct SourceRef(String);
 impl SourceRef {
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() || raw.chars().count() > SOURCE_REF_MAX_LEN {
-            return Err(format!("source_ref must be 1-{SOURCE_REF_MAX_LEN} characters"));
+            return Err(format!(
+                "source_ref must be 1-{SOURCE_REF_MAX_LEN} characters"
+            ));
         }
         if raw.chars().any(char::is_control) {
             return Err("source_ref must not contain control characters".into());
@@ -114,7 +116,13 @@ impl StopRequest {
         let op_source = fields.required_enum::<OpSource>("op_source");
         let source_ref = fields.optional_with("source_ref", SourceRef::parse);
         let lease_token = fields.optional_with("lease_token", LeaseToken::parse);
-        fields.finish(&["game_id", "reason", "op_source", "source_ref", "lease_token"])?;
+        fields.finish(&[
+            "game_id",
+            "reason",
+            "op_source",
+            "source_ref",
+            "lease_token",
+        ])?;
         Ok(Self {
             game_id: game_id.expect("checked by finish"),
             reason: reason.expect("checked by finish"),
@@ -284,17 +292,27 @@ mod tests {
 
     #[test]
     fn optional_fields_may_be_absent_or_null() {
-        let req = parse(r#"{"game_id":"g","reason":"finished","op_source":"stream","source_ref":null}"#)
-            .unwrap();
+        let req =
+            parse(r#"{"game_id":"g","reason":"finished","op_source":"stream","source_ref":null}"#)
+                .unwrap();
         assert!(req.source_ref.is_none() && req.lease_token.is_none());
     }
 
     #[test]
     fn every_problem_is_named_and_the_echo_kept() {
-        let err = parse(r#"{"game_id":"bad id","reason":"reboot","op_source":7,"extra":1}"#)
-            .unwrap_err();
-        for needle in ["game_id", "reason", "op_source must be a string", "unknown field"] {
-            assert!(err.message.contains(needle), "{needle} missing in {}", err.message);
+        let err =
+            parse(r#"{"game_id":"bad id","reason":"reboot","op_source":7,"extra":1}"#).unwrap_err();
+        for needle in [
+            "game_id",
+            "reason",
+            "op_source must be a string",
+            "unknown field",
+        ] {
+            assert!(
+                err.message.contains(needle),
+                "{needle} missing in {}",
+                err.message
+            );
         }
         assert_eq!(err.echo.game_id, "bad id");
         assert_eq!(err.echo.reason.as_deref(), Some("reboot"));

@@ -29,7 +29,9 @@ fn load_dev_env() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".dev/env");
-        let Ok(text) = std::fs::read_to_string(path) else { return };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
         for line in text.lines() {
             if let Some((key, value)) = line.split_once('=') {
                 if std::env::var_os(key).is_none() {
@@ -51,7 +53,10 @@ pub fn init_test_logging() {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// The local game image (exits promptly on SIGTERM).
@@ -155,7 +160,9 @@ impl TestApp {
 
     /// Handles on every service but no worker (for tests that run the worker binary).
     pub async fn without_worker(cfg: TestConfig) -> Self {
-        let client = worker::connect_temporal(&cfg.config).await.expect("Temporal");
+        let client = worker::connect_temporal(&cfg.config)
+            .await
+            .expect("Temporal");
         let docker = Docker::connect_with_local_defaults().expect("docker");
         // The harness's own handle uses the real Redis even when a test breaks the worker's.
         let redis_url = std::env::var("RTMANAGER_REDIS_URL")
@@ -469,9 +476,18 @@ pub fn worker_process(config: &Config) -> std::process::Child {
         .env("RTMANAGER_REDIS_PREFIX", &config.redis_prefix)
         .env("RTMANAGER_HEALTH_STREAM", &config.health_stream)
         .env("RTMANAGER_DOCKER_HOST", &config.docker_host)
-        .env("RTMANAGER_STOP_TIMEOUT_SECS", config.stop_timeout.as_secs().to_string())
-        .env("RTMANAGER_LEASE_TTL_SECS", config.lease_ttl.as_secs().to_string())
-        .env("RTMANAGER_LOCAL_FAST_STEPS", config.local_fast_steps.to_string())
+        .env(
+            "RTMANAGER_STOP_TIMEOUT_SECS",
+            config.stop_timeout.as_secs().to_string(),
+        )
+        .env(
+            "RTMANAGER_LEASE_TTL_SECS",
+            config.lease_ttl.as_secs().to_string(),
+        )
+        .env(
+            "RTMANAGER_LOCAL_FAST_STEPS",
+            config.local_fast_steps.to_string(),
+        )
         .env("RTMANAGER_BUILD_ID", &config.build_id)
         .env("RTMANAGER_LOG", "warn")
         .stdin(std::process::Stdio::null())

@@ -197,7 +197,12 @@ impl Operation<'_> {
         let Some(container_id) = existing.current_container_id.clone() else {
             let message = "runtime record is running but names no container".to_string();
             return self
-                .failure(request, ErrorCode::Internal, message, Touched::of(&existing))
+                .failure(
+                    request,
+                    ErrorCode::Internal,
+                    message,
+                    Touched::of(&existing),
+                )
                 .await;
         };
 
@@ -246,8 +251,13 @@ impl Operation<'_> {
                     "runtime record for game {:?} vanished mid-stop",
                     request.game_id.as_str()
                 );
-                self.failure(request, ErrorCode::NotFound, message, Touched::of(&existing))
-                    .await
+                self.failure(
+                    request,
+                    ErrorCode::NotFound,
+                    message,
+                    Touched::of(&existing),
+                )
+                .await
             }
             Err(failure) => {
                 self.failure(
@@ -270,7 +280,12 @@ impl Operation<'_> {
         container_id: String,
     ) -> OperationOutput {
         let updated = self
-            .update_status(request, &existing, container_id.clone(), RuntimeStatus::Removed)
+            .update_status(
+                request,
+                &existing,
+                container_id.clone(),
+                RuntimeStatus::Removed,
+            )
             .await;
         let now = workflow_now(self.ctx);
         let record = match updated {
