@@ -53,6 +53,10 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Run the sub-millisecond steps as local activities.
     pub local_fast_steps: bool,
+    /// Docker network mode of the game containers StartRuntime creates.
+    pub container_network: String,
+    /// How long a started container must stay up before the start counts.
+    pub start_settle: Duration,
     /// How long a workflow task waits on a (possibly dead) worker's sticky queue.
     pub sticky_queue_timeout: Duration,
     /// Worker build id (skips hashing the executable at start).
@@ -101,6 +105,8 @@ impl Config {
             stop_timeout: Duration::from_secs(num("RTMANAGER_STOP_TIMEOUT_SECS", 10)?),
             lease_ttl: Duration::from_secs(num("RTMANAGER_LEASE_TTL_SECS", 120)?),
             local_fast_steps: flag("RTMANAGER_LOCAL_FAST_STEPS", true)?,
+            container_network: get("RTMANAGER_CONTAINER_NETWORK", "bridge"),
+            start_settle: Duration::from_millis(num("RTMANAGER_START_SETTLE_MS", 300)?),
             sticky_queue_timeout: Duration::from_millis(num(
                 "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
                 3000,
@@ -123,12 +129,12 @@ impl Config {
             self.database_pool_size > 0,
             "RTMANAGER_DATABASE_POOL_SIZE must be positive"
         );
+        // Docker steps renew the lease every 2 s; the TTL must leave room for a missed renewal.
         anyhow::ensure!(
-            self.lease_ttl > self.stop_timeout,
-            "RTMANAGER_LEASE_TTL_SECS ({}s) must exceed RTMANAGER_STOP_TIMEOUT_SECS ({}s): a stop \
-             must not outlive its lease",
-            self.lease_ttl.as_secs(),
-            self.stop_timeout.as_secs()
+            self.lease_ttl >= Duration::from_secs(5),
+            "RTMANAGER_LEASE_TTL_SECS ({}s) must be at least 5 s: Docker steps renew the lease \
+             every 2 s",
+            self.lease_ttl.as_secs()
         );
         url::Url::parse(&self.temporal_address).map_err(|err| {
             anyhow::anyhow!(
@@ -179,8 +185,8 @@ mod tests {
         assert!(err.to_string().contains("RTMANAGER_STOP_TIMEOUT_SECS"));
         let err = config(&[("RTMANAGER_LOCAL_FAST_STEPS", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("RTMANAGER_LOCAL_FAST_STEPS"));
-        let err = config(&[("RTMANAGER_LEASE_TTL_SECS", "5")]).unwrap_err();
-        assert!(err.to_string().contains("must exceed"));
+        let err = config(&[("RTMANAGER_LEASE_TTL_SECS", "4")]).unwrap_err();
+        assert!(err.to_string().contains("at least 5"));
     }
 
     #[test]

@@ -12,9 +12,12 @@ use temporalio_common::worker::WorkerDeploymentOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use rtmanager_activities::{
-    Dependencies, DockerRuntime, RedisKeys, RedisStore, RuntimeActivities, Store, Telemetry,
+    ContainerSettings, Dependencies, DockerRuntime, RedisKeys, RedisStore, RuntimeActivities,
+    Store, Telemetry,
 };
-use rtmanager_workflows::StopRuntimeWorkflow;
+use rtmanager_workflows::{
+    PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
+};
 
 use crate::Config;
 
@@ -50,6 +53,10 @@ pub fn build_dependencies(config: &Config, telemetry: Telemetry) -> anyhow::Resu
         &config.docker_host,
         settings.docker_stop_timeout() + Duration::from_secs(5),
         config.stop_timeout,
+        ContainerSettings {
+            network: config.container_network.clone(),
+            settle: config.start_settle,
+        },
     )
     .with_context(|| format!("docker at {}", config.docker_host))?;
     Ok(Dependencies {
@@ -77,10 +84,25 @@ pub async fn run_worker(
     let client = connect_temporal(config).await?;
     let runtime = Runtime::from_current_tokio(Default::default())?;
     let settings = config.step_settings();
+    let (stop, start, restart, patch) = (
+        settings.clone(),
+        settings.clone(),
+        settings.clone(),
+        settings,
+    );
     let options = WorkerOptions::new(config.task_queue.clone())
         .register_activities(RuntimeActivities::new(deps))
         .register_workflow_with_factory::<StopRuntimeWorkflow, _>(move || {
-            StopRuntimeWorkflow::new(settings.clone())
+            StopRuntimeWorkflow::new(stop.clone())
+        })?
+        .register_workflow_with_factory::<StartRuntimeWorkflow, _>(move || {
+            StartRuntimeWorkflow::new(start.clone())
+        })?
+        .register_workflow_with_factory::<RestartRuntimeWorkflow, _>(move || {
+            RestartRuntimeWorkflow::new(restart.clone())
+        })?
+        .register_workflow_with_factory::<PatchRuntimeWorkflow, _>(move || {
+            PatchRuntimeWorkflow::new(patch.clone())
         })?
         .sticky_queue_schedule_to_start_timeout(config.sticky_queue_timeout)
         .deployment_options(WorkerDeploymentOptions::from_build_id(
@@ -89,11 +111,11 @@ pub async fn run_worker(
         .graceful_shutdown_period(config.stop_timeout + Duration::from_secs(5))
         .build();
     let mut worker = Worker::new(&runtime, client, options)?;
-    let stop = worker.shutdown_handle();
+    let initiate_shutdown = worker.shutdown_handle();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down the worker: finishing in-flight tasks");
-        stop();
+        initiate_shutdown();
     });
     tracing::info!(
         task_queue = %config.task_queue,

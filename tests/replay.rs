@@ -14,7 +14,25 @@ use redis::AsyncCommands;
 use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
-use rtmanager_workflows::StopRuntimeWorkflow;
+use rtmanager_workflows::{
+    PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
+};
+
+fn replayer() -> WorkflowReplayer {
+    WorkflowReplayer::new(
+        WorkflowReplayerOptions::new()
+            .register_workflow::<StopRuntimeWorkflow>()
+            .unwrap()
+            .register_workflow::<StartRuntimeWorkflow>()
+            .unwrap()
+            .register_workflow::<RestartRuntimeWorkflow>()
+            .unwrap()
+            .register_workflow::<PatchRuntimeWorkflow>()
+            .unwrap()
+            .build(),
+    )
+    .unwrap()
+}
 
 fn histories_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/histories")
@@ -29,16 +47,10 @@ async fn recorded_histories_replay_against_the_current_code() {
         .collect();
     files.sort();
     assert!(
-        files.len() >= 5,
+        files.len() >= 10,
         "expected the recorded histories, found {files:?}"
     );
-    let replayer = WorkflowReplayer::new(
-        WorkflowReplayerOptions::new()
-            .register_workflow::<StopRuntimeWorkflow>()
-            .unwrap()
-            .build(),
-    )
-    .unwrap();
+    let replayer = replayer();
     for file in files {
         let history = WorkflowHistory::from_json(&std::fs::read(&file).unwrap()).unwrap();
         replayer
@@ -62,13 +74,7 @@ async fn a_history_that_does_not_match_the_code_is_rejected() {
         text != tampered,
         "the success history schedules StopContainer"
     );
-    let replayer = WorkflowReplayer::new(
-        WorkflowReplayerOptions::new()
-            .register_workflow::<StopRuntimeWorkflow>()
-            .unwrap()
-            .build(),
-    )
-    .unwrap();
+    let replayer = replayer();
     let history = WorkflowHistory::from_json(tampered.as_bytes()).unwrap();
     assert!(replayer.replay_workflow(history).await.is_err());
 }
@@ -77,19 +83,19 @@ async fn a_history_that_does_not_match_the_code_is_rejected() {
 #[ignore = "records tests/histories from the running stack; run on purpose only"]
 async fn record_histories() {
     let mut app = TestApp::spawn().await;
-    let mut inputs: Vec<(&str, String)> = Vec::new();
+    let mut inputs: Vec<(&str, &str, String)> = Vec::new();
 
     let running = unique("rec");
     let cid = app.game_container(&running, None).await;
     app.insert_record(&running, "running", Some(&cid)).await;
-    inputs.push(("stop_success", stop_json(&running)));
-    inputs.push(("stop_replay_no_op", stop_json(&running)));
+    inputs.push(("stop_success", "StopRuntime", stop_json(&running)));
+    inputs.push(("stop_replay_no_op", "StopRuntime", stop_json(&running)));
 
     let vanished = unique("rec");
     let gone = app.game_container(&vanished, None).await;
     app.insert_record(&vanished, "running", Some(&gone)).await;
     app.remove_container(&gone).await;
-    inputs.push(("stop_vanished", stop_json(&vanished)));
+    inputs.push(("stop_vanished", "StopRuntime", stop_json(&vanished)));
 
     let busy = unique("rec");
     app.insert_record(&busy, "running", Some("x")).await;
@@ -99,24 +105,46 @@ async fn record_histories() {
         .set_ex(app.lease_key(&busy), "other", 60)
         .await
         .unwrap();
-    inputs.push(("stop_conflict", stop_json(&busy)));
+    inputs.push(("stop_conflict", "StopRuntime", stop_json(&busy)));
 
-    inputs.push(("stop_not_found", stop_json(&unique("rec"))));
-    inputs.push(("stop_invalid_request", r#"{"game_id":"bad id"}"#.to_owned()));
+    inputs.push(("stop_not_found", "StopRuntime", stop_json(&unique("rec"))));
+    inputs.push((
+        "stop_invalid_request",
+        "StopRuntime",
+        r#"{"game_id":"bad id"}"#.to_owned(),
+    ));
+
+    let image = common::game_image();
+    let fresh = unique("rec");
+    let start = format!(r#"{{"game_id":"{fresh}","image_ref":"{image}","op_source":"admin"}}"#);
+    inputs.push(("start_success", "StartRuntime", start.clone()));
+    inputs.push(("start_replay_no_op", "StartRuntime", start));
+    let replace = format!(r#"{{"game_id":"{fresh}","op_source":"admin","source_ref":"rec-1"}}"#);
+    inputs.push(("restart_success", "RestartRuntime", replace));
+    let patch = format!(
+        r#"{{"game_id":"{fresh}","image_ref":"rtmanager-game:missing","op_source":"admin"}}"#
+    );
+    inputs.push(("patch_rollback", "PatchRuntime", patch));
+    let missing = format!(
+        r#"{{"game_id":"{}","image_ref":"rtmanager-game:missing","op_source":"admin"}}"#,
+        unique("rec")
+    );
+    inputs.push(("start_image_missing", "StartRuntime", missing));
 
     let mut written = HashMap::new();
-    for (name, input) in inputs {
+    for (name, workflow_type, input) in inputs {
         let workflow_id = unique("rec");
         let handle = rtmanager::client::start(
             &app.client,
             &app.config().task_queue,
-            "StopRuntime",
+            workflow_type,
             &workflow_id,
             rtmanager::client::json_input(input.as_bytes()),
         )
         .await
         .unwrap();
-        rtmanager::client::result(&handle).await.unwrap();
+        let output = rtmanager::client::result(&handle).await.unwrap();
+        eprintln!("{name}: {:?} {:?}", output.outcome, output.error_code);
         let json = handle
             .fetch_history(WorkflowFetchHistoryOptions::default())
             .to_json()

@@ -238,13 +238,13 @@ async fn an_inherited_lease_is_neither_acquired_nor_released() {
     let _: () = app
         .redis
         .clone()
-        .set_ex(app.lease_key(&game), "parent-token", 60)
+        .set_ex(app.lease_key(&game), "42:parent-secret", 60)
         .await
         .unwrap();
 
     let out = app
         .stop_raw(&format!(
-            r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"parent-token"}}"#
+            r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"42:parent-secret"}}"#
         ))
         .await;
 
@@ -252,9 +252,17 @@ async fn an_inherited_lease_is_neither_acquired_nor_released() {
     assert_eq!(app.container_running(&cid).await, Some(false));
     assert_eq!(
         app.lease_holder(&game).await.as_deref(),
-        Some("parent-token")
+        Some("42:parent-secret")
     );
     assert_eq!(app.telemetry.lease_acquire_count("acquired"), 0);
+
+    // Only tokens rtmanager issued (`<fence>:<secret>`) can be inherited: they carry the fence.
+    let out = app
+        .stop_raw(&format!(
+            r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"opaque"}}"#
+        ))
+        .await;
+    assert_eq!(out.error_code, Some(ErrorCode::InvalidRequest), "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,19 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use bollard::{
     errors::Error as BollardError,
-    query_parameters::{InspectContainerOptions, StopContainerOptions},
+    models::{ContainerCreateBody, ContainerInspectResponse, HostConfig},
+    query_parameters::{
+        CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
+        StartContainerOptions, StopContainerOptions,
+    },
     Docker, API_DEFAULT_VERSION,
 };
 
-use rtmanager_domain::GameId;
+use rtmanager_domain::{GameId, ImageRef};
 use rtmanager_workflows::contract::ContainerStopOutcome;
 
 /// Label naming the game a container belongs to.
@@ -26,9 +32,24 @@ pub enum DockerError {
     /// Definitive: the container is not this game's managed container.
     #[error("{0}")]
     Refused(String),
+    /// Definitive: the image is not available to the engine.
+    #[error("{0}")]
+    ImageMissing(String),
+    /// Definitive: the container did not keep running after its start.
+    #[error("{0}")]
+    Crashed(String),
     /// Worth retrying: the daemon is unreachable or answered with an error.
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// How game containers are created.
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    /// Docker network mode of game containers (`bridge`, `none`, a network name).
+    pub network: String,
+    /// How long a started container must stay up before the start counts.
+    pub settle: Duration,
 }
 
 /// One bollard client shared by every activity.
@@ -36,6 +57,7 @@ pub enum DockerError {
 pub struct DockerRuntime {
     docker: Docker,
     graceful_stop_timeout: Duration,
+    containers: ContainerSettings,
 }
 
 impl DockerRuntime {
@@ -45,6 +67,7 @@ impl DockerRuntime {
         host: &str,
         request_timeout: Duration,
         graceful_stop_timeout: Duration,
+        containers: ContainerSettings,
     ) -> anyhow::Result<Self> {
         let secs = request_timeout.as_secs().max(1);
         let docker = if host.starts_with("unix://") || host.starts_with('/') {
@@ -55,6 +78,7 @@ impl DockerRuntime {
         Ok(Self {
             docker,
             graceful_stop_timeout,
+            containers,
         })
     }
 
@@ -87,23 +111,8 @@ impl DockerRuntime {
             Err(err) if is_not_found(&err) => return Ok(ContainerStopOutcome::Vanished),
             Err(err) => return Err(DockerError::Unavailable(format!("inspect: {err}"))),
         };
-        let labels = inspected
-            .config
-            .as_ref()
-            .and_then(|config| config.labels.as_ref());
-        let label = |name: &str| labels.and_then(|l| l.get(name)).map(String::as_str);
-        if label(LABEL_GAME_ID) != Some(game_id.as_str()) || label(LABEL_MANAGED) != Some("true") {
-            return Err(DockerError::Refused(format!(
-                "container {container_id} is not labelled {LABEL_GAME_ID}={game_id} and \
-                 {LABEL_MANAGED}=true; refusing to stop it"
-            )));
-        }
-        let running = inspected
-            .state
-            .as_ref()
-            .and_then(|state| state.running)
-            .unwrap_or(false);
-        if !running {
+        check_labels(&inspected, game_id, container_id, "stop")?;
+        if !is_running(&inspected) {
             return Ok(ContainerStopOutcome::AlreadyStopped);
         }
         let options = StopContainerOptions {
@@ -120,6 +129,171 @@ impl DockerRuntime {
             Err(err) => Err(DockerError::Unavailable(format!("stop: {err}"))),
         }
     }
+
+    /// Creates the container `name` from `image` (or adopts it: a retried attempt finds the one
+    /// its first attempt created), starts it, and checks it is still running after the settle
+    /// time. A container that dies at once is removed and reported as [`DockerError::Crashed`].
+    pub async fn ensure_running(
+        &self,
+        game_id: &GameId,
+        image: &ImageRef,
+        name: &str,
+    ) -> Result<String, DockerError> {
+        let id = match self.inspect(name).await? {
+            Some(existing) => {
+                check_labels(&existing, game_id, name, "adopt")?;
+                existing.id.unwrap_or_else(|| name.to_owned())
+            }
+            None => self.create(game_id, image, name).await?,
+        };
+        match self
+            .docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => {}
+            Err(
+                err @ BollardError::DockerResponseServerError {
+                    status_code: 400..=499 | 500,
+                    ..
+                },
+            ) if !is_not_found(&err) => {
+                self.force_remove(&id).await;
+                return Err(DockerError::Crashed(format!("start {image}: {err}")));
+            }
+            Err(err) => return Err(DockerError::Unavailable(format!("start: {err}"))),
+        }
+        tokio::time::sleep(self.containers.settle).await;
+        match self.inspect(&id).await? {
+            Some(started) if is_running(&started) => Ok(id),
+            Some(started) => {
+                let code = started.state.and_then(|s| s.exit_code).unwrap_or_default();
+                self.force_remove(&id).await;
+                Err(DockerError::Crashed(format!(
+                    "container from {image} exited with code {code} right after its start"
+                )))
+            }
+            None => Err(DockerError::Crashed(format!(
+                "container from {image} disappeared right after its start"
+            ))),
+        }
+    }
+
+    /// Removes one of the game's containers (running or not); a missing one is fine.
+    pub async fn remove(&self, game_id: &GameId, container_id: &str) -> Result<(), DockerError> {
+        let Some(inspected) = self.inspect(container_id).await? else {
+            return Ok(());
+        };
+        check_labels(&inspected, game_id, container_id, "remove")?;
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self
+            .docker
+            .remove_container(container_id, Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(DockerError::Unavailable(format!("remove: {err}"))),
+        }
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(inspected) => Ok(Some(inspected)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(DockerError::Unavailable(format!("inspect: {err}"))),
+        }
+    }
+
+    async fn create(
+        &self,
+        game_id: &GameId,
+        image: &ImageRef,
+        name: &str,
+    ) -> Result<String, DockerError> {
+        let labels = HashMap::from([
+            (LABEL_GAME_ID.to_owned(), game_id.as_str().to_owned()),
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(image.as_str().to_owned()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some(self.containers.network.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        match self.docker.create_container(Some(options), body).await {
+            Ok(created) => Ok(created.id),
+            Err(err) if is_not_found(&err) => Err(DockerError::ImageMissing(format!(
+                "image {image} is not available to the Docker engine"
+            ))),
+            // Another attempt created it meanwhile: adopt it.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => match self.inspect(name).await? {
+                Some(existing) => {
+                    check_labels(&existing, game_id, name, "adopt")?;
+                    Ok(existing.id.unwrap_or_else(|| name.to_owned()))
+                }
+                None => Err(DockerError::Unavailable(format!(
+                    "container {name} conflicted on create but is gone"
+                ))),
+            },
+            Err(err) => Err(DockerError::Unavailable(format!("create: {err}"))),
+        }
+    }
+
+    async fn force_remove(&self, id: &str) {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        if let Err(err) = self.docker.remove_container(id, Some(options)).await {
+            tracing::warn!(container_id = id, err = %err, "remove a failed container");
+        }
+    }
+}
+
+/// Refuses any container that is not this game's managed container.
+fn check_labels(
+    inspected: &ContainerInspectResponse,
+    game_id: &GameId,
+    container_id: &str,
+    verb: &str,
+) -> Result<(), DockerError> {
+    let labels = inspected
+        .config
+        .as_ref()
+        .and_then(|config| config.labels.as_ref());
+    let label = |name: &str| labels.and_then(|l| l.get(name)).map(String::as_str);
+    if label(LABEL_GAME_ID) != Some(game_id.as_str()) || label(LABEL_MANAGED) != Some("true") {
+        return Err(DockerError::Refused(format!(
+            "container {container_id} is not labelled {LABEL_GAME_ID}={game_id} and \
+             {LABEL_MANAGED}=true; refusing to {verb} it"
+        )));
+    }
+    Ok(())
+}
+
+fn is_running(inspected: &ContainerInspectResponse) -> bool {
+    inspected
+        .state
+        .as_ref()
+        .and_then(|state| state.running)
+        .unwrap_or(false)
 }
 
 fn is_not_found(err: &BollardError) -> bool {

@@ -13,6 +13,7 @@
 //! Caller: the worker registers one [`RuntimeActivities`].
 
 pub mod docker;
+pub mod fault;
 pub mod redis_store;
 pub mod schema;
 pub mod store;
@@ -25,13 +26,14 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::Instrument;
 
-use rtmanager_domain::{ErrorCode, GameId, Outcome, RuntimeRecord};
+use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome, RuntimeRecord};
 use rtmanager_workflows::contract::{
-    self, failure_type, AcquireLeaseInput, ContainerStopOutcome, HealthEvent, LeaseOutcome,
-    OperationEntry, ReleaseLeaseInput, StopContainerInput, UpdateStatusInput, UpdateStatusOutcome,
+    self, failure_type, AcquireLeaseInput, ContainerStopOutcome, EnsureContainerInput, HealthEvent,
+    LeaseOutcome, OperationEntry, RecordRunningInput, ReleaseLeaseInput, RemoveContainerInput,
+    StopContainerInput, UpdateStatusInput, UpdateStatusOutcome,
 };
 
-pub use docker::DockerRuntime;
+pub use docker::{ContainerSettings, DockerRuntime};
 pub use redis_store::{RedisKeys, RedisStore};
 pub use store::Store;
 pub use telemetry::Telemetry;
@@ -80,19 +82,19 @@ impl RuntimeActivities {
             let result = self
                 .deps
                 .redis
-                .acquire_lease(&input.game_id, &input.token, self.deps.lease_ttl)
+                .acquire_lease(&input.game_id, &input.secret, self.deps.lease_ttl)
                 .await;
             let label = match &result {
-                Ok(true) => "acquired",
-                Ok(false) => "held_by_other",
+                Ok(Some(_)) => "acquired",
+                Ok(None) => "held_by_other",
                 Err(_) => "error",
             };
             self.deps
                 .telemetry
                 .record_lease_acquire(label, started.elapsed());
             match result {
-                Ok(true) => Ok(LeaseOutcome::Acquired),
-                Ok(false) => Ok(LeaseOutcome::HeldByOther),
+                Ok(Some(fence)) => Ok(LeaseOutcome::Acquired { fence }),
+                Ok(None) => Ok(LeaseOutcome::HeldByOther),
                 Err(err) => Err(retryable(format!("redis: {err}"))),
             }
         }
@@ -157,26 +159,77 @@ impl RuntimeActivities {
         let span = span(&ctx, &input.game_id);
         async move {
             let stop = self.deps.docker.stop(&input.game_id, &input.container_id);
-            tokio::pin!(stop);
-            let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
-            let result = loop {
-                tokio::select! {
-                    result = &mut stop => break result,
-                    _ = ctx.cancelled() => return Err(ActivityError::cancelled()),
-                    _ = beat.tick() => { let _ = ctx.record_heartbeat(()).await; }
-                }
-            };
-            match result {
-                Ok(outcome) => Ok(outcome),
-                Err(DockerError::Refused(message)) => {
-                    tracing::error!(container_id = %input.container_id, "{message}");
-                    Err(definitive(failure_type::INTERNAL, message))
-                }
-                Err(DockerError::Unavailable(message)) => {
-                    tracing::warn!(container_id = %input.container_id, attempt = ctx.info().attempt, "docker: {message}");
-                    Err(retryable(message))
-                }
-            }
+            let result = self
+                .keeping_lease(&ctx, &input.game_id, &input.lease, stop)
+                .await?;
+            docker_result(result, &ctx, &input.container_id)
+        }
+        .instrument(span)
+        .await
+    }
+
+    #[activity(definition = contract::EnsureContainer)]
+    pub async fn ensure_container(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: EnsureContainerInput,
+    ) -> Result<String, ActivityError> {
+        let span = span(&ctx, &input.game_id);
+        async move {
+            let ensure =
+                self.deps
+                    .docker
+                    .ensure_running(&input.game_id, &input.image_ref, &input.name);
+            let result = self
+                .keeping_lease(&ctx, &input.game_id, &input.lease, ensure)
+                .await?;
+            let id = docker_result(result, &ctx, &input.name)?;
+            fault::point("after", "EnsureContainer").await;
+            Ok(id)
+        }
+        .instrument(span)
+        .await
+    }
+
+    #[activity(definition = contract::RemoveContainer)]
+    pub async fn remove_container(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: RemoveContainerInput,
+    ) -> Result<(), ActivityError> {
+        let span = span(&ctx, &input.game_id);
+        async move {
+            let result = self
+                .deps
+                .docker
+                .remove(&input.game_id, &input.container_id)
+                .await;
+            docker_result(result, &ctx, &input.container_id)
+        }
+        .instrument(span)
+        .await
+    }
+
+    #[activity(definition = contract::RecordRunning)]
+    pub async fn record_running(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: RecordRunningInput,
+    ) -> Result<UpdateStatusOutcome, ActivityError> {
+        let span = span(&ctx, &input.game_id);
+        async move {
+            fault::point("before", "RecordRunning").await;
+            self.deps
+                .store
+                .record_running(
+                    &input.game_id,
+                    &input.operation_id,
+                    input.fence,
+                    &input.container_id,
+                    input.image_ref.as_str(),
+                )
+                .await
+                .map_err(store_error)
         }
         .instrument(span)
         .await
@@ -198,6 +251,7 @@ impl RuntimeActivities {
                     input.expected_from,
                     input.expected_container_id.as_deref(),
                     input.to,
+                    input.fence,
                 )
                 .await
                 .map_err(store_error)
@@ -258,11 +312,20 @@ impl RuntimeActivities {
             // Count each operation once: when its row is written, or when the last attempt to
             // write it failed.
             if matches!(result, Ok(true)) || (result.is_err() && last_attempt) {
-                self.deps.telemetry.record_stop_outcome(
-                    entry.outcome.as_str(),
-                    &entry.reason_label,
+                let telemetry = &self.deps.telemetry;
+                let outcome = entry.outcome.as_str();
+                telemetry.record_operation_outcome(
+                    entry.op_kind.as_str(),
+                    outcome,
                     &entry.op_source_label,
                 );
+                if entry.op_kind == OpKind::Stop {
+                    telemetry.record_stop_outcome(
+                        outcome,
+                        &entry.reason_label,
+                        &entry.op_source_label,
+                    );
+                }
             }
             log_outcome(&entry);
             result.map(|_| ()).map_err(|err| {
@@ -278,6 +341,69 @@ impl RuntimeActivities {
         }
         .instrument(span)
         .await
+    }
+}
+
+impl RuntimeActivities {
+    /// Runs a Docker call while heartbeating (so a dead worker is noticed and a cancellation
+    /// arrives) and renewing the game's lease (so a stop longer than the lease TTL keeps it).
+    /// A lease found lost is never renewed: the step ends with a definitive `conflict`.
+    async fn keeping_lease<T>(
+        &self,
+        ctx: &ActivityContext,
+        game_id: &GameId,
+        lease: &LeaseToken,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, ActivityError> {
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut work => return Ok(result),
+                _ = ctx.cancelled() => return Err(ActivityError::cancelled()),
+                _ = beat.tick() => {
+                    let _ = ctx.record_heartbeat(()).await;
+                    match self.deps.redis.renew_lease(game_id, lease, self.deps.lease_ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let message = "the game's lease was lost while Docker worked \
+                                           (another operation took it)";
+                            tracing::error!("{message}");
+                            return Err(definitive(failure_type::CONFLICT, message));
+                        }
+                        // Redis briefly unreachable: the lease TTL still covers us.
+                        Err(err) => tracing::warn!(err = %err, "renew game lease"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Maps a Docker adapter result onto the activity error tiers.
+fn docker_result<T>(
+    result: Result<T, DockerError>,
+    ctx: &ActivityContext,
+    container: &str,
+) -> Result<T, ActivityError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(DockerError::Refused(message)) => {
+            tracing::error!(container, "{message}");
+            Err(definitive(failure_type::INTERNAL, message))
+        }
+        Err(DockerError::ImageMissing(message)) => {
+            Err(definitive(failure_type::NOT_FOUND, message))
+        }
+        Err(DockerError::Crashed(message)) => {
+            tracing::warn!(container, "{message}");
+            Err(definitive(failure_type::INTERNAL, message))
+        }
+        Err(DockerError::Unavailable(message)) => {
+            tracing::warn!(container, attempt = ctx.info().attempt, "docker: {message}");
+            Err(retryable(message))
+        }
     }
 }
 

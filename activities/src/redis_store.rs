@@ -12,24 +12,46 @@ use tokio::sync::OnceCell;
 use rtmanager_domain::{GameId, LeaseToken};
 use rtmanager_workflows::contract::HealthEvent;
 
-/// Takes the lease, or refreshes it when this token already holds it (a retried attempt).
+/// Takes the lease, or refreshes it when this secret already holds it (a retried attempt).
+/// The stored value is `<fence>:<secret>`; the fence comes from a per-game counter that never
+/// goes below the current time in microseconds, so it keeps growing even if Redis loses the
+/// counter (a restart without persistence). Returns the fence, or 0 when another holder has it.
 const ACQUIRE: &str = r"
 local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
 if current then
+  local sep = string.find(current, ':', 1, true)
+  if sep and string.sub(current, sep + 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(current, 1, sep - 1))
+  end
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+local fence = redis.call('INCR', KEYS[2])
+if fence < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+  fence = tonumber(ARGV[3])
+end
+-- Lua numbers are doubles: format the fence as an integer, never as 1.7e+15.
+redis.call('SET', KEYS[1], string.format('%.0f', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
+return fence
 ";
 
-/// Compare-and-delete.
+/// Compare-and-delete by secret.
 const RELEASE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, ':', 1, true)
+  if sep and string.sub(current, sep + 1) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+";
+
+/// Compare-and-extend: a holder that lost its lease never renews it.
+const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
@@ -64,6 +86,10 @@ impl RedisKeys {
         format!("{}lease:{}", self.prefix, game_id)
     }
 
+    fn fence(&self, game_id: &GameId) -> String {
+        format!("{}fence:{}", self.prefix, game_id)
+    }
+
     fn publish_marker(&self, event: &HealthEvent) -> String {
         format!(
             "{}health_published:{}:{}",
@@ -80,6 +106,7 @@ pub struct RedisStore {
     keys: RedisKeys,
     acquire: Script,
     release: Script,
+    renew: Script,
     publish_once: Script,
 }
 
@@ -91,6 +118,7 @@ impl RedisStore {
             keys,
             acquire: Script::new(ACQUIRE),
             release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
             publish_once: Script::new(PUBLISH_ONCE),
         })
     }
@@ -116,22 +144,28 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Returns whether the lease is now held by `token`.
+    /// Takes (or re-confirms) the lease for `secret`; returns its fence, or `None` when
+    /// another holder has it.
     pub async fn acquire_lease(
         &self,
         game_id: &GameId,
-        token: &LeaseToken,
+        secret: &str,
         ttl: Duration,
-    ) -> redis::RedisResult<bool> {
+    ) -> redis::RedisResult<Option<u64>> {
         let mut conn = self.conn().await?;
-        let acquired: i64 = self
+        let floor = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let fence: u64 = self
             .acquire
             .key(self.keys.lease(game_id))
-            .arg(token.as_str())
+            .key(self.keys.fence(game_id))
+            .arg(secret)
             .arg(ttl.as_millis().max(1) as u64)
+            .arg(floor)
             .invoke_async(&mut conn)
             .await?;
-        Ok(acquired == 1)
+        Ok((fence > 0).then_some(fence))
     }
 
     /// Returns whether a lease held by `token` was deleted.
@@ -144,10 +178,28 @@ impl RedisStore {
         let deleted: i64 = self
             .release
             .key(self.keys.lease(game_id))
-            .arg(token.as_str())
+            .arg(token.secret())
             .invoke_async(&mut conn)
             .await?;
         Ok(deleted == 1)
+    }
+
+    /// Extends a lease `token` still holds; returns whether it did.
+    pub async fn renew_lease(
+        &self,
+        game_id: &GameId,
+        token: &LeaseToken,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let mut conn = self.conn().await?;
+        let renewed: i64 = self
+            .renew
+            .key(self.keys.lease(game_id))
+            .arg(token.as_str())
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
     }
 
     /// XADDs the event unless this operation already published it; returns whether it added.

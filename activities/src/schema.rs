@@ -11,6 +11,7 @@ diesel::table! {
         removed_at -> Nullable<Timestamptz>,
         last_op_at -> Timestamptz,
         last_op_id -> Nullable<Text>,
+        fence -> Int8,
     }
 }
 

@@ -80,8 +80,9 @@ impl Store {
         row.map(RecordRow::into_record).transpose()
     }
 
-    /// Compare-and-swap of the status, guarded by the expected status and container id.
-    /// Idempotent per `operation_id`: a retry whose earlier attempt committed gets `Updated`.
+    /// Compare-and-swap of the status, guarded by the expected status and container id and by
+    /// the writer's lease fence. Idempotent per `operation_id`: a retry whose earlier attempt
+    /// committed gets `Updated`.
     pub async fn update_status(
         &self,
         game_id: &GameId,
@@ -89,14 +90,17 @@ impl Store {
         expected_from: RuntimeStatus,
         expected_container_id: Option<&str>,
         to: RuntimeStatus,
+        fence: u64,
     ) -> Result<UpdateStatusOutcome, StoreError> {
         use runtime_records::dsl as r;
         let now = Utc::now().trunc_subsecs(6);
+        let fence = i64::try_from(fence).unwrap_or(i64::MAX);
         let mut conn = self.conn().await?;
         let target = r::runtime_records
             .filter(r::game_id.eq(game_id.as_str()))
             .filter(r::status.eq(expected_from.as_str()))
-            .filter(r::current_container_id.is_not_distinct_from(expected_container_id));
+            .filter(r::current_container_id.is_not_distinct_from(expected_container_id))
+            .filter(r::fence.le(fence));
         let updated = match to {
             RuntimeStatus::Stopped => {
                 diesel::update(target)
@@ -105,6 +109,7 @@ impl Store {
                         r::stopped_at.eq(now),
                         r::last_op_at.eq(now),
                         r::last_op_id.eq(operation_id),
+                        r::fence.eq(fence),
                     ))
                     .returning(RecordRow::as_returning())
                     .get_result(&mut conn)
@@ -118,6 +123,7 @@ impl Store {
                         r::removed_at.eq(now),
                         r::last_op_at.eq(now),
                         r::last_op_id.eq(operation_id),
+                        r::fence.eq(fence),
                     ))
                     .returning(RecordRow::as_returning())
                     .get_result(&mut conn)
@@ -135,10 +141,77 @@ impl Store {
                 record: row.into_record()?,
             });
         }
+        self.explain_refusal(&mut conn, game_id, operation_id, to, fence)
+            .await
+    }
+
+    /// Upserts the record to `running` with a new container: refused when the record is
+    /// running already (unless this operation wrote it: a retry) or a newer lease holder wrote
+    /// it.
+    pub async fn record_running(
+        &self,
+        game_id: &GameId,
+        operation_id: &str,
+        fence: u64,
+        container_id: &str,
+        image_ref: &str,
+    ) -> Result<UpdateStatusOutcome, StoreError> {
+        use diesel::sql_types::{BigInt, Text, Timestamptz};
+        let now = Utc::now().trunc_subsecs(6);
+        let fence = i64::try_from(fence).unwrap_or(i64::MAX);
+        let mut conn = self.conn().await?;
+        // diesel's upsert builder has no WHERE on DO UPDATE; the same statement, bound.
+        let written: Option<RecordRow> = diesel::sql_query(
+            "INSERT INTO runtime_records (game_id, status, current_container_id, \
+               current_image_ref, started_at, last_op_at, last_op_id, fence) \
+             VALUES ($1, 'running', $2, $3, $4, $4, $5, $6) \
+             ON CONFLICT (game_id) DO UPDATE SET status = 'running', \
+               current_container_id = EXCLUDED.current_container_id, \
+               current_image_ref = EXCLUDED.current_image_ref, started_at = EXCLUDED.started_at, \
+               stopped_at = NULL, removed_at = NULL, last_op_at = EXCLUDED.last_op_at, \
+               last_op_id = EXCLUDED.last_op_id, fence = EXCLUDED.fence \
+             WHERE runtime_records.status <> 'running' AND runtime_records.fence <= EXCLUDED.fence \
+             RETURNING game_id, status, current_container_id, current_image_ref, started_at, \
+               stopped_at, removed_at, last_op_at, last_op_id, fence",
+        )
+        .bind::<Text, _>(game_id.as_str())
+        .bind::<Text, _>(container_id)
+        .bind::<Text, _>(image_ref)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(operation_id)
+        .bind::<BigInt, _>(fence)
+        .get_result(&mut conn)
+        .await
+        .optional()?;
+        if let Some(row) = written {
+            return Ok(UpdateStatusOutcome::Updated {
+                record: row.into_record()?,
+            });
+        }
+        self.explain_refusal(
+            &mut conn,
+            game_id,
+            operation_id,
+            RuntimeStatus::Running,
+            fence,
+        )
+        .await
+    }
+
+    /// Why a guarded write touched no row: this operation already wrote it (a retry), a newer
+    /// lease holder did (fenced), another path moved it (conflict), or it is gone.
+    async fn explain_refusal(
+        &self,
+        conn: &mut AsyncPgConnection,
+        game_id: &GameId,
+        operation_id: &str,
+        to: RuntimeStatus,
+        fence: i64,
+    ) -> Result<UpdateStatusOutcome, StoreError> {
         let current = runtime_records::table
             .find(game_id.as_str())
             .select(RecordRow::as_select())
-            .first(&mut conn)
+            .first(conn)
             .await
             .optional()?;
         Ok(match current {
@@ -150,6 +223,9 @@ impl Store {
                     record: row.into_record()?,
                 }
             }
+            Some(row) if row.fence > fence => UpdateStatusOutcome::Fenced {
+                current: row.into_record()?,
+            },
             Some(row) => UpdateStatusOutcome::Conflict {
                 current: row.into_record()?,
             },
@@ -225,7 +301,7 @@ pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
     .await?
 }
 
-#[derive(Queryable, Selectable)]
+#[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = runtime_records, check_for_backend(diesel::pg::Pg))]
 struct RecordRow {
     game_id: String,
@@ -237,6 +313,7 @@ struct RecordRow {
     removed_at: Option<DateTime<Utc>>,
     last_op_at: DateTime<Utc>,
     last_op_id: Option<String>,
+    fence: i64,
 }
 
 impl RecordRow {

@@ -11,6 +11,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 pub struct Telemetry {
     registry: Registry,
     stop_outcomes: IntCounterVec,
+    operation_outcomes: IntCounterVec,
     lease_acquire_seconds: HistogramVec,
     health_events: IntCounterVec,
 }
@@ -24,6 +25,14 @@ impl Telemetry {
                 "Stop operations by outcome, reason and op_source",
             ),
             &["outcome", "reason", "op_source"],
+        )
+        .expect("static metric definition");
+        let operation_outcomes = IntCounterVec::new(
+            Opts::new(
+                "rtmanager_operation_outcomes_total",
+                "Lifecycle operations by kind, outcome and op_source",
+            ),
+            &["op_kind", "outcome", "op_source"],
         )
         .expect("static metric definition");
         let lease_acquire_seconds = HistogramVec::new(
@@ -47,6 +56,7 @@ impl Telemetry {
         .expect("static metric definition");
         for collector in [
             Box::new(stop_outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(operation_outcomes.clone()),
             Box::new(lease_acquire_seconds.clone()),
             Box::new(health_events.clone()),
         ] {
@@ -55,6 +65,7 @@ impl Telemetry {
         Self {
             registry,
             stop_outcomes,
+            operation_outcomes,
             lease_acquire_seconds,
             health_events,
         }
@@ -73,6 +84,18 @@ impl Telemetry {
     pub fn stop_outcome_count(&self, outcome: &str, reason: &str, op_source: &str) -> u64 {
         self.stop_outcomes
             .with_label_values(&[outcome, reason, op_source])
+            .get()
+    }
+
+    pub fn record_operation_outcome(&self, op_kind: &str, outcome: &str, op_source: &str) {
+        self.operation_outcomes
+            .with_label_values(&[op_kind, outcome, op_source])
+            .inc();
+    }
+
+    pub fn operation_outcome_count(&self, op_kind: &str, outcome: &str, op_source: &str) -> u64 {
+        self.operation_outcomes
+            .with_label_values(&[op_kind, outcome, op_source])
             .get()
     }
 

@@ -13,7 +13,9 @@ pub mod vocabulary;
 pub use game_id::{GameId, GameIdError};
 pub use output::OperationOutput;
 pub use record::RuntimeRecord;
-pub use request::{InvalidRequest, LeaseToken, SourceRef, StopRequest};
+pub use request::{
+    ImageRef, InvalidRequest, LeaseToken, ReplaceRequest, SourceRef, StartRequest, StopRequest,
+};
 pub use vocabulary::{ErrorCode, OpKind, OpSource, Outcome, RuntimeStatus, StopReason};
 
 /// Truncates `value` to at most `max` characters (on a char boundary). Used where raw, possibly

@@ -65,12 +65,73 @@ impl LeaseToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The token rtmanager issues for a lease it granted: `<fence>:<secret>`.
+    pub fn issued(fence: u64, secret: &str) -> Self {
+        Self(format!("{fence}:{secret}"))
+    }
+
+    /// The monotonic fence of an rtmanager-issued token; `None` for any other string.
+    pub fn fence(&self) -> Option<u64> {
+        let (fence, secret) = self.0.split_once(':')?;
+        (!secret.is_empty()).then_some(())?;
+        fence.parse().ok().filter(|f| *f > 0)
+    }
+
+    /// The secret part stored in Redis (the whole token when it carries no fence).
+    pub fn secret(&self) -> &str {
+        match self.0.split_once(':') {
+            Some((_, secret)) if self.fence().is_some() => secret,
+            _ => &self.0,
+        }
+    }
 }
 
 impl std::fmt::Debug for LeaseToken {
     /// Tokens are capabilities: logs show only a prefix.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "LeaseToken({}…)", truncate_chars(&self.0, 6))
+    }
+}
+
+/// Longest image reference accepted.
+pub const IMAGE_REF_MAX_LEN: usize = 512;
+
+/// A Docker image reference (`name[:tag][@digest]`), as given by the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ImageRef(String);
+
+impl ImageRef {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > IMAGE_REF_MAX_LEN {
+            return Err(format!(
+                "image_ref must be 1-{IMAGE_REF_MAX_LEN} characters"
+            ));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/:@+".contains(c);
+        if !raw.chars().all(allowed)
+            || !raw
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(format!(
+                "image_ref {:?} is not a Docker image reference",
+                truncate_chars(raw, 80)
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -85,6 +146,8 @@ pub struct RequestEcho {
     pub source_ref: Option<String>,
     /// The raw reason (truncated), if it was a string.
     pub reason: Option<String>,
+    /// The raw image_ref (truncated), if it was a string.
+    pub image_ref: Option<String>,
 }
 
 /// A request that does not parse: the `invalid_request` message plus what could be read.
@@ -148,6 +211,130 @@ impl StopRequest {
     }
 }
 
+/// A parsed `StartRuntime` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    pub game_id: GameId,
+    pub image_ref: ImageRef,
+    pub op_source: OpSource,
+    pub source_ref: Option<SourceRef>,
+    /// Set only by a parent workflow that already holds the game's lease.
+    pub lease_token: Option<LeaseToken>,
+}
+
+impl StartRequest {
+    /// Parses `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?}`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+        let mut fields = Fields::parse(bytes)?;
+        let game_id = fields.game_id();
+        let image_ref = fields.required_with("image_ref", ImageRef::parse);
+        let op_source = fields.required_enum::<OpSource>("op_source");
+        let source_ref = fields.optional_with("source_ref", SourceRef::parse);
+        let lease_token = fields.optional_with("lease_token", LeaseToken::parse);
+        fields.finish(&[
+            "game_id",
+            "image_ref",
+            "op_source",
+            "source_ref",
+            "lease_token",
+        ])?;
+        Ok(Self {
+            game_id: game_id.expect("checked by finish"),
+            image_ref: image_ref.expect("checked by finish"),
+            op_source: op_source.expect("checked by finish"),
+            source_ref: source_ref.expect("checked by finish"),
+            lease_token: lease_token.expect("checked by finish"),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("game_id".into(), self.game_id.as_str().into());
+        map.insert("image_ref".into(), self.image_ref.as_str().into());
+        map.insert("op_source".into(), self.op_source.as_str().into());
+        insert_optional(
+            &mut map,
+            "source_ref",
+            self.source_ref.as_ref().map(SourceRef::as_str),
+        );
+        insert_optional(
+            &mut map,
+            "lease_token",
+            self.lease_token.as_ref().map(LeaseToken::as_str),
+        );
+        Value::Object(map)
+    }
+}
+
+/// A parsed `RestartRuntime` (no `image_ref`) or `PatchRuntime` (with `image_ref`) input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaceRequest {
+    pub game_id: GameId,
+    /// The image to run afterwards: `None` for a restart (the current image).
+    pub image_ref: Option<ImageRef>,
+    pub op_source: OpSource,
+    pub source_ref: Option<SourceRef>,
+}
+
+impl ReplaceRequest {
+    /// Parses `{"game_id", "op_source", "source_ref"?}`.
+    pub fn restart_from_json(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+        Self::from_json(bytes, false)
+    }
+
+    /// Parses `{"game_id", "image_ref", "op_source", "source_ref"?}`.
+    pub fn patch_from_json(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+        Self::from_json(bytes, true)
+    }
+
+    fn from_json(bytes: &[u8], patch: bool) -> Result<Self, InvalidRequest> {
+        let mut fields = Fields::parse(bytes)?;
+        let game_id = fields.game_id();
+        let image_ref = if patch {
+            fields.required_with("image_ref", ImageRef::parse).map(Some)
+        } else {
+            Some(None)
+        };
+        let op_source = fields.required_enum::<OpSource>("op_source");
+        let source_ref = fields.optional_with("source_ref", SourceRef::parse);
+        let known: &[&str] = if patch {
+            &["game_id", "image_ref", "op_source", "source_ref"]
+        } else {
+            &["game_id", "op_source", "source_ref"]
+        };
+        fields.finish(known)?;
+        Ok(Self {
+            game_id: game_id.expect("checked by finish"),
+            image_ref: image_ref.expect("checked by finish"),
+            op_source: op_source.expect("checked by finish"),
+            source_ref: source_ref.expect("checked by finish"),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("game_id".into(), self.game_id.as_str().into());
+        insert_optional(
+            &mut map,
+            "image_ref",
+            self.image_ref.as_ref().map(ImageRef::as_str),
+        );
+        map.insert("op_source".into(), self.op_source.as_str().into());
+        insert_optional(
+            &mut map,
+            "source_ref",
+            self.source_ref.as_ref().map(SourceRef::as_str),
+        );
+        Value::Object(map)
+    }
+}
+
+fn insert_optional(map: &mut Map<String, Value>, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        map.insert(key.into(), value.into());
+    }
+}
+
 /// A JSON object being read field by field; collects the first error per field so the message
 /// names every problem at once.
 struct Fields {
@@ -183,6 +370,7 @@ impl Fields {
             op_source: raw("op_source").unwrap_or_default(),
             source_ref: raw("source_ref"),
             reason: raw("reason"),
+            image_ref: raw("image_ref"),
         };
         Ok(Self {
             map,
@@ -221,6 +409,15 @@ impl Fields {
         raw.parse::<T>()
             .map_err(|err| self.errors.push(err.to_string()))
             .ok()
+    }
+
+    fn required_with<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let raw = self.required_str(name)?;
+        parse(&raw).map_err(|err| self.errors.push(err)).ok()
     }
 
     /// `Some(None)` when absent or null, `Some(Some(v))` when valid, `None` after an error.
@@ -333,6 +530,54 @@ mod tests {
         assert!(err.message.contains("game_id is required"));
         assert!(err.message.contains("reason is required"));
         assert!(err.message.contains("op_source is required"));
+    }
+
+    #[test]
+    fn start_restart_and_patch_requests_parse() {
+        let start = StartRequest::from_json(
+            br#"{"game_id":"g","image_ref":"registry.local/game:1.2@sha256:ab","op_source":"rest"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            start.image_ref.as_str(),
+            "registry.local/game:1.2@sha256:ab"
+        );
+        assert_eq!(
+            StartRequest::from_json(start.to_json().to_string().as_bytes()).unwrap(),
+            start
+        );
+        assert!(StartRequest::from_json(
+            br#"{"game_id":"g","image_ref":"a b","op_source":"rest"}"#
+        )
+        .is_err());
+        assert!(StartRequest::from_json(br#"{"game_id":"g","op_source":"rest"}"#).is_err());
+
+        let restart =
+            ReplaceRequest::restart_from_json(br#"{"game_id":"g","op_source":"admin"}"#).unwrap();
+        assert_eq!(restart.image_ref, None);
+        let err = ReplaceRequest::restart_from_json(
+            br#"{"game_id":"g","op_source":"admin","image_ref":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("unknown field"), "{}", err.message);
+        let patch = ReplaceRequest::patch_from_json(
+            br#"{"game_id":"g","image_ref":"x:2","op_source":"admin"}"#,
+        )
+        .unwrap();
+        assert_eq!(patch.image_ref.unwrap().as_str(), "x:2");
+        assert!(
+            ReplaceRequest::patch_from_json(br#"{"game_id":"g","op_source":"admin"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn issued_lease_tokens_carry_their_fence() {
+        let token = LeaseToken::issued(42, "abc");
+        assert_eq!(token.fence(), Some(42));
+        assert_eq!(token.secret(), "abc");
+        assert_eq!(LeaseToken::parse("opaque").unwrap().fence(), None);
+        assert_eq!(LeaseToken::parse("0:abc").unwrap().fence(), None);
+        assert_eq!(LeaseToken::parse("7:").unwrap().fence(), None);
     }
 
     #[test]

@@ -100,6 +100,8 @@ impl TestConfig {
             health_stream: format!("rtm-{id}:health_events"),
             database_pool_size: 4,
             build_id: format!("test-{id}"),
+            container_network: "none".into(),
+            start_settle: Duration::from_millis(200),
             ..config
         };
         Self {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_workflow::common::ActivityDefinition;
 
 use rtmanager_domain::{
-    ErrorCode, GameId, LeaseToken, OpKind, Outcome, RuntimeRecord, RuntimeStatus,
+    ErrorCode, GameId, ImageRef, LeaseToken, OpKind, Outcome, RuntimeRecord, RuntimeStatus,
 };
 
 macro_rules! activity_contract {
@@ -31,7 +31,7 @@ macro_rules! activity_contract {
 }
 
 activity_contract!(
-    /// Takes the game's lease (Redis `SET NX PX`), or re-confirms it when this token already
+    /// Takes the game's lease with a fresh fence, or re-confirms it when this secret already
     /// holds it (a retried attempt).
     AcquireLease = "AcquireLease": AcquireLeaseInput => LeaseOutcome
 );
@@ -45,7 +45,23 @@ activity_contract!(
 );
 activity_contract!(
     /// Stops the game's container gracefully, after checking it carries the game's labels.
+    /// Renews the lease while Docker works.
     StopContainer = "StopContainer": StopContainerInput => ContainerStopOutcome
+);
+activity_contract!(
+    /// Creates (or adopts, by its per-operation name) and starts the game's container, then
+    /// checks it is still running after a short settle time. Returns the container id.
+    EnsureContainer = "EnsureContainer": EnsureContainerInput => String
+);
+activity_contract!(
+    /// Upserts the record to `running` with the new container, unless it is running already
+    /// or a newer lease holder (higher fence) wrote it.
+    RecordRunning = "RecordRunning": RecordRunningInput => UpdateStatusOutcome
+);
+activity_contract!(
+    /// Removes one of the game's containers (force), after checking its labels; a missing
+    /// container is already removed.
+    RemoveContainer = "RemoveContainer": RemoveContainerInput => ()
 );
 activity_contract!(
     /// Compare-and-swap of a record's status, guarded by the expected status and container id.
@@ -66,14 +82,18 @@ activity_contract!(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AcquireLeaseInput {
     pub game_id: GameId,
-    pub token: LeaseToken,
+    /// The holder's secret; the issued token is `<fence>:<secret>`.
+    pub secret: String,
 }
 
 /// Result of [`AcquireLease`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", tag = "kind")]
 pub enum LeaseOutcome {
-    Acquired,
+    /// Held, with the monotonic fence every record write of this holder carries.
+    Acquired {
+        fence: u64,
+    },
     HeldByOther,
 }
 
@@ -87,6 +107,36 @@ pub struct ReleaseLeaseInput {
 /// Input of [`StopContainer`]. The graceful timeout is the worker's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StopContainerInput {
+    pub game_id: GameId,
+    pub container_id: String,
+    /// The lease to keep alive while Docker works (a stop may outlast the lease TTL).
+    pub lease: LeaseToken,
+}
+
+/// Input of [`EnsureContainer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnsureContainerInput {
+    pub game_id: GameId,
+    pub image_ref: ImageRef,
+    /// Derived from the operation id: a retry after a crash finds and adopts the container its
+    /// first attempt created instead of creating a second one.
+    pub name: String,
+    pub lease: LeaseToken,
+}
+
+/// Input of [`RecordRunning`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordRunningInput {
+    pub game_id: GameId,
+    pub operation_id: String,
+    pub fence: u64,
+    pub container_id: String,
+    pub image_ref: ImageRef,
+}
+
+/// Input of [`RemoveContainer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveContainerInput {
     pub game_id: GameId,
     pub container_id: String,
 }
@@ -114,6 +164,8 @@ pub struct UpdateStatusInput {
     pub expected_from: RuntimeStatus,
     pub expected_container_id: Option<String>,
     pub to: RuntimeStatus,
+    /// The writer's lease fence: a row written under a higher fence is not overwritten.
+    pub fence: u64,
 }
 
 /// Result of [`UpdateStatus`].
@@ -124,6 +176,8 @@ pub enum UpdateStatusOutcome {
     Updated { record: RuntimeRecord },
     /// Another path moved the row first; carries the row as it is now.
     Conflict { current: RuntimeRecord },
+    /// A newer lease holder wrote the row: this holder's lease had expired.
+    Fenced { current: RuntimeRecord },
     /// The row is gone.
     NotFound,
 }
@@ -160,7 +214,8 @@ pub struct OperationEntry {
     pub error_code: Option<ErrorCode>,
     pub error_message: Option<String>,
     pub started_at: DateTime<Utc>,
-    /// Telemetry label: the stop reason, or `invalid` when the request did not parse.
+    /// Telemetry label: the stop reason (`invalid` when it did not parse, `none` for verbs
+    /// without a reason).
     pub reason_label: String,
     /// Telemetry label: the op source, or `invalid` when the request did not parse.
     pub op_source_label: String,
@@ -171,4 +226,8 @@ pub struct OperationEntry {
 pub mod failure_type {
     /// A definitive fault that needs an operator (e.g. a container without the game's label).
     pub const INTERNAL: &str = "internal";
+    /// The image to start is not available to the Docker engine.
+    pub const NOT_FOUND: &str = "not_found";
+    /// The lease was lost while the step ran (another holder took it).
+    pub const CONFLICT: &str = "conflict";
 }

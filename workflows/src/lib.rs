@@ -10,9 +10,14 @@
 //! names pinned in `#[run(name = ...)]`.
 
 pub mod contract;
+pub mod operation;
+pub mod replace;
 pub mod settings;
+pub mod start;
 pub mod stop;
 pub mod support;
 
+pub use replace::{PatchRuntimeWorkflow, RestartRuntimeWorkflow};
 pub use settings::StepSettings;
+pub use start::StartRuntimeWorkflow;
 pub use stop::StopRuntimeWorkflow;

@@ -18,9 +18,9 @@ use temporalio_workflow::{
     WorkflowContext,
 };
 
-use rtmanager_domain::ErrorCode;
+use rtmanager_domain::{ErrorCode, LeaseToken};
 
-use crate::StepSettings;
+use crate::{operation::Op, StepSettings};
 
 /// The JSON bytes of a workflow's single `json/plain` input payload.
 pub fn request_bytes(input: &RawValue) -> Result<&[u8], String> {
@@ -113,6 +113,7 @@ pub async fn docker_step<W, AD>(
     settings: &StepSettings,
     activity: AD,
     input: AD::Input,
+    cancel: Cancel,
 ) -> Result<AD::Output, ActivityExecutionError>
 where
     AD: ActivityDefinition,
@@ -125,6 +126,10 @@ where
             Duration::from_millis(500),
             Duration::from_secs(5),
         ))
+        .maybe_cancellation_token(match cancel {
+            Cancel::WithWorkflow => None,
+            Cancel::Detached => Some(WorkflowCancellationToken::new()),
+        })
         .build();
     ctx.execute_activity(activity, input, opts).await
 }
@@ -189,4 +194,43 @@ fn chain(failure: &Failure) -> impl Iterator<Item = &Failure> {
 
 fn innermost(failure: &Failure) -> &Failure {
     chain(failure).last().unwrap_or(failure)
+}
+
+/// Checks a lease token handed down by a parent (the seed's `Run`): only tokens rtmanager
+/// issued carry the fence every record write needs.
+pub async fn inherited_lease<W>(
+    op: &Op<'_, W>,
+    token: &LeaseToken,
+) -> Result<LeaseToken, rtmanager_domain::OperationOutput> {
+    match token.fence() {
+        Some(_) => Ok(token.clone()),
+        None => Err(op
+            .failure(
+                ErrorCode::InvalidRequest,
+                "lease_token is not a token rtmanager issued (expected <fence>:<secret>)".into(),
+                crate::operation::Touched::default(),
+            )
+            .await),
+    }
+}
+
+/// A workflow input or child input: one `json/plain` payload.
+pub fn json_input(value: &serde_json::Value) -> RawValue {
+    use temporalio_workflow::common::protos::temporal::api::common::v1::Payload;
+    RawValue::new(vec![Payload {
+        metadata: std::collections::HashMap::from([(
+            ENCODING_PAYLOAD_KEY.to_owned(),
+            JSON_ENCODING_VAL.as_bytes().to_vec(),
+        )]),
+        data: value.to_string().into_bytes(),
+        ..Default::default()
+    }])
+}
+
+/// A short, stable hex digest (FNV-1a 64) for names derived from ids.
+pub fn short_digest(value: &str) -> String {
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }

@@ -1,0 +1,265 @@
+//! What every lifecycle operation shares, whatever its verb: its identity (operation id, start
+//! time), its audit row, and the game's lease. Each workflow builds one [`Op`] and ends through
+//! exactly one of [`Op::success`], [`Op::replay_no_op`], [`Op::failure`] or [`Op::invalid`],
+//! which append the operation's single operation_log row.
+
+use chrono::{DateTime, Utc};
+use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext};
+
+use rtmanager_domain::{
+    request::RequestEcho, truncate_chars, ErrorCode, GameId, InvalidRequest, LeaseToken, OpKind,
+    OpSource, OperationOutput, Outcome, RuntimeRecord, SourceRef,
+};
+
+use crate::{
+    contract::{
+        AcquireLease, AcquireLeaseInput, AppendOperationLog, LeaseOutcome, OperationEntry,
+        ReleaseLease, ReleaseLeaseInput,
+    },
+    support::{fast_step, operation_id, request_bytes, workflow_now, Cancel, StepFailure},
+    StepSettings,
+};
+
+/// Best-effort steps (audit row, health event, cleanup) get few attempts: their failure is
+/// logged by the activity and never changes the outcome.
+pub const BEST_EFFORT_ATTEMPTS: u32 = 3;
+
+/// The container and image an audit row refers to.
+#[derive(Debug, Default, Clone)]
+pub struct Touched {
+    pub container_id: Option<String>,
+    pub image_ref: Option<String>,
+}
+
+impl Touched {
+    pub fn of(record: &RuntimeRecord) -> Self {
+        Self {
+            container_id: record.current_container_id.clone(),
+            image_ref: record.current_image_ref.clone(),
+        }
+    }
+}
+
+/// The fields of the audit row that come from the request.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    pub game_id: String,
+    pub op_source: String,
+    pub source_ref: Option<String>,
+    pub reason_label: String,
+    pub op_source_label: String,
+}
+
+impl Audit {
+    /// The audit fields of a parsed request.
+    pub fn of(
+        game_id: &GameId,
+        op_source: OpSource,
+        source_ref: Option<&SourceRef>,
+        reason: Option<&str>,
+    ) -> Self {
+        Self {
+            game_id: game_id.as_str().to_owned(),
+            op_source: op_source.as_str().to_owned(),
+            source_ref: source_ref.map(|s| s.as_str().to_owned()),
+            reason_label: reason.unwrap_or("none").to_owned(),
+            op_source_label: op_source.as_str().to_owned(),
+        }
+    }
+
+    /// What could be read from a request that did not parse.
+    fn of_echo(echo: &RequestEcho, reason_known: bool) -> Self {
+        let known = |value: Option<&str>, parse: fn(&str) -> bool| match value {
+            Some(v) if parse(v) => v.to_owned(),
+            _ => "invalid".to_owned(),
+        };
+        Self {
+            game_id: truncate_chars(&echo.game_id, 128),
+            op_source: truncate_chars(&echo.op_source, 32),
+            source_ref: echo.source_ref.as_ref().map(|s| truncate_chars(s, 256)),
+            reason_label: if reason_known {
+                known(echo.reason.as_deref(), |r| {
+                    r.parse::<rtmanager_domain::StopReason>().is_ok()
+                })
+            } else {
+                "none".to_owned()
+            },
+            op_source_label: known(Some(&echo.op_source), |s| s.parse::<OpSource>().is_ok()),
+        }
+    }
+}
+
+/// One lifecycle operation in flight.
+pub struct Op<'a, W> {
+    pub ctx: &'a WorkflowContext<W>,
+    pub settings: &'a StepSettings,
+    pub kind: OpKind,
+    pub operation_id: String,
+    pub started_at: DateTime<Utc>,
+    audit: Audit,
+}
+
+impl<'a, W> Op<'a, W> {
+    pub fn new(ctx: &'a WorkflowContext<W>, settings: &'a StepSettings, kind: OpKind) -> Self {
+        Self {
+            ctx,
+            settings,
+            kind,
+            operation_id: operation_id(ctx),
+            started_at: workflow_now(ctx),
+            audit: Audit::default(),
+        }
+    }
+
+    /// Parses the raw input with `parse`; on failure, audits `invalid_request` and returns the
+    /// output to complete with.
+    pub async fn parse<T>(
+        &mut self,
+        input: &RawValue,
+        parse: impl FnOnce(&[u8]) -> Result<T, InvalidRequest>,
+    ) -> Result<T, OperationOutput> {
+        let parsed = request_bytes(input)
+            .map_err(|message| InvalidRequest {
+                message,
+                echo: RequestEcho::default(),
+            })
+            .and_then(parse);
+        match parsed {
+            Ok(request) => Ok(request),
+            Err(invalid) => {
+                self.audit = Audit::of_echo(&invalid.echo, self.kind == OpKind::Stop);
+                let code = ErrorCode::InvalidRequest;
+                Err(self
+                    .failure(code, invalid.message, Touched::default())
+                    .await)
+            }
+        }
+    }
+
+    /// Sets the audit fields once the request parsed.
+    pub fn audit(&mut self, audit: Audit) {
+        self.audit = audit;
+    }
+
+    pub fn source_ref(&self) -> Option<&str> {
+        self.audit.source_ref.as_deref()
+    }
+
+    /// Takes the game's lease (the seed's `TryAcquire`): a token with its fence, or the output
+    /// to complete with (`conflict`, or `service_unavailable` once retries run out).
+    pub async fn acquire_lease(&self, game_id: &GameId) -> Result<LeaseToken, OperationOutput> {
+        // From the workflow's seeded random stream: deterministic on replay, so a retried
+        // acquire recognises its own lease; unpredictable to anyone without the history.
+        let secret = format!("{}{}", self.ctx.uuid4(), self.ctx.uuid4()).replace('-', "");
+        let acquired = fast_step(
+            self.ctx,
+            self.settings,
+            AcquireLease,
+            AcquireLeaseInput {
+                game_id: game_id.clone(),
+                secret: secret.clone(),
+            },
+            self.settings.fast_step_attempts,
+            Cancel::WithWorkflow,
+        )
+        .await;
+        match acquired {
+            Ok(LeaseOutcome::Acquired { fence }) => Ok(LeaseToken::issued(fence, &secret)),
+            Ok(LeaseOutcome::HeldByOther) => Err(self
+                .failure(
+                    ErrorCode::Conflict,
+                    "another lifecycle operation is in progress for this game".into(),
+                    Touched::default(),
+                )
+                .await),
+            Err(err) => {
+                let failure = StepFailure::from(err);
+                let output = self
+                    .failure(
+                        failure.code_or(ErrorCode::ServiceUnavailable),
+                        format!("acquire game lease: {}", failure.message),
+                        Touched::default(),
+                    )
+                    .await;
+                // A cancelled or timed-out acquire may still have written the key; the secret
+                // alone identifies it (no fence is known), so release by the bare secret too.
+                self.release_lease(game_id, LeaseToken::issued(u64::MAX, &secret))
+                    .await;
+                Err(output)
+            }
+        }
+    }
+
+    /// Releases the lease even when the workflow was cancelled (the seed's fresh context).
+    pub async fn release_lease(&self, game_id: &GameId, token: LeaseToken) {
+        let _ = fast_step(
+            self.ctx,
+            self.settings,
+            ReleaseLease,
+            ReleaseLeaseInput {
+                game_id: game_id.clone(),
+                token,
+            },
+            self.settings.fast_step_attempts,
+            Cancel::Detached,
+        )
+        .await;
+    }
+
+    pub async fn success(&self, record: RuntimeRecord, touched: Touched) -> OperationOutput {
+        self.append(Outcome::Success, None, None, touched).await;
+        OperationOutput::success(record)
+    }
+
+    pub async fn replay_no_op(&self, record: RuntimeRecord) -> OperationOutput {
+        let touched = Touched::of(&record);
+        self.append(Outcome::Success, Some(ErrorCode::ReplayNoOp), None, touched)
+            .await;
+        OperationOutput::replay_no_op(record)
+    }
+
+    pub async fn failure(
+        &self,
+        code: ErrorCode,
+        message: String,
+        touched: Touched,
+    ) -> OperationOutput {
+        self.append(Outcome::Failure, Some(code), Some(message.clone()), touched)
+            .await;
+        OperationOutput::failure(code, message)
+    }
+
+    /// Best effort: the activity logs a failure and the outcome stands.
+    async fn append(
+        &self,
+        outcome: Outcome,
+        error_code: Option<ErrorCode>,
+        error_message: Option<String>,
+        touched: Touched,
+    ) {
+        let entry = OperationEntry {
+            operation_id: self.operation_id.clone(),
+            game_id: self.audit.game_id.clone(),
+            op_kind: self.kind,
+            op_source: self.audit.op_source.clone(),
+            source_ref: self.audit.source_ref.clone(),
+            image_ref: touched.image_ref,
+            container_id: touched.container_id,
+            outcome,
+            error_code,
+            error_message,
+            started_at: self.started_at,
+            reason_label: self.audit.reason_label.clone(),
+            op_source_label: self.audit.op_source_label.clone(),
+        };
+        let _ = fast_step(
+            self.ctx,
+            self.settings,
+            AppendOperationLog,
+            entry,
+            BEST_EFFORT_ATTEMPTS,
+            Cancel::Detached,
+        )
+        .await;
+    }
+}

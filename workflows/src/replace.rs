@@ -1,0 +1,280 @@
+//! `RestartRuntime` and `PatchRuntime`: stop, then start, as child workflows under the parent's
+//! lease (the seed's `Run` inside an outer `Handle`).
+//!
+//! The parent takes the game's lease and hands its token and `source_ref` to both children, so
+//! the three operation_log rows (stop, start, restart|patch) share one `source_ref`. Child
+//! workflow ids derive from the parent's, so a replayed parent never starts a second child; a
+//! cancelled parent cancels its running child (and the children never release a lease they did
+//! not take), then releases the lease itself.
+//!
+//! A patch whose new image fails to start brings the previous image back up (automatic
+//! rollback) and reports the failure, saying so in `error_message` and in the audit row.
+
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_workflow::{
+    common::data_converters::RawValue, ChildWorkflowOptions, ParentClosePolicy, WorkflowContext,
+    WorkflowResult,
+};
+
+use rtmanager_domain::{
+    ErrorCode, ImageRef, LeaseToken, OpKind, OperationOutput, ReplaceRequest, RuntimeStatus,
+    StartRequest, StopReason, StopRequest,
+};
+
+use crate::{
+    contract::LoadRecord,
+    operation::{Audit, Op, Touched},
+    start::StartRuntimeWorkflow,
+    stop::StopRuntimeWorkflow,
+    support::{fast_step, json_input, Cancel, StepFailure},
+    StepSettings,
+};
+
+/// The `RestartRuntime` workflow: stop, then start the same image.
+#[workflow]
+#[derive(Default)]
+pub struct RestartRuntimeWorkflow {
+    settings: StepSettings,
+}
+
+impl RestartRuntimeWorkflow {
+    pub fn new(settings: StepSettings) -> Self {
+        Self { settings }
+    }
+}
+
+#[workflow_methods]
+impl RestartRuntimeWorkflow {
+    /// Input: `{"game_id", "op_source", "source_ref"?}`.
+    #[run(name = "RestartRuntime")]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: RawValue,
+    ) -> WorkflowResult<OperationOutput> {
+        let settings = ctx.state(|s| s.settings.clone());
+        let mut op = Op::new(ctx, &settings, OpKind::Restart);
+        Ok(
+            match op.parse(&input, ReplaceRequest::restart_from_json).await {
+                Ok(request) => replace(&mut op, request).await,
+                Err(output) => output,
+            },
+        )
+    }
+}
+
+/// The `PatchRuntime` workflow: stop, then start a new image; roll back on failure.
+#[workflow]
+#[derive(Default)]
+pub struct PatchRuntimeWorkflow {
+    settings: StepSettings,
+}
+
+impl PatchRuntimeWorkflow {
+    pub fn new(settings: StepSettings) -> Self {
+        Self { settings }
+    }
+}
+
+#[workflow_methods]
+impl PatchRuntimeWorkflow {
+    /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?}`.
+    #[run(name = "PatchRuntime")]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: RawValue,
+    ) -> WorkflowResult<OperationOutput> {
+        let settings = ctx.state(|s| s.settings.clone());
+        let mut op = Op::new(ctx, &settings, OpKind::Patch);
+        Ok(
+            match op.parse(&input, ReplaceRequest::patch_from_json).await {
+                Ok(request) => replace(&mut op, request).await,
+                Err(output) => output,
+            },
+        )
+    }
+}
+
+async fn replace<W>(op: &mut Op<'_, W>, mut request: ReplaceRequest) -> OperationOutput {
+    // The three rows share one source_ref: the caller's, or this operation's own id.
+    if request.source_ref.is_none() {
+        request.source_ref = rtmanager_domain::SourceRef::parse(op.ctx.workflow_id()).ok();
+    }
+    op.audit(Audit::of(
+        &request.game_id,
+        request.op_source,
+        request.source_ref.as_ref(),
+        None,
+    ));
+    let token = match op.acquire_lease(&request.game_id).await {
+        Ok(token) => token,
+        Err(output) => return output,
+    };
+    let output = replace_under_lease(op, &request, &token).await;
+    op.release_lease(&request.game_id, token).await;
+    output
+}
+
+async fn replace_under_lease<W>(
+    op: &Op<'_, W>,
+    request: &ReplaceRequest,
+    lease: &LeaseToken,
+) -> OperationOutput {
+    let game_id = &request.game_id;
+    let loaded = fast_step(
+        op.ctx,
+        op.settings,
+        LoadRecord,
+        game_id.clone(),
+        op.settings.fast_step_attempts,
+        Cancel::WithWorkflow,
+    )
+    .await;
+    let existing = match loaded {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            let message = format!(
+                "runtime record for game {:?} does not exist",
+                game_id.as_str()
+            );
+            return op
+                .failure(ErrorCode::NotFound, message, Touched::default())
+                .await;
+        }
+        Err(err) => {
+            let failure = StepFailure::from(err);
+            let message = format!("load runtime record: {}", failure.message);
+            return op
+                .failure(
+                    failure.code_or(ErrorCode::Internal),
+                    message,
+                    Touched::default(),
+                )
+                .await;
+        }
+    };
+    let Some(previous_image) = existing
+        .current_image_ref
+        .as_deref()
+        .and_then(|image| ImageRef::parse(image).ok())
+    else {
+        let message = "runtime record names no image to start".to_owned();
+        return op
+            .failure(ErrorCode::Internal, message, Touched::of(&existing))
+            .await;
+    };
+    let target = request
+        .image_ref
+        .clone()
+        .unwrap_or_else(|| previous_image.clone());
+    let patching = op.kind == OpKind::Patch;
+    if patching && existing.status == RuntimeStatus::Running && target == previous_image {
+        return op.replay_no_op(existing).await;
+    }
+
+    let reason = if patching {
+        StopReason::Patch
+    } else {
+        StopReason::Restart
+    };
+    let stop = StopRequest {
+        game_id: game_id.clone(),
+        reason,
+        op_source: request.op_source,
+        source_ref: request.source_ref.clone(),
+        lease_token: Some(lease.clone()),
+    };
+    let stopped = child(op, StopRuntimeWorkflow::run, "stop", stop.to_json()).await;
+    if !stopped.is_success() {
+        let code = stopped.error_code.unwrap_or(ErrorCode::Internal);
+        let message = format!("stop: {}", stopped.error_message.unwrap_or_default());
+        return op.failure(code, message, Touched::of(&existing)).await;
+    }
+
+    let started = start(op, request, lease, &target, "start").await;
+    if started.is_success() {
+        let record = started
+            .record
+            .clone()
+            .expect("a successful start carries its record");
+        return op.success(record.clone(), Touched::of(&record)).await;
+    }
+    let code = started.error_code.unwrap_or(ErrorCode::Internal);
+    let cause = started.error_message.unwrap_or_default();
+    if !patching {
+        let message = format!("start after stop failed: {cause}; the runtime is stopped");
+        return op.failure(code, message, Touched::of(&existing)).await;
+    }
+
+    // Automatic rollback: bring the previous image back up.
+    let rolled_back = start(op, request, lease, &previous_image, "rollback").await;
+    let message = if rolled_back.is_success() {
+        format!(
+            "patch to {target} failed: {cause}; rolled back to {previous_image}, which is running"
+        )
+    } else {
+        format!(
+            "patch to {target} failed: {cause}; rollback to {previous_image} failed too: {}; \
+             the runtime is stopped",
+            rolled_back.error_message.unwrap_or_default()
+        )
+    };
+    let touched = rolled_back
+        .record
+        .as_ref()
+        .map_or_else(|| Touched::of(&existing), Touched::of);
+    op.failure(code, message, touched).await
+}
+
+async fn start<W>(
+    op: &Op<'_, W>,
+    request: &ReplaceRequest,
+    lease: &LeaseToken,
+    image: &ImageRef,
+    step: &str,
+) -> OperationOutput {
+    let start = StartRequest {
+        game_id: request.game_id.clone(),
+        image_ref: image.clone(),
+        op_source: request.op_source,
+        source_ref: request.source_ref.clone(),
+        lease_token: Some(lease.clone()),
+    };
+    child(op, StartRuntimeWorkflow::run, step, start.to_json()).await
+}
+
+/// Runs one child workflow to completion. Its id is `<parent id>/<step>`; if the parent is
+/// cancelled or closes, the child is asked to cancel.
+async fn child<W, C>(
+    op: &Op<'_, W>,
+    workflow: C,
+    step: &str,
+    input: serde_json::Value,
+) -> OperationOutput
+where
+    C: temporalio_workflow::common::WorkflowDefinition<Input = RawValue, Output = OperationOutput>
+        + 'static,
+{
+    let options = ChildWorkflowOptions::builder()
+        .workflow_id(format!("{}/{step}", op.ctx.workflow_id()))
+        .parent_close_policy(ParentClosePolicy::RequestCancel)
+        .build();
+    let started = match op
+        .ctx
+        .start_child_workflow(workflow, json_input(&input), options)
+        .await
+    {
+        Ok(started) => started,
+        Err(err) => {
+            return OperationOutput::failure(
+                ErrorCode::Internal,
+                format!("start child workflow {step}: {err}"),
+            )
+        }
+    };
+    match started.result().await {
+        Ok(output) => output,
+        Err(err) => {
+            OperationOutput::failure(ErrorCode::Internal, format!("child workflow {step}: {err}"))
+        }
+    }
+}

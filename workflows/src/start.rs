@@ -1,0 +1,224 @@
+//! `StartRuntime`: create and start a game's container from `image_ref` and record it running.
+//!
+//! Callers: the `temporal` CLI, the Rust client, and — under the parent's lease — `RestartRuntime`
+//! and `PatchRuntime`. Lease semantics are the stop's: acquire and release, or run under an
+//! inherited `lease_token`.
+//!
+//! Convergence: the container name is derived from the operation id, so a retry after a crash
+//! between "created" and "recorded" adopts the container its first attempt created; a container
+//! this operation created but could not record is removed; the container the record named
+//! before (stopped) is removed once the new one is recorded.
+
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext, WorkflowResult};
+
+use rtmanager_domain::{
+    ErrorCode, GameId, LeaseToken, OpKind, OperationOutput, RuntimeStatus, StartRequest,
+};
+
+use crate::{
+    contract::{
+        EnsureContainer, EnsureContainerInput, LoadRecord, RecordRunning, RecordRunningInput,
+        RemoveContainer, RemoveContainerInput, UpdateStatusOutcome,
+    },
+    operation::{Audit, Op, Touched},
+    support::{docker_step, fast_step, inherited_lease, short_digest, Cancel, StepFailure},
+    StepSettings,
+};
+
+/// The `StartRuntime` workflow.
+#[workflow]
+#[derive(Default)]
+pub struct StartRuntimeWorkflow {
+    settings: StepSettings,
+}
+
+impl StartRuntimeWorkflow {
+    pub fn new(settings: StepSettings) -> Self {
+        Self { settings }
+    }
+}
+
+#[workflow_methods]
+impl StartRuntimeWorkflow {
+    /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?}`.
+    #[run(name = "StartRuntime")]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: RawValue,
+    ) -> WorkflowResult<OperationOutput> {
+        let settings = ctx.state(|s| s.settings.clone());
+        let mut op = Op::new(ctx, &settings, OpKind::Start);
+        let request = match op.parse(&input, StartRequest::from_json).await {
+            Ok(request) => request,
+            Err(output) => return Ok(output),
+        };
+        op.audit(Audit::of(
+            &request.game_id,
+            request.op_source,
+            request.source_ref.as_ref(),
+            None,
+        ));
+        if let Some(token) = &request.lease_token {
+            return Ok(match inherited_lease(&op, token).await {
+                Ok(token) => start_under_lease(&op, &request, &token).await,
+                Err(output) => output,
+            });
+        }
+        let token = match op.acquire_lease(&request.game_id).await {
+            Ok(token) => token,
+            Err(output) => return Ok(output),
+        };
+        let output = start_under_lease(&op, &request, &token).await;
+        op.release_lease(&request.game_id, token).await;
+        Ok(output)
+    }
+}
+
+async fn start_under_lease<W>(
+    op: &Op<'_, W>,
+    request: &StartRequest,
+    lease: &LeaseToken,
+) -> OperationOutput {
+    let game_id = &request.game_id;
+    let image = request.image_ref.as_str();
+    let touched = |container_id: Option<&str>| Touched {
+        container_id: container_id.map(str::to_owned),
+        image_ref: Some(image.to_owned()),
+    };
+    let loaded = fast_step(
+        op.ctx,
+        op.settings,
+        LoadRecord,
+        game_id.clone(),
+        op.settings.fast_step_attempts,
+        Cancel::WithWorkflow,
+    )
+    .await;
+    let existing = match loaded {
+        Ok(existing) => existing,
+        Err(err) => {
+            let failure = StepFailure::from(err);
+            let code = failure.code_or(ErrorCode::Internal);
+            let message = format!("load runtime record: {}", failure.message);
+            return op.failure(code, message, touched(None)).await;
+        }
+    };
+    if let Some(record) = &existing {
+        if record.status == RuntimeStatus::Running {
+            if record.current_image_ref.as_deref() == Some(image) {
+                return op.replay_no_op(record.clone()).await;
+            }
+            let message = format!(
+                "game is running image {:?}; use PatchRuntime to change its image",
+                record.current_image_ref.as_deref().unwrap_or("")
+            );
+            return op
+                .failure(ErrorCode::Conflict, message, Touched::of(record))
+                .await;
+        }
+    }
+    let previous = existing
+        .as_ref()
+        .and_then(|record| record.current_container_id.clone());
+
+    let name = format!("rtm-{}-{}", game_id, short_digest(&op.operation_id));
+    let ensured = docker_step(
+        op.ctx,
+        op.settings,
+        EnsureContainer,
+        EnsureContainerInput {
+            game_id: game_id.clone(),
+            image_ref: request.image_ref.clone(),
+            name,
+            lease: lease.clone(),
+        },
+        Cancel::WithWorkflow,
+    )
+    .await;
+    let container_id = match ensured {
+        Ok(id) => id,
+        Err(err) => {
+            let failure = StepFailure::from(err);
+            let code = failure.code_or(ErrorCode::ServiceUnavailable);
+            let message = format!("docker start: {}", failure.message);
+            return op.failure(code, message, touched(None)).await;
+        }
+    };
+
+    let recorded = fast_step(
+        op.ctx,
+        op.settings,
+        RecordRunning,
+        RecordRunningInput {
+            game_id: game_id.clone(),
+            operation_id: op.operation_id.clone(),
+            fence: lease.fence().unwrap_or_default(),
+            container_id: container_id.clone(),
+            image_ref: request.image_ref.clone(),
+        },
+        op.settings.fast_step_attempts,
+        // The container runs: record it even if the caller gave up meanwhile.
+        Cancel::Detached,
+    )
+    .await
+    .map_err(StepFailure::from);
+    match recorded {
+        Ok(UpdateStatusOutcome::Updated { record }) => {
+            if let Some(previous) = previous.filter(|p| *p != container_id) {
+                remove_container(op, game_id, previous).await;
+            }
+            op.success(record, touched(Some(&container_id))).await
+        }
+        Ok(
+            outcome @ (UpdateStatusOutcome::Conflict { .. } | UpdateStatusOutcome::Fenced { .. }),
+        ) => {
+            // Never leave a container nobody records.
+            remove_container(op, game_id, container_id.clone()).await;
+            let message = match outcome {
+                UpdateStatusOutcome::Fenced { .. } => {
+                    "the game's lease expired during the start and a newer operation wrote the \
+                     record; this stale write was refused and its container removed"
+                        .to_owned()
+                }
+                _ => "the runtime record changed during the start; its container was removed"
+                    .to_owned(),
+            };
+            op.failure(ErrorCode::Conflict, message, touched(Some(&container_id)))
+                .await
+        }
+        Ok(UpdateStatusOutcome::NotFound) => {
+            remove_container(op, game_id, container_id.clone()).await;
+            let message = "the runtime record could not be written".to_owned();
+            op.failure(ErrorCode::Internal, message, touched(Some(&container_id)))
+                .await
+        }
+        Err(failure) => {
+            // The write may or may not have committed: keep the container (the record may name
+            // it) and say so.
+            let code = failure.code_or(ErrorCode::Internal);
+            let message = format!(
+                "record running: {} (container {container_id} left in place)",
+                failure.message
+            );
+            op.failure(code, message, touched(Some(&container_id)))
+                .await
+        }
+    }
+}
+
+/// Best effort: a container left behind is logged by the activity.
+async fn remove_container<W>(op: &Op<'_, W>, game_id: &GameId, container_id: String) {
+    let input = RemoveContainerInput {
+        game_id: game_id.clone(),
+        container_id,
+    };
+    let _ = docker_step(
+        op.ctx,
+        op.settings,
+        RemoveContainer,
+        input,
+        Cancel::Detached,
+    )
+    .await;
+}
