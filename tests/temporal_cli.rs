@@ -78,3 +78,58 @@ async fn bad_input_through_the_cli_is_invalid_request_within_seconds() {
     }
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_temporal_cli_starts_restarts_and_patches() {
+    let mut app = TestApp::spawn().await;
+    let game = app.new_game("cli-life");
+    let image = common::game_image();
+    let exec = |workflow_type: &str, input: String| {
+        let address = app
+            .config()
+            .temporal_address
+            .trim_start_matches("http://")
+            .to_owned();
+        let out = Command::new(common::temporal_cli())
+            .args(["workflow", "execute", "--address", &address])
+            .args(["--task-queue", &app.config().task_queue])
+            .args(["--type", workflow_type, "--workflow-id", &unique("cli")])
+            .args(["--input", &input, "--output", "json"])
+            .output()
+            .expect("run the temporal CLI");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+        doc["result"].clone()
+    };
+
+    let started = tokio::task::block_in_place(|| {
+        exec(
+            "StartRuntime",
+            format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
+        )
+    });
+    assert_eq!(started["outcome"], "success", "{started}");
+    let restarted = tokio::task::block_in_place(|| {
+        exec(
+            "RestartRuntime",
+            format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#),
+        )
+    });
+    assert_eq!(restarted["outcome"], "success", "{restarted}");
+    assert_ne!(
+        restarted["record"]["current_container_id"],
+        started["record"]["current_container_id"]
+    );
+    let patched = tokio::task::block_in_place(|| {
+        exec(
+            "PatchRuntime",
+            format!(
+                r#"{{"game_id":"{game}","image_ref":"rtmanager-game:nope","op_source":"admin"}}"#
+            ),
+        )
+    });
+    assert_eq!(patched["outcome"], "failure", "{patched}");
+    assert!(patched["error_message"]
+        .as_str()
+        .unwrap()
+        .contains("rolled back"));
+}

@@ -154,7 +154,7 @@ impl DockerRuntime {
             Ok(()) => {}
             Err(
                 err @ BollardError::DockerResponseServerError {
-                    status_code: 400..=499 | 500,
+                    status_code: 400..=500,
                     ..
                 },
             ) if !is_not_found(&err) => {

@@ -155,7 +155,7 @@ pub struct RequestEcho {
 #[error("{message}")]
 pub struct InvalidRequest {
     pub message: String,
-    pub echo: RequestEcho,
+    pub echo: Box<RequestEcho>,
 }
 
 /// A parsed `StopRuntime` input.
@@ -340,14 +340,14 @@ fn insert_optional(map: &mut Map<String, Value>, key: &str, value: Option<&str>)
 struct Fields {
     map: Map<String, Value>,
     errors: Vec<String>,
-    echo: RequestEcho,
+    echo: Box<RequestEcho>,
 }
 
 impl Fields {
     fn parse(bytes: &[u8]) -> Result<Self, InvalidRequest> {
         let invalid = |message: String| InvalidRequest {
             message,
-            echo: RequestEcho::default(),
+            echo: Box::default(),
         };
         if bytes.len() > REQUEST_MAX_BYTES {
             return Err(invalid(format!(
@@ -375,7 +375,7 @@ impl Fields {
         Ok(Self {
             map,
             errors: Vec::new(),
-            echo,
+            echo: Box::new(echo),
         })
     }
 

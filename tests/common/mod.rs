@@ -139,6 +139,7 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     worker: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     containers: Vec<String>,
+    games: Vec<String>,
 }
 
 impl TestApp {
@@ -185,6 +186,7 @@ impl TestApp {
             shutdown: None,
             worker: None,
             containers: Vec::new(),
+            games: Vec::new(),
         }
     }
 
@@ -207,6 +209,27 @@ impl TestApp {
             }))
         }));
         self.shutdown = Some(tx);
+    }
+
+    /// A fresh game id whose containers (whoever creates them) are removed with the app.
+    pub fn new_game(&mut self, prefix: &str) -> String {
+        let game = unique(prefix);
+        self.games.push(game.clone());
+        game
+    }
+
+    /// Every container labelled for `game`, with whether it runs.
+    pub async fn containers_of(&self, game: &str) -> Vec<(String, bool)> {
+        list_game_containers(&self.docker, game).await
+    }
+
+    /// Runs `StartRuntime` of `image` for `game` from source `admin`.
+    pub async fn start(&self, game: &str, image: &str) -> OperationOutput {
+        self.execute(
+            "StartRuntime",
+            &format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
+        )
+        .await
     }
 
     /// Runs `StopRuntime` with raw JSON input and waits for its output.
@@ -346,6 +369,7 @@ impl TestApp {
                 o::source_ref,
                 o::op_source,
                 o::finished_at.is_not_null(),
+                o::op_kind,
             ))
             .load::<OpRow>(&mut self.pg().await)
             .await
@@ -411,7 +435,8 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let ids = std::mem::take(&mut self.containers);
+        let mut ids = std::mem::take(&mut self.containers);
+        let games = std::mem::take(&mut self.games);
         let docker = self.docker.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -419,6 +444,14 @@ impl Drop for TestApp {
                 .build()
                 .unwrap();
             rt.block_on(async {
+                for game in games {
+                    ids.extend(
+                        list_game_containers(&docker, &game)
+                            .await
+                            .into_iter()
+                            .map(|c| c.0),
+                    );
+                }
                 for id in ids {
                     let _ = docker
                         .remove_container(
@@ -436,6 +469,27 @@ impl Drop for TestApp {
     }
 }
 
+async fn list_game_containers(docker: &Docker, game: &str) -> Vec<(String, bool)> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("rtmanager.game_id={game}")],
+    )]);
+    docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|c| {
+            let running = c.state.map(|s| s.to_string()) == Some("running".to_string());
+            (c.id.unwrap_or_default(), running)
+        })
+        .collect()
+}
+
 /// One operation_log row as the tests look at it.
 #[derive(Debug, Clone, Queryable)]
 pub struct OpRow {
@@ -447,6 +501,7 @@ pub struct OpRow {
     pub source_ref: Option<String>,
     pub op_source: String,
     pub finished: bool,
+    pub op_kind: String,
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
@@ -467,7 +522,13 @@ where
 
 /// The `rtmanager worker` binary, configured like `config`, as a child process.
 pub fn worker_process(config: &Config) -> std::process::Child {
+    worker_process_with(config, &[])
+}
+
+/// [`worker_process`] with extra environment (e.g. `RTMANAGER_FAULTS`).
+pub fn worker_process_with(config: &Config, extra: &[(&str, &str)]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_rtmanager"))
+        .envs(extra.iter().copied())
         .arg("worker")
         .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
         .env("RTMANAGER_NAMESPACE", &config.namespace)

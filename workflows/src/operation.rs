@@ -121,7 +121,7 @@ impl<'a, W> Op<'a, W> {
         let parsed = request_bytes(input)
             .map_err(|message| InvalidRequest {
                 message,
-                echo: RequestEcho::default(),
+                echo: Box::default(),
             })
             .and_then(parse);
         match parsed {
