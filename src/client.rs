@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use temporalio_client::{
-    Client, UntypedWorkflow, WorkflowGetResultOptions, WorkflowHandle, WorkflowStartOptions,
+    errors::WorkflowStartError, Client, UntypedWorkflow, WorkflowGetResultOptions, WorkflowHandle,
+    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
 };
 use temporalio_common::{
     data_converters::RawValue,
@@ -65,4 +66,43 @@ pub async fn execute(
 ) -> anyhow::Result<OperationOutput> {
     let handle = start(client, task_queue, workflow_type, workflow_id, input).await?;
     result(&handle).await
+}
+
+/// Starts the workflow `workflow_id` unless it exists, then waits for its output: one id is one
+/// operation. A running workflow with that id is joined (`UseExisting`); a closed one is never
+/// re-run (`RejectDuplicate`), its stored output is returned. This is what makes an HTTP retry
+/// with the same `X-Request-Id`, or a redelivered stream entry, safe.
+pub async fn run_once(
+    client: &Client,
+    task_queue: &str,
+    workflow_type: &str,
+    workflow_id: &str,
+    input: RawValue,
+) -> anyhow::Result<OperationOutput> {
+    let handle = start_once(client, task_queue, workflow_type, workflow_id, input).await?;
+    result(&handle).await
+}
+
+/// The durable half of [`run_once`]: returns once the workflow exists.
+pub async fn start_once(
+    client: &Client,
+    task_queue: &str,
+    workflow_type: &str,
+    workflow_id: &str,
+    input: RawValue,
+) -> anyhow::Result<Handle> {
+    let options = WorkflowStartOptions::new(task_queue, workflow_id)
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        .build();
+    match client
+        .start_workflow(UntypedWorkflow::new(workflow_type), input, options)
+        .await
+    {
+        Ok(handle) => Ok(handle),
+        Err(WorkflowStartError::AlreadyStarted { .. }) => {
+            Ok(client.get_workflow_handle::<UntypedWorkflow>(workflow_id))
+        }
+        Err(err) => Err(err.into()),
+    }
 }

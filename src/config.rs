@@ -61,6 +61,46 @@ pub struct Config {
     pub sticky_queue_timeout: Duration,
     /// Worker build id (skips hashing the executable at start).
     pub build_id: String,
+    /// Where the HTTP bridge listens.
+    pub http_addr: std::net::SocketAddr,
+    /// The bridge's bearer token; the bridge refuses to start without one.
+    pub api_token: Option<SecretString>,
+    /// How long an HTTP request waits for its workflow before answering 503.
+    pub http_wait: Duration,
+    /// Largest HTTP request body accepted.
+    pub http_body_limit: usize,
+    /// The stop jobs stream and its consumer group.
+    pub stop_stream: String,
+    pub stop_group: String,
+    /// This process's consumer name in the group.
+    pub stream_consumer: String,
+    /// Pending entries idle this long are claimed from their (dead) consumer.
+    pub stream_claim_idle: Duration,
+    /// Retries of a stream stop that met `conflict`, and the first wait before one.
+    pub stream_conflict_retries: u32,
+    pub stream_conflict_backoff: Duration,
+    /// Stream entries processed at once by this process.
+    pub stream_concurrency: usize,
+}
+
+/// A secret string: `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Config {
@@ -115,6 +155,29 @@ impl Config {
                 "RTMANAGER_BUILD_ID",
                 concat!("rtmanager-", env!("CARGO_PKG_VERSION")),
             ),
+            http_addr: {
+                let raw = get("RTMANAGER_HTTP_ADDR", "127.0.0.1:8080");
+                raw.parse()
+                    .map_err(|_| anyhow::anyhow!("RTMANAGER_HTTP_ADDR={raw:?} is not host:port"))?
+            },
+            api_token: lookup("RTMANAGER_API_TOKEN")
+                .filter(|t| !t.is_empty())
+                .map(SecretString),
+            http_wait: Duration::from_secs(num("RTMANAGER_HTTP_WAIT_SECS", 120)?),
+            http_body_limit: num("RTMANAGER_HTTP_BODY_LIMIT_BYTES", 16 * 1024)? as usize,
+            stop_stream: get("RTMANAGER_STOP_STREAM", "runtime:stop_jobs"),
+            stop_group: get("RTMANAGER_STOP_GROUP", "rtmanager"),
+            stream_consumer: lookup("RTMANAGER_STREAM_CONSUMER").unwrap_or_else(default_consumer),
+            stream_claim_idle: Duration::from_millis(num(
+                "RTMANAGER_STREAM_CLAIM_IDLE_MS",
+                30_000,
+            )?),
+            stream_conflict_retries: num("RTMANAGER_STREAM_CONFLICT_RETRIES", 20)? as u32,
+            stream_conflict_backoff: Duration::from_millis(num(
+                "RTMANAGER_STREAM_CONFLICT_BACKOFF_MS",
+                500,
+            )?),
+            stream_concurrency: num("RTMANAGER_STREAM_CONCURRENCY", 64)? as usize,
         };
         config.validate()?;
         Ok(config)
@@ -145,6 +208,19 @@ impl Config {
         Ok(())
     }
 
+    /// The stream consumer's settings.
+    pub fn stream_settings(&self) -> crate::stream::StreamSettings {
+        crate::stream::StreamSettings {
+            stream: self.stop_stream.clone(),
+            group: self.stop_group.clone(),
+            consumer: self.stream_consumer.clone(),
+            claim_idle: self.stream_claim_idle,
+            conflict_retries: self.stream_conflict_retries,
+            conflict_backoff: self.stream_conflict_backoff,
+            concurrency: self.stream_concurrency,
+        }
+    }
+
     /// The workflows' step settings derived from this configuration.
     pub fn step_settings(&self) -> StepSettings {
         StepSettings {
@@ -153,6 +229,17 @@ impl Config {
             ..StepSettings::default()
         }
     }
+}
+
+/// `<hostname>-<pid>-<random>`: unique per process, recognisable in `XINFO CONSUMERS`.
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "rtmanager".to_owned());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
 
 #[cfg(test)]
@@ -177,6 +264,12 @@ mod tests {
         assert_eq!(c.health_stream, "runtime:health_events");
         assert_eq!(c.stop_timeout, Duration::from_secs(10));
         assert!(c.local_fast_steps);
+        assert!(
+            c.http_addr.ip().is_loopback(),
+            "the bridge binds to loopback by default"
+        );
+        assert_eq!(c.stop_stream, "runtime:stop_jobs");
+        assert!(c.api_token.is_none());
     }
 
     #[test]
@@ -185,13 +278,19 @@ mod tests {
         assert!(err.to_string().contains("RTMANAGER_STOP_TIMEOUT_SECS"));
         let err = config(&[("RTMANAGER_LOCAL_FAST_STEPS", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("RTMANAGER_LOCAL_FAST_STEPS"));
+        let err = config(&[("RTMANAGER_HTTP_ADDR", "localhost")]).unwrap_err();
+        assert!(err.to_string().contains("RTMANAGER_HTTP_ADDR"));
         let err = config(&[("RTMANAGER_LEASE_TTL_SECS", "4")]).unwrap_err();
         assert!(err.to_string().contains("at least 5"));
     }
 
     #[test]
     fn debug_hides_passwords() {
-        let c = config(&[("RTMANAGER_DATABASE_URL", "postgres://u:hunter2@h/db")]).unwrap();
+        let c = config(&[
+            ("RTMANAGER_DATABASE_URL", "postgres://u:hunter2@h/db"),
+            ("RTMANAGER_API_TOKEN", "hunter2hunter2hunter2"),
+        ])
+        .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }

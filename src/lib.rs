@@ -4,6 +4,9 @@
 
 pub mod client;
 pub mod config;
+pub mod http;
+pub mod serve;
+pub mod stream;
 pub mod telemetry;
 pub mod worker;
 

@@ -80,6 +80,19 @@ impl Store {
         row.map(RecordRow::into_record).transpose()
     }
 
+    /// The ids of every game whose record says `running` (for mass operations).
+    pub async fn running_game_ids(&self) -> Result<Vec<GameId>, StoreError> {
+        use runtime_records::dsl as r;
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = r::runtime_records
+            .filter(r::status.eq(RuntimeStatus::Running.as_str()))
+            .select(r::game_id)
+            .order(r::game_id)
+            .load(&mut conn)
+            .await?;
+        Ok(ids.iter().filter_map(|id| GameId::parse(id).ok()).collect())
+    }
+
     /// Compare-and-swap of the status, guarded by the expected status and container id and by
     /// the writer's lease fence. Idempotent per `operation_id`: a retry whose earlier attempt
     /// committed gets `Updated`.
