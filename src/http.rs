@@ -167,6 +167,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|err| anyhow::anyhow!("bind the HTTP bridge to {addr}: {err}"))?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Serves the bridge on a bound listener (tests bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<BridgeState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP bridge listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)

@@ -557,3 +557,157 @@ pub fn worker_process_with(config: &Config, extra: &[(&str, &str)]) -> std::proc
         .spawn()
         .expect("spawn the rtmanager worker")
 }
+
+/// A running HTTP bridge for a test.
+pub struct Bridge {
+    pub addr: std::net::SocketAddr,
+    pub token: String,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    /// Serves the HTTP bridge for this app's worker on an ephemeral loopback port.
+    pub async fn spawn_bridge(&self) -> Bridge {
+        let token = format!("test-token-{}", unique("t"));
+        let deps = worker::build_dependencies(self.config(), self.telemetry.clone()).unwrap();
+        let state = std::sync::Arc::new(rtmanager::http::BridgeState::new(
+            self.client.clone(),
+            self.config().task_queue.clone(),
+            deps.store,
+            deps.redis,
+            deps.docker,
+            rtmanager::http::ApiToken::new(token.clone()).unwrap(),
+            self.telemetry.clone(),
+            Duration::from_secs(60),
+            16 * 1024,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(rtmanager::http::serve_on(
+            listener,
+            state,
+            shutdown.clone().cancelled_owned(),
+        ));
+        Bridge {
+            addr,
+            token,
+            shutdown,
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Bridge {
+    /// `method path` with the bridge's token, optional extra headers and a JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        json_body: Option<&str>,
+    ) -> HttpResponse {
+        let mut all: Vec<(String, String)> =
+            vec![("Authorization".into(), format!("Bearer {}", self.token))];
+        if json_body.is_some() {
+            all.push(("Content-Type".into(), "application/json".into()));
+        }
+        all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.raw(method, path, &all, json_body.unwrap_or("").as_bytes())
+            .await
+    }
+
+    /// A request with exactly these headers (tests of auth and malformed input).
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> HttpResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        parse_response(&raw)
+    }
+}
+
+fn parse_response(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
