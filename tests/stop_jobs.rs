@@ -1,0 +1,343 @@
+//! The `runtime:stop_jobs` consumer against real Redis and Temporal: happy path, malformed
+//! entries, redelivery after a consumer dies mid-entry, claims of a dead consumer's entries,
+//! waiting out a held lease, and several consumers sharing the group.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::{eventually, unique, TestApp};
+use redis::AsyncCommands;
+use rtmanager::stream::{Consumer, StreamSettings};
+use rtmanager_domain::RuntimeStatus;
+use tokio_util::sync::CancellationToken;
+
+struct Stream {
+    name: String,
+    group: String,
+}
+
+fn settings(stream: &Stream, consumer: &str) -> StreamSettings {
+    StreamSettings {
+        stream: stream.name.clone(),
+        group: stream.group.clone(),
+        consumer: consumer.to_owned(),
+        claim_idle: Duration::from_secs(2),
+        conflict_retries: 20,
+        conflict_backoff: Duration::from_millis(200),
+        concurrency: 8,
+    }
+}
+
+/// Runs a consumer until the returned token is cancelled (or its task aborted).
+fn consume(
+    app: &TestApp,
+    stream: &Stream,
+    consumer: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let consumer: Arc<Consumer> = Consumer::new(
+        settings(stream, consumer),
+        app.client.clone(),
+        app.config().task_queue.clone(),
+        &std::env::var("RTMANAGER_REDIS_URL").unwrap(),
+    )
+    .unwrap();
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let token = token.clone();
+        async move {
+            consumer.run(token).await.unwrap();
+        }
+    });
+    (token, task)
+}
+
+fn new_stream() -> Stream {
+    Stream {
+        name: format!("{}:stop_jobs", unique("rtm-test")),
+        group: "rtmanager".into(),
+    }
+}
+
+async fn xadd(app: &TestApp, stream: &Stream, fields: &[(&str, &str)]) -> String {
+    app.redis
+        .clone()
+        .xadd(&stream.name, "*", fields)
+        .await
+        .unwrap()
+}
+
+async fn pending(app: &TestApp, stream: &Stream) -> usize {
+    let reply: redis::streams::StreamPendingReply = app
+        .redis
+        .clone()
+        .xpending(&stream.name, &stream.group)
+        .await
+        .unwrap();
+    reply.count()
+}
+
+async fn running_game(app: &mut TestApp, cmd: Option<Vec<&str>>) -> (String, String) {
+    let game = app.new_game("job");
+    let cid = app.game_container(&game, cmd).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    (game, cid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_stops_its_game_and_is_acknowledged() {
+    let mut app = TestApp::spawn().await;
+    let stream = new_stream();
+    let (_token, _task) = consume(&app, &stream, "c1");
+    let (game, cid) = running_game(&mut app, None).await;
+
+    let entry = xadd(
+        &app,
+        &stream,
+        &[
+            ("game_id", &game),
+            ("reason", "finished"),
+            ("request_id", "r-9"),
+        ],
+    )
+    .await;
+
+    eventually("the game to stop", Duration::from_secs(20), || async {
+        (app.record(&game).await?.status == RuntimeStatus::Stopped).then_some(())
+    })
+    .await;
+    eventually(
+        "the entry to be acknowledged",
+        Duration::from_secs(10),
+        || async { (pending(&app, &stream).await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(app.container_running(&cid).await, Some(false));
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].op_source, "stream");
+    assert_eq!(rows[0].source_ref.as_deref(), Some(entry.as_str()));
+    assert_eq!(
+        app.telemetry
+            .stop_outcome_count("success", "finished", "stream"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_recorded_and_acknowledged() {
+    let app = TestApp::spawn().await;
+    let stream = new_stream();
+    let (_token, _task) = consume(&app, &stream, "c1");
+    let long = "x".repeat(5000);
+    let entries = [
+        xadd(&app, &stream, &[("reason", "finished")]).await,
+        xadd(
+            &app,
+            &stream,
+            &[("game_id", "bad id"), ("reason", "finished")],
+        )
+        .await,
+        xadd(
+            &app,
+            &stream,
+            &[("game_id", "ok-game"), ("reason", "reboot")],
+        )
+        .await,
+        xadd(&app, &stream, &[("unrelated", "field")]).await,
+        xadd(
+            &app,
+            &stream,
+            &[("game_id", long.as_str()), ("reason", "finished")],
+        )
+        .await,
+    ];
+    eventually(
+        "every entry to be audited",
+        Duration::from_secs(30),
+        || async { (app.op_log_count().await == entries.len() as i64).then_some(()) },
+    )
+    .await;
+    eventually(
+        "every entry to be acknowledged",
+        Duration::from_secs(10),
+        || async { (pending(&app, &stream).await == 0).then_some(()) },
+    )
+    .await;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use rtmanager_activities::schema::operation_log::dsl as o;
+    let codes: Vec<(Option<String>, Option<String>)> = o::operation_log
+        .select((o::error_code, o::source_ref))
+        .load(&mut app.pg().await)
+        .await
+        .unwrap();
+    assert!(
+        codes
+            .iter()
+            .all(|(code, _)| code.as_deref() == Some("invalid_request")),
+        "{codes:?}"
+    );
+    for entry in &entries {
+        assert!(codes
+            .iter()
+            .any(|(_, source)| source.as_deref() == Some(entry.as_str())));
+    }
+    // Nothing is redelivered: a fresh consumer finds no work.
+    let (_t2, _task2) = consume(&app, &stream, "c2");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.op_log_count().await, entries.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_left_by_a_killed_consumer_is_finished_once() {
+    let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(4)).await;
+    let stream = new_stream();
+    // Slow stop: the container ignores SIGTERM.
+    let (game, cid) = running_game(&mut app, Some(vec!["sleep", "3600"])).await;
+    let (_a_token, a_task) = consume(&app, &stream, "a");
+    let entry = xadd(
+        &app,
+        &stream,
+        &[("game_id", &game), ("reason", "cancelled")],
+    )
+    .await;
+    eventually(
+        "consumer a to take the entry and start the stop",
+        Duration::from_secs(10),
+        || async { app.lease_holder(&game).await.map(|_| ()) },
+    )
+    .await;
+    a_task.abort(); // killed mid-entry: nothing acknowledged
+    assert_eq!(pending(&app, &stream).await, 1);
+
+    let (_b_token, _b_task) = consume(&app, &stream, "b");
+    eventually(
+        "consumer b to finish the entry",
+        Duration::from_secs(40),
+        || async { (pending(&app, &stream).await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Stopped
+    );
+    assert_eq!(app.container_running(&cid).await, Some(false));
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1, "joined the same workflow: {rows:?}");
+    assert_eq!(rows[0].source_ref.as_deref(), Some(entry.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_pending_entry_is_claimed() {
+    let mut app = TestApp::spawn().await;
+    let stream = new_stream();
+    let (game, _) = running_game(&mut app, None).await;
+    let _: () = app
+        .redis
+        .clone()
+        .xgroup_create_mkstream(&stream.name, &stream.group, "0")
+        .await
+        .unwrap();
+    xadd(&app, &stream, &[("game_id", &game), ("reason", "timeout")]).await;
+    // A consumer that reads the entry and dies without a trace.
+    let _: redis::streams::StreamReadReply = app
+        .redis
+        .clone()
+        .xread_options(
+            &[&stream.name],
+            &[">"],
+            &redis::streams::StreamReadOptions::default()
+                .group(&stream.group, "ghost")
+                .count(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending(&app, &stream).await, 1);
+
+    let (_token, _task) = consume(&app, &stream, "survivor");
+    eventually(
+        "the survivor to claim and finish it",
+        Duration::from_secs(30),
+        || async { (pending(&app, &stream).await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Stopped
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_held_lease_waits_for_it() {
+    let mut app = TestApp::spawn().await;
+    let stream = new_stream();
+    let (_token, _task) = consume(&app, &stream, "c1");
+    let (game, _) = running_game(&mut app, None).await;
+    let _: () = app
+        .redis
+        .clone()
+        .set_ex(app.lease_key(&game), "1:another-operation", 60)
+        .await
+        .unwrap();
+
+    xadd(&app, &stream, &[("game_id", &game), ("reason", "finished")]).await;
+    eventually(
+        "a first attempt to meet the lease",
+        Duration::from_secs(10),
+        || async { (!app.op_log(&game).await.is_empty()).then_some(()) },
+    )
+    .await;
+    let _: () = app.redis.clone().del(app.lease_key(&game)).await.unwrap();
+
+    eventually(
+        "the stop once the lease is free",
+        Duration::from_secs(30),
+        || async { (app.record(&game).await?.status == RuntimeStatus::Stopped).then_some(()) },
+    )
+    .await;
+    let rows = app.op_log(&game).await;
+    assert!(rows[..rows.len() - 1]
+        .iter()
+        .all(|r| r.error_code.as_deref() == Some("conflict")));
+    assert_eq!(rows.last().unwrap().outcome, "success");
+    eventually("acknowledged", Duration::from_secs(10), || async {
+        (pending(&app, &stream).await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_share_the_group_and_each_entry_runs_once() {
+    let mut app = TestApp::spawn().await;
+    let stream = new_stream();
+    let consumers: Vec<_> = ["one", "two", "three"]
+        .iter()
+        .map(|name| consume(&app, &stream, name))
+        .collect();
+    let mut games = Vec::new();
+    for _ in 0..12 {
+        games.push(running_game(&mut app, None).await.0);
+    }
+    for game in &games {
+        xadd(
+            &app,
+            &stream,
+            &[("game_id", game.as_str()), ("reason", "admin")],
+        )
+        .await;
+    }
+    eventually("every game to stop", Duration::from_secs(60), || async {
+        for game in &games {
+            if app.record(game).await?.status != RuntimeStatus::Stopped {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for game in &games {
+        assert_eq!(app.op_log(game).await.len(), 1, "{game} ran once");
+    }
+    drop(consumers);
+}
