@@ -2,6 +2,7 @@
 //! client used by the CLI and the tests. It wires `rtmanager-workflows` (deterministic
 //! orchestration) to `rtmanager-activities` (adapters) and holds no business logic.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod http;

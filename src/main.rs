@@ -66,6 +66,25 @@ enum Command {
         #[arg(required = true)]
         game_ids: Vec<String>,
     },
+    /// Measure stop latency, mass-stop throughput and the worker's footprint against the running
+    /// stack (`scripts/dev up`); prints a table, or JSON with --json.
+    Bench {
+        /// Single stops per side.
+        #[arg(long, default_value_t = 30)]
+        single: usize,
+        /// Games in the mass stop.
+        #[arg(long, default_value_t = 200)]
+        mass: usize,
+        /// Docker network mode of the bench containers.
+        #[arg(long, default_value = "bridge")]
+        network: String,
+        /// The game image (default: RTMANAGER_DEMO_IMAGE or rtmanager-game:dev).
+        #[arg(long)]
+        image: Option<String>,
+        /// The rtmanager process to watch (default: the pid in .dev/rtmanager.pid).
+        #[arg(long)]
+        worker_pid: Option<u32>,
+    },
 }
 
 #[derive(Args)]
@@ -181,6 +200,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(report(&[(game, output)], json));
         }
         Command::Status { game_ids } => return status(&config, game_ids, json).await,
+        Command::Bench {
+            single,
+            mass,
+            network,
+            image,
+            worker_pid,
+        } => {
+            anyhow::ensure!(
+                single >= 1 && mass >= 1,
+                "--single and --mass must be positive"
+            );
+            let image = image
+                .or_else(|| std::env::var("RTMANAGER_DEMO_IMAGE").ok())
+                .unwrap_or_else(|| "rtmanager-game:dev".to_owned());
+            let options = rtmanager::bench::BenchOptions {
+                single,
+                mass,
+                network,
+                image,
+                worker_pid,
+            };
+            let report = rtmanager::bench::run(&config, options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", rtmanager::bench::table(&report));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -80,6 +80,49 @@ impl Store {
         row.map(RecordRow::into_record).transpose()
     }
 
+    /// Inserts (or resets) a `running` record for a container created outside rtmanager: the
+    /// benchmark's and an importer's entry point.
+    pub async fn insert_running_record(
+        &self,
+        game_id: &GameId,
+        container_id: &str,
+        image_ref: &str,
+    ) -> Result<(), StoreError> {
+        use runtime_records::dsl as r;
+        let now = Utc::now().trunc_subsecs(6);
+        let mut conn = self.conn().await?;
+        diesel::insert_into(r::runtime_records)
+            .values((
+                r::game_id.eq(game_id.as_str()),
+                r::status.eq(RuntimeStatus::Running.as_str()),
+                r::current_container_id.eq(container_id),
+                r::current_image_ref.eq(image_ref),
+                r::started_at.eq(now),
+                r::last_op_at.eq(now),
+            ))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every record whose game id starts with `prefix` (benchmark cleanup).
+    pub async fn delete_records_with_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        use runtime_records::dsl as r;
+        let mut conn = self.conn().await?;
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        Ok(
+            diesel::delete(r::runtime_records.filter(r::game_id.like(pattern)))
+                .execute(&mut conn)
+                .await?,
+        )
+    }
+
     /// The ids of every game whose record says `running` (for mass operations).
     pub async fn running_game_ids(&self) -> Result<Vec<GameId>, StoreError> {
         use runtime_records::dsl as r;
