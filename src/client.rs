@@ -94,6 +94,8 @@ pub async fn start_once(
     let options = WorkflowStartOptions::new(task_queue, workflow_id)
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
         .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        // Taken only when a worker on this client has a free slot (`rtmanager run`).
+        .enable_eager_workflow_start(true)
         .build();
     match client
         .start_workflow(UntypedWorkflow::new(workflow_type), input, options)

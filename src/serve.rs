@@ -20,6 +20,17 @@ pub async fn serve(
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let client = worker::connect_temporal(config).await?;
+    serve_with(config, telemetry, client, shutdown).await
+}
+
+/// [`serve`] on a given client (`rtmanager run` shares the worker's, for eager start).
+pub async fn serve_with(
+    config: &Config,
+    telemetry: Telemetry,
+    client: temporalio_client::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let token = ApiToken::new(
         config
             .api_token
@@ -28,7 +39,6 @@ pub async fn serve(
             .unwrap_or_default(),
     )?;
     let deps = worker::build_dependencies(config, telemetry.clone())?;
-    let client = worker::connect_temporal(config).await?;
     let state = Arc::new(BridgeState::new(
         client.clone(),
         config.task_queue.clone(),

@@ -78,25 +78,33 @@ impl RuntimeActivities {
     ) -> Result<LeaseOutcome, ActivityError> {
         let span = span(&ctx, &input.game_id);
         async move {
-            let started = std::time::Instant::now();
-            let result = self
-                .deps
-                .redis
-                .acquire_lease(&input.game_id, &input.secret, self.deps.lease_ttl)
-                .await;
-            let label = match &result {
-                Ok(Some(_)) => "acquired",
-                Ok(None) => "held_by_other",
-                Err(_) => "error",
-            };
-            self.deps
-                .telemetry
-                .record_lease_acquire(label, started.elapsed());
-            match result {
-                Ok(Some(fence)) => Ok(LeaseOutcome::Acquired { fence }),
-                Ok(None) => Ok(LeaseOutcome::HeldByOther),
-                Err(err) => Err(retryable(format!("redis: {err}"))),
+            fault::point("before", "AcquireLease").await;
+            let result = async move {
+                let started = std::time::Instant::now();
+                let result = self
+                    .deps
+                    .redis
+                    .acquire_lease(&input.game_id, &input.secret, self.deps.lease_ttl)
+                    .await;
+                let label = match &result {
+                    Ok(Some(_)) => "acquired",
+                    Ok(None) => "held_by_other",
+                    Err(_) => "error",
+                };
+                self.deps
+                    .telemetry
+                    .record_lease_acquire(label, started.elapsed());
+                match result {
+                    Ok(Some(fence)) => Ok(LeaseOutcome::Acquired { fence }),
+                    Ok(None) => Ok(LeaseOutcome::HeldByOther),
+                    Err(err) => Err(retryable(format!("redis: {err}"))),
+                }
             }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "AcquireLease").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -110,23 +118,31 @@ impl RuntimeActivities {
     ) -> Result<bool, ActivityError> {
         let span = span(&ctx, &input.game_id);
         async move {
-            match self
-                .deps
-                .redis
-                .release_lease(&input.game_id, &input.token)
-                .await
-            {
-                Ok(released) => {
-                    if !released {
-                        tracing::debug!("lease was no longer held by this operation");
+            fault::point("before", "ReleaseLease").await;
+            let result = async move {
+                match self
+                    .deps
+                    .redis
+                    .release_lease(&input.game_id, &input.token)
+                    .await
+                {
+                    Ok(released) => {
+                        if !released {
+                            tracing::debug!("lease was no longer held by this operation");
+                        }
+                        Ok(released)
                     }
-                    Ok(released)
-                }
-                Err(err) => {
-                    tracing::warn!(err = %err, "release game lease");
-                    Err(retryable(format!("redis: {err}")))
+                    Err(err) => {
+                        tracing::warn!(err = %err, "release game lease");
+                        Err(retryable(format!("redis: {err}")))
+                    }
                 }
             }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "ReleaseLease").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -140,11 +156,19 @@ impl RuntimeActivities {
     ) -> Result<Option<RuntimeRecord>, ActivityError> {
         let span = span(&ctx, &game_id);
         async move {
-            self.deps
-                .store
-                .get_record(&game_id)
-                .await
-                .map_err(store_error)
+            fault::point("before", "LoadRecord").await;
+            let result = async move {
+                self.deps
+                    .store
+                    .get_record(&game_id)
+                    .await
+                    .map_err(store_error)
+            }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "LoadRecord").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -158,11 +182,19 @@ impl RuntimeActivities {
     ) -> Result<ContainerStopOutcome, ActivityError> {
         let span = span(&ctx, &input.game_id);
         async move {
-            let stop = self.deps.docker.stop(&input.game_id, &input.container_id);
-            let result = self
-                .keeping_lease(&ctx, &input.game_id, &input.lease, stop)
-                .await?;
-            docker_result(result, &ctx, &input.container_id)
+            fault::point("before", "StopContainer").await;
+            let result = async move {
+                let stop = self.deps.docker.stop(&input.game_id, &input.container_id);
+                let result = self
+                    .keeping_lease(&ctx, &input.game_id, &input.lease, stop)
+                    .await?;
+                docker_result(result, &ctx, &input.container_id)
+            }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "StopContainer").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -176,16 +208,22 @@ impl RuntimeActivities {
     ) -> Result<String, ActivityError> {
         let span = span(&ctx, &input.game_id);
         async move {
-            let ensure =
-                self.deps
-                    .docker
-                    .ensure_running(&input.game_id, &input.image_ref, &input.name);
-            let result = self
-                .keeping_lease(&ctx, &input.game_id, &input.lease, ensure)
-                .await?;
-            let id = docker_result(result, &ctx, &input.name)?;
-            fault::point("after", "EnsureContainer").await;
-            Ok(id)
+            fault::point("before", "EnsureContainer").await;
+            let result = async move {
+                let ensure =
+                    self.deps
+                        .docker
+                        .ensure_running(&input.game_id, &input.image_ref, &input.name);
+                let result = self
+                    .keeping_lease(&ctx, &input.game_id, &input.lease, ensure)
+                    .await?;
+                docker_result(result, &ctx, &input.name)
+            }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "EnsureContainer").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -199,12 +237,20 @@ impl RuntimeActivities {
     ) -> Result<(), ActivityError> {
         let span = span(&ctx, &input.game_id);
         async move {
-            let result = self
-                .deps
-                .docker
-                .remove(&input.game_id, &input.container_id)
-                .await;
-            docker_result(result, &ctx, &input.container_id)
+            fault::point("before", "RemoveContainer").await;
+            let result = async move {
+                let result = self
+                    .deps
+                    .docker
+                    .remove(&input.game_id, &input.container_id)
+                    .await;
+                docker_result(result, &ctx, &input.container_id)
+            }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "RemoveContainer").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -219,17 +265,24 @@ impl RuntimeActivities {
         let span = span(&ctx, &input.game_id);
         async move {
             fault::point("before", "RecordRunning").await;
-            self.deps
-                .store
-                .record_running(
-                    &input.game_id,
-                    &input.operation_id,
-                    input.fence,
-                    &input.container_id,
-                    input.image_ref.as_str(),
-                )
-                .await
-                .map_err(store_error)
+            let result = async move {
+                self.deps
+                    .store
+                    .record_running(
+                        &input.game_id,
+                        &input.operation_id,
+                        input.fence,
+                        &input.container_id,
+                        input.image_ref.as_str(),
+                    )
+                    .await
+                    .map_err(store_error)
+            }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "RecordRunning").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -243,18 +296,26 @@ impl RuntimeActivities {
     ) -> Result<UpdateStatusOutcome, ActivityError> {
         let span = span(&ctx, &input.game_id);
         async move {
-            self.deps
-                .store
-                .update_status(
-                    &input.game_id,
-                    &input.operation_id,
-                    input.expected_from,
-                    input.expected_container_id.as_deref(),
-                    input.to,
-                    input.fence,
-                )
-                .await
-                .map_err(store_error)
+            fault::point("before", "UpdateStatus").await;
+            let result = async move {
+                self.deps
+                    .store
+                    .update_status(
+                        &input.game_id,
+                        &input.operation_id,
+                        input.expected_from,
+                        input.expected_container_id.as_deref(),
+                        input.to,
+                        input.fence,
+                    )
+                    .await
+                    .map_err(store_error)
+            }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "UpdateStatus").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -268,6 +329,8 @@ impl RuntimeActivities {
     ) -> Result<(), ActivityError> {
         let span = span(&ctx, &event.game_id);
         async move {
+            fault::point("before", "PublishHealth").await;
+            let result = async move {
             if let Err(err) = self.deps.store.upsert_health_snapshot(&event).await {
                 tracing::error!(event_type = %event.event_type, err = %err, "upsert health snapshot");
                 return Err(store_error(err));
@@ -284,6 +347,12 @@ impl RuntimeActivities {
                     Err(retryable(format!("redis: {err}")))
                 }
             }
+        }
+            .await;
+            if result.is_ok() {
+                fault::point("after", "PublishHealth").await;
+            }
+            result
         }
         .instrument(span)
         .await
@@ -302,42 +371,50 @@ impl RuntimeActivities {
             game_id = %entry.game_id,
         );
         async move {
-            let result = self.deps.store.append_operation(&entry).await;
-            let last_attempt = ctx
-                .info()
-                .retry_policy
-                .as_ref()
-                .map(|policy| policy.maximum_attempts())
-                .is_some_and(|max| max > 0 && ctx.info().attempt >= max);
-            // Count each operation once: when its row is written, or when the last attempt to
-            // write it failed.
-            if matches!(result, Ok(true)) || (result.is_err() && last_attempt) {
-                let telemetry = &self.deps.telemetry;
-                let outcome = entry.outcome.as_str();
-                telemetry.record_operation_outcome(
-                    entry.op_kind.as_str(),
-                    outcome,
-                    &entry.op_source_label,
-                );
-                if entry.op_kind == OpKind::Stop {
-                    telemetry.record_stop_outcome(
+            fault::point("before", "AppendOperationLog").await;
+            let result = async move {
+                let result = self.deps.store.append_operation(&entry).await;
+                let last_attempt = ctx
+                    .info()
+                    .retry_policy
+                    .as_ref()
+                    .map(|policy| policy.maximum_attempts())
+                    .is_some_and(|max| max > 0 && ctx.info().attempt >= max);
+                // Count each operation once: when its row is written, or when the last attempt to
+                // write it failed.
+                if matches!(result, Ok(true)) || (result.is_err() && last_attempt) {
+                    let telemetry = &self.deps.telemetry;
+                    let outcome = entry.outcome.as_str();
+                    telemetry.record_operation_outcome(
+                        entry.op_kind.as_str(),
                         outcome,
-                        &entry.reason_label,
                         &entry.op_source_label,
                     );
+                    if entry.op_kind == OpKind::Stop {
+                        telemetry.record_stop_outcome(
+                            outcome,
+                            &entry.reason_label,
+                            &entry.op_source_label,
+                        );
+                    }
                 }
+                log_outcome(&entry);
+                result.map(|_| ()).map_err(|err| {
+                    tracing::error!(
+                        op_kind = %entry.op_kind,
+                        outcome = %entry.outcome,
+                        error_code = entry.error_code.map(ErrorCode::as_str).unwrap_or(""),
+                        err = %err,
+                        "append operation log"
+                    );
+                    store_error(err)
+                })
             }
-            log_outcome(&entry);
-            result.map(|_| ()).map_err(|err| {
-                tracing::error!(
-                    op_kind = %entry.op_kind,
-                    outcome = %entry.outcome,
-                    error_code = entry.error_code.map(ErrorCode::as_str).unwrap_or(""),
-                    err = %err,
-                    "append operation log"
-                );
-                store_error(err)
-            })
+            .await;
+            if result.is_ok() {
+                fault::point("after", "AppendOperationLog").await;
+            }
+            result
         }
         .instrument(span)
         .await

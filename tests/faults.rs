@@ -1,0 +1,243 @@
+//! Worker crash at every step: a worker aborts right after one step's side effect (the
+//! `RTMANAGER_FAULTS` hook of debug builds), a fresh worker finishes the operation, and the end
+//! state is checked: exactly one audit row per operation, no duplicate health event, one
+//! container, the lease released.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{unique, worker_process, worker_process_with, TestApp, TestConfig};
+use rtmanager_domain::{OperationOutput, Outcome, RuntimeStatus};
+
+async fn app() -> TestApp {
+    let cfg = TestConfig::new();
+    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
+        .await
+        .unwrap();
+    TestApp::without_worker(cfg).await
+}
+
+/// Runs `workflow_type` with `input` on a worker that aborts after `step`, then on a fresh one.
+async fn crash_after(
+    app: &TestApp,
+    step: &str,
+    workflow_type: &str,
+    input: String,
+) -> OperationOutput {
+    let fault = format!("after:{step}=abort");
+    let mut doomed = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", &fault)]);
+    let handle = rtmanager::client::start(
+        &app.client,
+        &app.config().task_queue,
+        workflow_type,
+        &unique("crash"),
+        rtmanager::client::json_input(input.as_bytes()),
+    )
+    .await
+    .unwrap();
+    let exited = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || doomed.wait()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the worker never reached {step}"))
+    .unwrap()
+    .unwrap();
+    assert!(!exited.success(), "the worker aborted after {step}");
+    let mut fresh = worker_process(app.config());
+    let out = tokio::time::timeout(Duration::from_secs(120), rtmanager::client::result(&handle))
+        .await
+        .unwrap_or_else(|_| panic!("the operation never finished after a crash at {step}"))
+        .unwrap();
+    let _ = fresh.kill();
+    let _ = fresh.wait();
+    out
+}
+
+fn stop_input(game: &str) -> String {
+    format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#)
+}
+
+async fn check_stop_crash(step: &str) {
+    let mut app = app().await;
+    let game = app.new_game("crash-stop");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+
+    let out = crash_after(&app, step, "StopRuntime", stop_input(&game)).await;
+
+    assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Stopped,
+        "{step}"
+    );
+    assert_eq!(app.container_running(&cid).await, Some(false), "{step}");
+    assert_eq!(app.op_log(&game).await.len(), 1, "{step}: one audit row");
+    assert_eq!(
+        app.lease_holder(&game).await,
+        None,
+        "{step}: lease released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_survives_a_crash_after_acquiring_the_lease() {
+    check_stop_crash("AcquireLease").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_survives_a_crash_after_loading_the_record() {
+    check_stop_crash("LoadRecord").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_survives_a_crash_after_the_docker_stop() {
+    check_stop_crash("StopContainer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_survives_a_crash_after_the_compare_and_swap() {
+    check_stop_crash("UpdateStatus").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_survives_a_crash_after_the_audit_row() {
+    check_stop_crash("AppendOperationLog").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_survives_a_crash_after_releasing_the_lease() {
+    check_stop_crash("ReleaseLease").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_stop_publishes_once_despite_a_crash_after_publishing() {
+    let mut app = app().await;
+    let game = app.new_game("crash-vanish");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    app.remove_container(&cid).await;
+
+    let out = crash_after(&app, "PublishHealth", "StopRuntime", stop_input(&game)).await;
+
+    assert_eq!(out.outcome, Outcome::Success, "{out:?}");
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Removed
+    );
+    assert_eq!(
+        app.health_events().await.len(),
+        1,
+        "no duplicate health event"
+    );
+    assert_eq!(app.op_log(&game).await.len(), 1);
+    assert_eq!(app.lease_holder(&game).await, None);
+}
+
+async fn check_start_crash(step: &str) {
+    let mut app = app().await;
+    let game = app.new_game("crash-start");
+    let image = common::game_image();
+    // A stopped game with an old container, so the start also removes a superseded one.
+    let old = app.game_container(&game, None).await;
+    app.insert_record(&game, "stopped", Some(&old)).await;
+    let input = format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#);
+
+    let out = crash_after(&app, step, "StartRuntime", input).await;
+
+    assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
+    let record = app.record(&game).await.unwrap();
+    assert_eq!(record.status, RuntimeStatus::Running, "{step}");
+    let containers = app.containers_of(&game).await;
+    assert_eq!(
+        containers,
+        vec![(record.current_container_id.unwrap(), true)],
+        "{step}: one container"
+    );
+    assert_eq!(app.op_log(&game).await.len(), 1, "{step}: one audit row");
+    assert_eq!(
+        app.lease_holder(&game).await,
+        None,
+        "{step}: lease released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_survives_a_crash_after_creating_the_container() {
+    check_start_crash("EnsureContainer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_survives_a_crash_after_recording_it_running() {
+    check_start_crash("RecordRunning").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_survives_a_crash_after_removing_the_old_container() {
+    check_start_crash("RemoveContainer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_survives_a_crash_after_the_audit_row() {
+    check_start_crash("AppendOperationLog").await;
+}
+
+async fn check_restart_crash(step: &str) {
+    let mut app = app().await;
+    let game = app.new_game("crash-restart");
+    let old = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&old)).await;
+    let input = format!(r#"{{"game_id":"{game}","op_source":"admin","source_ref":"r-1"}}"#);
+
+    let out = crash_after(&app, step, "RestartRuntime", input).await;
+
+    assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
+    let record = app.record(&game).await.unwrap();
+    assert_eq!(record.status, RuntimeStatus::Running);
+    assert_eq!(
+        app.containers_of(&game).await,
+        vec![(record.current_container_id.unwrap(), true)],
+        "{step}"
+    );
+    let rows = app.op_log(&game).await;
+    let kinds: Vec<_> = rows.iter().map(|r| r.op_kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["stop", "start", "restart"],
+        "{step}: one row per operation"
+    );
+    assert!(rows.iter().all(|r| r.source_ref.as_deref() == Some("r-1")));
+    assert_eq!(app.lease_holder(&game).await, None, "{step}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_survives_a_crash_between_its_children() {
+    // The stop child's audit row is its last step: the crash falls between the two children.
+    check_restart_crash("AppendOperationLog").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_survives_a_crash_inside_the_start_child() {
+    check_restart_crash("EnsureContainer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_survives_a_crash_inside_the_stop_child() {
+    let mut app = app().await;
+    let game = app.new_game("crash-patch");
+    let old = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&old)).await;
+    let target = "rtmanager-game:v2";
+    let input = format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#);
+
+    let out = crash_after(&app, "StopContainer", "PatchRuntime", input).await;
+
+    assert_eq!(out.outcome, Outcome::Success, "{out:?}");
+    let record = app.record(&game).await.unwrap();
+    assert_eq!(record.current_image_ref.as_deref(), Some(target));
+    assert_eq!(app.containers_of(&game).await.len(), 1);
+    assert_eq!(app.op_log(&game).await.len(), 3);
+    assert_eq!(app.lease_holder(&game).await, None);
+}
