@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use temporalio_client::{
     errors::WorkflowStartError, Client, UntypedWorkflow, WorkflowGetResultOptions, WorkflowHandle,
-    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
+    WorkflowIdReusePolicy, WorkflowStartOptions,
 };
 use temporalio_common::{
     data_converters::RawValue,
@@ -69,8 +69,8 @@ pub async fn execute(
 }
 
 /// Starts the workflow `workflow_id` unless it exists, then waits for its output: one id is one
-/// operation. A running workflow with that id is joined (`UseExisting`); a closed one is never
-/// re-run (`RejectDuplicate`), its stored output is returned. This is what makes an HTTP retry
+/// operation. Whether the workflow with that id is running or closed (`RejectDuplicate`: never
+/// re-run), the start answers "already started" and its output is awaited instead. This is what makes an HTTP retry
 /// with the same `X-Request-Id`, or a redelivered stream entry, safe.
 pub async fn run_once(
     client: &Client,
@@ -93,7 +93,6 @@ pub async fn start_once(
 ) -> anyhow::Result<Handle> {
     let options = WorkflowStartOptions::new(task_queue, workflow_id)
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
         // Taken only when a worker on this client has a free slot (`rtmanager run`).
         .enable_eager_workflow_start(true)
         .build();

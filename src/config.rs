@@ -53,6 +53,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Run the sub-millisecond steps as local activities.
     pub local_fast_steps: bool,
+    /// Run the Docker steps as local activities too.
+    pub local_docker_steps: bool,
     /// Docker network mode of the game containers StartRuntime creates.
     pub container_network: String,
     /// How long a started container must stay up before the start counts.
@@ -145,6 +147,7 @@ impl Config {
             stop_timeout: Duration::from_secs(num("RTMANAGER_STOP_TIMEOUT_SECS", 10)?),
             lease_ttl: Duration::from_secs(num("RTMANAGER_LEASE_TTL_SECS", 120)?),
             local_fast_steps: flag("RTMANAGER_LOCAL_FAST_STEPS", true)?,
+            local_docker_steps: flag("RTMANAGER_LOCAL_DOCKER_STEPS", true)?,
             container_network: get("RTMANAGER_CONTAINER_NETWORK", "bridge"),
             start_settle: Duration::from_millis(num("RTMANAGER_START_SETTLE_MS", 300)?),
             sticky_queue_timeout: Duration::from_millis(num(
@@ -226,6 +229,7 @@ impl Config {
         StepSettings {
             graceful_stop_timeout: self.stop_timeout,
             local_fast_steps: self.local_fast_steps,
+            local_docker_steps: self.local_docker_steps,
             ..StepSettings::default()
         }
     }

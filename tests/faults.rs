@@ -148,6 +148,7 @@ async fn check_start_crash(step: &str) {
     let out = crash_after(&app, step, "StartRuntime", input).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
+    assert_eq!(out.error_code, None, "{step}: {out:?}");
     let record = app.record(&game).await.unwrap();
     assert_eq!(record.status, RuntimeStatus::Running, "{step}");
     let containers = app.containers_of(&game).await;
@@ -176,7 +177,7 @@ async fn start_survives_a_crash_after_recording_it_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_survives_a_crash_after_removing_the_old_container() {
-    check_start_crash("RemoveContainer").await;
+    check_start_crash("RemoveStaleContainers").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,18 +62,15 @@ async fn recorded_histories_replay_against_the_current_code() {
 
 #[tokio::test]
 async fn a_history_that_does_not_match_the_code_is_rejected() {
-    // The replayer must notice a mismatch, or the test above proves nothing: rename the Docker
-    // step of a recorded history, as a code change scheduling another activity would.
+    // The replayer must notice a mismatch, or the test above proves nothing: give a recorded
+    // success the input of an invalid request, as a code change taking another path would.
     let text = std::fs::read_to_string(histories_dir().join("stop_success.json")).unwrap();
-    let tampered = text.replacen(
-        r#"{"name":"StopContainer"}"#,
-        r#"{"name":"KillContainer"}"#,
-        1,
-    );
-    assert!(
-        text != tampered,
-        "the success history schedules StopContainer"
-    );
+    let mut history: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // base64 of {"game_id":"bad id"}
+    history["events"][0]["attributes"]["WorkflowExecutionStartedEventAttributes"]["input"]
+        ["payloads"][0]["data"] = "eyJnYW1lX2lkIjoiYmFkIGlkIn0=".into();
+    let tampered = history.to_string();
+    assert!(text != tampered);
     let replayer = replayer();
     let history = WorkflowHistory::from_json(tampered.as_bytes()).unwrap();
     assert!(replayer.replay_workflow(history).await.is_err());

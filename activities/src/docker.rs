@@ -200,6 +200,34 @@ impl DockerRuntime {
         }
     }
 
+    /// Removes every container labelled for the game except `keep`; returns how many.
+    pub async fn remove_stale(&self, game_id: &GameId, keep: &str) -> Result<u32, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_GAME_ID}={game_id}"),
+                format!("{LABEL_MANAGED}=true"),
+            ],
+        )]);
+        let listed = self
+            .docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|err| DockerError::Unavailable(format!("list: {err}")))?;
+        let mut removed = 0;
+        for id in listed.into_iter().filter_map(|c| c.id) {
+            if id != keep && !keep.is_empty() && !id.starts_with(keep) {
+                self.remove(game_id, &id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
         match self
             .docker

@@ -26,11 +26,12 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::Instrument;
 
-use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome, RuntimeRecord};
+use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome};
 use rtmanager_workflows::contract::{
     self, failure_type, AcquireLeaseInput, ContainerStopOutcome, EnsureContainerInput, HealthEvent,
-    LeaseOutcome, OperationEntry, RecordRunningInput, ReleaseLeaseInput, RemoveContainerInput,
-    StopContainerInput, UpdateStatusInput, UpdateStatusOutcome,
+    LeaseOutcome, LoadRecordInput, LoadedRecord, OperationEntry, RecordRunningInput,
+    ReleaseLeaseInput, RemoveContainerInput, StopContainerInput, UpdateStatusInput,
+    UpdateStatusOutcome,
 };
 
 pub use docker::{ContainerSettings, DockerRuntime};
@@ -152,17 +153,22 @@ impl RuntimeActivities {
     pub async fn load_record(
         self: Arc<Self>,
         ctx: ActivityContext,
-        game_id: GameId,
-    ) -> Result<Option<RuntimeRecord>, ActivityError> {
-        let span = span(&ctx, &game_id);
+        input: LoadRecordInput,
+    ) -> Result<Option<LoadedRecord>, ActivityError> {
+        let span = span(&ctx, &input.game_id);
         async move {
             fault::point("before", "LoadRecord").await;
             let result = async move {
-                self.deps
+                let loaded = self
+                    .deps
                     .store
-                    .get_record(&game_id)
+                    .get_record_with_writer(&input.game_id)
                     .await
-                    .map_err(store_error)
+                    .map_err(store_error)?;
+                Ok(loaded.map(|(record, writer)| LoadedRecord {
+                    record,
+                    written_by_this_operation: writer.as_deref() == Some(&input.operation_id),
+                }))
             }
             .await;
             if result.is_ok() {
@@ -249,6 +255,30 @@ impl RuntimeActivities {
             .await;
             if result.is_ok() {
                 fault::point("after", "RemoveContainer").await;
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    #[activity(definition = contract::RemoveStaleContainers)]
+    pub async fn remove_stale_containers(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: RemoveContainerInput,
+    ) -> Result<u32, ActivityError> {
+        let span = span(&ctx, &input.game_id);
+        async move {
+            fault::point("before", "RemoveStaleContainers").await;
+            let result = self
+                .deps
+                .docker
+                .remove_stale(&input.game_id, &input.container_id)
+                .await;
+            let result = docker_result(result, &ctx, &input.container_id);
+            if result.is_ok() {
+                fault::point("after", "RemoveStaleContainers").await;
             }
             result
         }

@@ -41,7 +41,14 @@ impl Store {
     /// Builds the pool. Connections are opened lazily, so a worker starts while PostgreSQL is
     /// down and its steps retry until it is back.
     pub fn new(database_url: &str, max_connections: usize) -> anyhow::Result<Self> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+        // Fast recycling: no test query on every checkout (it doubled each step's round trips);
+        // a connection that broke meanwhile fails its statement and the step retries.
+        let mut manager_config = diesel_async::pooled_connection::ManagerConfig::default();
+        manager_config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            database_url,
+            manager_config,
+        );
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .wait_timeout(Some(std::time::Duration::from_secs(5)))
@@ -66,6 +73,25 @@ impl Store {
         let mut conn = self.conn().await?;
         diesel::sql_query("SELECT 1").execute(&mut conn).await?;
         Ok(())
+    }
+
+    /// Reads one game's record with the id of the operation that wrote it last.
+    pub async fn get_record_with_writer(
+        &self,
+        game_id: &GameId,
+    ) -> Result<Option<(RuntimeRecord, Option<String>)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = runtime_records::table
+            .find(game_id.as_str())
+            .select(RecordRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        row.map(|row| {
+            let writer = row.last_op_id.clone();
+            row.into_record().map(|record| (record, writer))
+        })
+        .transpose()
     }
 
     /// Reads one game's record.

@@ -41,7 +41,7 @@ activity_contract!(
 );
 activity_contract!(
     /// Reads the runtime record; `None` when the game has none.
-    LoadRecord = "LoadRecord": GameId => Option<RuntimeRecord>
+    LoadRecord = "LoadRecord": LoadRecordInput => Option<LoadedRecord>
 );
 activity_contract!(
     /// Stops the game's container gracefully, after checking it carries the game's labels.
@@ -62,6 +62,10 @@ activity_contract!(
     /// Removes one of the game's containers (force), after checking its labels; a missing
     /// container is already removed.
     RemoveContainer = "RemoveContainer": RemoveContainerInput => ()
+);
+activity_contract!(
+    /// Removes every container labelled for the game except `keep`; returns how many.
+    RemoveStaleContainers = "RemoveStaleContainers": RemoveContainerInput => u32
 );
 activity_contract!(
     /// Compare-and-swap of a record's status, guarded by the expected status and container id.
@@ -95,6 +99,23 @@ pub enum LeaseOutcome {
         fence: u64,
     },
     HeldByOther,
+}
+
+/// Input of [`LoadRecord`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadRecordInput {
+    pub game_id: GameId,
+    pub operation_id: String,
+}
+
+/// Result of [`LoadRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedRecord {
+    pub record: RuntimeRecord,
+    /// This very operation wrote the row last: the step is re-running after a crash (local
+    /// activities re-run whole) and must continue from its own write, not mistake it for
+    /// another operation's.
+    pub written_by_this_operation: bool,
 }
 
 /// Input of [`ReleaseLease`].
@@ -134,7 +155,8 @@ pub struct RecordRunningInput {
     pub image_ref: ImageRef,
 }
 
-/// Input of [`RemoveContainer`].
+/// Input of [`RemoveContainer`] (the container to remove) and [`RemoveStaleContainers`] (the
+/// one to keep).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoveContainerInput {
     pub game_id: GameId,

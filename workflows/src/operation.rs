@@ -97,6 +97,9 @@ pub struct Op<'a, W> {
     pub operation_id: String,
     pub started_at: DateTime<Utc>,
     audit: Audit,
+    /// The lease this operation took, released together with the audit row (the two steps are
+    /// independent, so they run at once).
+    held: std::cell::RefCell<Option<(GameId, LeaseToken)>>,
 }
 
 impl<'a, W> Op<'a, W> {
@@ -108,6 +111,7 @@ impl<'a, W> Op<'a, W> {
             operation_id: operation_id(ctx),
             started_at: workflow_now(ctx),
             audit: Audit::default(),
+            held: std::cell::RefCell::new(None),
         }
     }
 
@@ -190,6 +194,23 @@ impl<'a, W> Op<'a, W> {
         }
     }
 
+    /// Runs `body` under a lease this operation took, and releases it on every path: with the
+    /// audit row when the body ends through one (always, in practice), else afterwards.
+    pub async fn with_lease<F: std::future::Future<Output = OperationOutput>>(
+        &self,
+        game_id: &GameId,
+        token: LeaseToken,
+        body: impl FnOnce(LeaseToken) -> F,
+    ) -> OperationOutput {
+        *self.held.borrow_mut() = Some((game_id.clone(), token.clone()));
+        let output = body(token).await;
+        let still_held = self.held.borrow_mut().take();
+        if let Some((game_id, token)) = still_held {
+            self.release_lease(&game_id, token).await;
+        }
+        output
+    }
+
     /// Releases the lease even when the workflow was cancelled (the seed's fresh context).
     pub async fn release_lease(&self, game_id: &GameId, token: LeaseToken) {
         let _ = fast_step(
@@ -252,14 +273,22 @@ impl<'a, W> Op<'a, W> {
             reason_label: self.audit.reason_label.clone(),
             op_source_label: self.audit.op_source_label.clone(),
         };
-        let _ = fast_step(
+        let append = fast_step(
             self.ctx,
             self.settings,
             AppendOperationLog,
             entry,
             BEST_EFFORT_ATTEMPTS,
             Cancel::Detached,
-        )
-        .await;
+        );
+        let held = self.held.borrow_mut().take();
+        match held {
+            Some((game_id, token)) => {
+                let _ = futures::join!(append, self.release_lease(&game_id, token));
+            }
+            None => {
+                let _ = append.await;
+            }
+        }
     }
 }

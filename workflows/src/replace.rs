@@ -22,11 +22,10 @@ use rtmanager_domain::{
 };
 
 use crate::{
-    contract::LoadRecord,
     operation::{Audit, Op, Touched},
     start::StartRuntimeWorkflow,
     stop::StopRuntimeWorkflow,
-    support::{fast_step, json_input, Cancel, StepFailure},
+    support::{json_input, load_record, StepFailure},
     StepSettings,
 };
 
@@ -109,9 +108,13 @@ async fn replace<W>(op: &mut Op<'_, W>, mut request: ReplaceRequest) -> Operatio
         Ok(token) => token,
         Err(output) => return output,
     };
-    let output = replace_under_lease(op, &request, &token).await;
-    op.release_lease(&request.game_id, token).await;
-    output
+    let game_id = request.game_id.clone();
+    let op = &*op;
+    op.with_lease(&game_id, token, |token| {
+        let request = &request;
+        async move { replace_under_lease(op, request, &token).await }
+    })
+    .await
 }
 
 async fn replace_under_lease<W>(
@@ -120,17 +123,9 @@ async fn replace_under_lease<W>(
     lease: &LeaseToken,
 ) -> OperationOutput {
     let game_id = &request.game_id;
-    let loaded = fast_step(
-        op.ctx,
-        op.settings,
-        LoadRecord,
-        game_id.clone(),
-        op.settings.fast_step_attempts,
-        Cancel::WithWorkflow,
-    )
-    .await;
+    let loaded = load_record(op, game_id).await;
     let existing = match loaded {
-        Ok(Some(record)) => record,
+        Ok(Some(loaded)) => loaded.record,
         Ok(None) => {
             let message = format!(
                 "runtime record for game {:?} does not exist",

@@ -18,11 +18,13 @@ use rtmanager_domain::{
 
 use crate::{
     contract::{
-        EnsureContainer, EnsureContainerInput, LoadRecord, RecordRunning, RecordRunningInput,
-        RemoveContainer, RemoveContainerInput, UpdateStatusOutcome,
+        EnsureContainer, EnsureContainerInput, RecordRunning, RecordRunningInput, RemoveContainer,
+        RemoveContainerInput, RemoveStaleContainers, UpdateStatusOutcome,
     },
     operation::{Audit, Op, Touched},
-    support::{docker_step, fast_step, inherited_lease, short_digest, Cancel, StepFailure},
+    support::{
+        docker_step, fast_step, inherited_lease, load_record, short_digest, Cancel, StepFailure,
+    },
     StepSettings,
 };
 
@@ -69,8 +71,12 @@ impl StartRuntimeWorkflow {
             Ok(token) => token,
             Err(output) => return Ok(output),
         };
-        let output = start_under_lease(&op, &request, &token).await;
-        op.release_lease(&request.game_id, token).await;
+        let output = op
+            .with_lease(&request.game_id, token, |token| {
+                let (op, request) = (&op, &request);
+                async move { start_under_lease(op, request, &token).await }
+            })
+            .await;
         Ok(output)
     }
 }
@@ -86,17 +92,18 @@ async fn start_under_lease<W>(
         container_id: container_id.map(str::to_owned),
         image_ref: Some(image.to_owned()),
     };
-    let loaded = fast_step(
-        op.ctx,
-        op.settings,
-        LoadRecord,
-        game_id.clone(),
-        op.settings.fast_step_attempts,
-        Cancel::WithWorkflow,
-    )
-    .await;
+    let loaded = load_record(op, game_id).await;
     let existing = match loaded {
-        Ok(existing) => existing,
+        // Re-running after a crash that followed this operation's own write: finish it.
+        Ok(Some(loaded)) if loaded.written_by_this_operation => {
+            let record = loaded.record;
+            if let Some(kept) = record.current_container_id.clone() {
+                remove_stale_containers(op, game_id, kept.clone()).await;
+                return op.success(record, touched(Some(&kept))).await;
+            }
+            return op.success(record, touched(None)).await;
+        }
+        Ok(loaded) => loaded.map(|l| l.record),
         Err(err) => {
             let failure = StepFailure::from(err);
             let code = failure.code_or(ErrorCode::Internal);
@@ -118,9 +125,6 @@ async fn start_under_lease<W>(
                 .await;
         }
     }
-    let previous = existing
-        .as_ref()
-        .and_then(|record| record.current_container_id.clone());
 
     let name = format!("rtm-{}-{}", game_id, short_digest(&op.operation_id));
     let ensured = docker_step(
@@ -165,9 +169,8 @@ async fn start_under_lease<W>(
     .map_err(StepFailure::from);
     match recorded {
         Ok(UpdateStatusOutcome::Updated { record }) => {
-            if let Some(previous) = previous.filter(|p| *p != container_id) {
-                remove_container(op, game_id, previous).await;
-            }
+            // The superseded container, and any other this game may have left behind.
+            remove_stale_containers(op, game_id, container_id.clone()).await;
             op.success(record, touched(Some(&container_id))).await
         }
         Ok(
@@ -205,6 +208,22 @@ async fn start_under_lease<W>(
                 .await
         }
     }
+}
+
+/// Best effort: removes every container of the game but `keep`.
+async fn remove_stale_containers<W>(op: &Op<'_, W>, game_id: &GameId, keep: String) {
+    let input = RemoveContainerInput {
+        game_id: game_id.clone(),
+        container_id: keep,
+    };
+    let _ = docker_step(
+        op.ctx,
+        op.settings,
+        RemoveStaleContainers,
+        input,
+        Cancel::Detached,
+    )
+    .await;
 }
 
 /// Best effort: a container left behind is logged by the activity.

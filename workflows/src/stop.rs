@@ -18,12 +18,13 @@ use rtmanager_domain::{
 
 use crate::{
     contract::{
-        ContainerStopOutcome, HealthEvent, LoadRecord, PublishHealth, StopContainer,
-        StopContainerInput, UpdateStatus, UpdateStatusInput, UpdateStatusOutcome,
-        CONTAINER_DISAPPEARED,
+        ContainerStopOutcome, HealthEvent, PublishHealth, StopContainer, StopContainerInput,
+        UpdateStatus, UpdateStatusInput, UpdateStatusOutcome, CONTAINER_DISAPPEARED,
     },
     operation::{Audit, Op, Touched, BEST_EFFORT_ATTEMPTS},
-    support::{docker_step, fast_step, inherited_lease, workflow_now, Cancel, StepFailure},
+    support::{
+        docker_step, fast_step, inherited_lease, load_record, workflow_now, Cancel, StepFailure,
+    },
     StepSettings,
 };
 
@@ -78,9 +79,10 @@ async fn handle<W>(op: &Op<'_, W>, request: &StopRequest) -> OperationOutput {
         Ok(token) => token,
         Err(output) => return output,
     };
-    let output = run_under_lease(op, request, &token).await;
-    op.release_lease(&request.game_id, token).await;
-    output
+    op.with_lease(&request.game_id, token, |token| async move {
+        run_under_lease(op, request, &token).await
+    })
+    .await
 }
 
 /// The seed's `runUnderLease`: load, branch on status, stop, compare-and-swap.
@@ -90,17 +92,18 @@ async fn run_under_lease<W>(
     lease: &LeaseToken,
 ) -> OperationOutput {
     let game_id = &request.game_id;
-    let loaded = fast_step(
-        op.ctx,
-        op.settings,
-        LoadRecord,
-        game_id.clone(),
-        op.settings.fast_step_attempts,
-        Cancel::WithWorkflow,
-    )
-    .await;
+    let loaded = load_record(op, game_id).await;
     let existing = match loaded {
-        Ok(Some(record)) => record,
+        // Re-running after a crash that followed this operation's own write: finish as the
+        // first run would have (the health event is published at most once per operation).
+        Ok(Some(loaded)) if loaded.written_by_this_operation => {
+            let record = loaded.record;
+            if record.status == RuntimeStatus::Removed {
+                publish_disappeared(op, request, &record, None).await;
+            }
+            return op.success(record.clone(), Touched::of(&record)).await;
+        }
+        Ok(Some(loaded)) => loaded.record,
         Ok(None) => {
             let message = format!(
                 "runtime record for game {:?} does not exist",
@@ -236,15 +239,26 @@ async fn handle_vanished<W>(
             return op.failure(code, message, Touched::of(&existing)).await;
         }
     };
+    publish_disappeared(op, request, &record, Some(container_id)).await;
+    op.success(record, Touched::of(&existing)).await
+}
+
+/// Best effort: the activity logs a failure; the record stays the source of truth. Published
+/// once per operation, whatever the re-runs.
+async fn publish_disappeared<W>(
+    op: &Op<'_, W>,
+    request: &StopRequest,
+    record: &RuntimeRecord,
+    container_id: Option<String>,
+) {
     let event = HealthEvent {
         operation_id: op.operation_id.clone(),
         game_id: request.game_id.clone(),
-        container_id: Some(container_id),
+        container_id,
         event_type: CONTAINER_DISAPPEARED.into(),
-        occurred_at: record.removed_at.unwrap_or(now),
+        occurred_at: record.removed_at.unwrap_or(record.last_op_at),
         details: serde_json::json!({}),
     };
-    // Best effort: the activity logs a failure; the record stays the source of truth.
     let _ = fast_step(
         op.ctx,
         op.settings,
@@ -254,7 +268,6 @@ async fn handle_vanished<W>(
         Cancel::Detached,
     )
     .await;
-    op.success(record, Touched::of(&existing)).await
 }
 
 async fn update_status<W>(

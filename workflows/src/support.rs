@@ -106,8 +106,8 @@ where
     future.await
 }
 
-/// Runs a Docker step: a normal activity that heartbeats, so a crashed worker is noticed within
-/// the heartbeat timeout and a cancellation reaches the call.
+/// Runs a Docker step: a local activity, or a normal activity that heartbeats so a crashed
+/// worker is noticed within the heartbeat timeout (`StepSettings::local_docker_steps`).
 pub async fn docker_step<W, AD>(
     ctx: &WorkflowContext<W>,
     settings: &StepSettings,
@@ -119,19 +119,34 @@ where
     AD: ActivityDefinition,
     AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
 {
-    let opts = ActivityOptions::with_start_to_close_timeout(settings.docker_stop_timeout())
-        .heartbeat_timeout(Duration::from_secs(10))
-        .retry_policy(retry(
-            settings.docker_attempts,
-            Duration::from_millis(500),
-            Duration::from_secs(5),
-        ))
-        .maybe_cancellation_token(match cancel {
-            Cancel::WithWorkflow => None,
-            Cancel::Detached => Some(WorkflowCancellationToken::new()),
-        })
-        .build();
-    ctx.execute_activity(activity, input, opts).await
+    let attempt_timeout = settings.docker_stop_timeout();
+    let policy = retry(
+        settings.docker_attempts,
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    );
+    let token = match cancel {
+        Cancel::WithWorkflow => None,
+        Cancel::Detached => Some(WorkflowCancellationToken::new()),
+    };
+    let future = if settings.local_docker_steps {
+        let opts = LocalActivityOptions::builder()
+            .start_to_close_timeout(attempt_timeout)
+            .schedule_to_close_timeout(attempt_timeout * (settings.docker_attempts.max(1) + 1))
+            .retry_policy(policy)
+            .cancel_type(temporalio_workflow::ActivityCancellationType::TryCancel)
+            .maybe_cancellation_token(token)
+            .build();
+        Either::Left(ctx.execute_local_activity(activity, input, opts))
+    } else {
+        let opts = ActivityOptions::with_start_to_close_timeout(attempt_timeout)
+            .heartbeat_timeout(Duration::from_secs(10))
+            .retry_policy(policy)
+            .maybe_cancellation_token(token)
+            .build();
+        Either::Right(ctx.execute_activity(activity, input, opts))
+    };
+    future.await
 }
 
 /// What a failed step means to the workflow.
@@ -233,4 +248,23 @@ pub fn short_digest(value: &str) -> String {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
+}
+
+/// Loads the game's record (`LoadRecord`), telling whether this operation wrote it last.
+pub async fn load_record<W>(
+    op: &Op<'_, W>,
+    game_id: &rtmanager_domain::GameId,
+) -> Result<Option<crate::contract::LoadedRecord>, ActivityExecutionError> {
+    fast_step(
+        op.ctx,
+        op.settings,
+        crate::contract::LoadRecord,
+        crate::contract::LoadRecordInput {
+            game_id: game_id.clone(),
+            operation_id: op.operation_id.clone(),
+        },
+        op.settings.fast_step_attempts,
+        Cancel::WithWorkflow,
+    )
+    .await
 }
