@@ -79,8 +79,17 @@ pub async fn run_once(
     workflow_id: &str,
     input: RawValue,
 ) -> anyhow::Result<OperationOutput> {
+    let started = std::time::Instant::now();
     let handle = start_once(client, task_queue, workflow_type, workflow_id, input).await?;
-    result(&handle).await
+    let start_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let output = result(&handle).await;
+    tracing::debug!(
+        workflow_id,
+        start_ms,
+        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "workflow round trip"
+    );
+    output
 }
 
 /// The durable half of [`run_once`]: returns once the workflow exists.

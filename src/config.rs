@@ -59,6 +59,8 @@ pub struct Config {
     pub container_network: String,
     /// How long a started container must stay up before the start counts.
     pub start_settle: Duration,
+    /// Concurrent workflow-task polls: a new workflow waits in the server until a poll is open.
+    pub workflow_pollers: usize,
     /// How long a workflow task waits on a (possibly dead) worker's sticky queue.
     pub sticky_queue_timeout: Duration,
     /// Worker build id (skips hashing the executable at start).
@@ -150,6 +152,7 @@ impl Config {
             local_docker_steps: flag("RTMANAGER_LOCAL_DOCKER_STEPS", true)?,
             container_network: get("RTMANAGER_CONTAINER_NETWORK", "bridge"),
             start_settle: Duration::from_millis(num("RTMANAGER_START_SETTLE_MS", 300)?),
+            workflow_pollers: num("RTMANAGER_WORKFLOW_POLLERS", 10)?.max(2) as usize,
             sticky_queue_timeout: Duration::from_millis(num(
                 "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
                 3000,

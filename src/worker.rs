@@ -117,6 +117,12 @@ pub async fn run_worker_with(
             PatchRuntimeWorkflow::new(patch.clone())
         })?
         .sticky_queue_schedule_to_start_timeout(config.sticky_queue_timeout)
+        // Every operation is one workflow task (local activities), so new workflows, which
+        // arrive on the normal queue, get as many pollers as sticky ones.
+        .nonsticky_to_sticky_poll_ratio(1.0)
+        .workflow_task_poller_behavior(temporalio_sdk::runtime::PollerBehavior::SimpleMaximum(
+            config.workflow_pollers,
+        ))
         .deployment_options(WorkerDeploymentOptions::from_build_id(
             config.build_id.clone(),
         ))
