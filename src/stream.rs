@@ -318,3 +318,46 @@ pub fn entry_input(entry_id: &str, fields: &HashMap<String, redis::Value>) -> Va
     input.insert("source_ref".into(), truncate_chars(entry_id, 256).into());
     Value::Object(input)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_map_to_stream_inputs_whatever_their_fields() {
+        let fields = HashMap::from([
+            (
+                "game_id".to_owned(),
+                redis::Value::BulkString(b"g-1".to_vec()),
+            ),
+            (
+                "reason".to_owned(),
+                redis::Value::BulkString(vec![0xff, b'x']),
+            ),
+            ("other".to_owned(), redis::Value::Int(3)),
+            (
+                "request_id".to_owned(),
+                redis::Value::BulkString(b"r".to_vec()),
+            ),
+        ]);
+        let input = entry_input("1-0", &fields);
+        assert_eq!(input["game_id"], "g-1");
+        assert_eq!(
+            input["reason"], "\u{fffd}x",
+            "invalid UTF-8 is replaced, then refused by the workflow"
+        );
+        assert_eq!(input["op_source"], "stream");
+        assert_eq!(input["source_ref"], "1-0");
+        assert!(input.get("other").is_none());
+
+        let long = HashMap::from([(
+            "game_id".to_owned(),
+            redis::Value::BulkString(vec![b'a'; 100_000]),
+        )]);
+        assert_eq!(
+            entry_input("2-0", &long)["game_id"].as_str().unwrap().len(),
+            FIELD_MAX_BYTES
+        );
+        assert!(entry_input("3-0", &HashMap::new()).get("game_id").is_none());
+    }
+}

@@ -1,0 +1,123 @@
+//! Security properties that need a real `rtmanager serve` process: it refuses to run open, binds
+//! where told (loopback by default), and never writes the API token to its logs, even at debug
+//! level and when a caller presents a wrong one.
+
+mod common;
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{unique, TestApp};
+
+fn serve(app: &TestApp, token: Option<&str>, addr: &str) -> Command {
+    let config = app.config();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rtmanager"));
+    command
+        .arg("serve")
+        .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
+        .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
+        .env("RTMANAGER_DATABASE_URL", config.database_url.expose())
+        .env("RTMANAGER_REDIS_URL", config.redis_url.expose())
+        .env(
+            "RTMANAGER_STOP_STREAM",
+            format!("{}:stop_jobs", unique("rtm-sec")),
+        )
+        .env("RTMANAGER_HTTP_ADDR", addr)
+        .env("RTMANAGER_LOG", "debug")
+        .env_remove("RTMANAGER_API_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.env("RTMANAGER_API_TOKEN", token);
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_refuses_to_run_without_a_token() {
+    let app = TestApp::spawn().await;
+    for token in [None, Some(""), Some("short")] {
+        let out = tokio::task::block_in_place(|| {
+            serve(&app, token, &format!("127.0.0.1:{}", free_port()))
+                .output()
+                .unwrap()
+        });
+        assert_eq!(out.status.code(), Some(2), "{token:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("RTMANAGER_API_TOKEN"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_reaches_the_logs() {
+    let mut app = TestApp::spawn().await;
+    let token = format!("secret-{}", unique("tok"));
+    let wrong = format!("guess-{}", unique("tok"));
+    let port = free_port();
+    let mut child = serve(&app, Some(&token), &format!("127.0.0.1:{port}"))
+        .spawn()
+        .unwrap();
+    let game = app.new_game("sec");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+
+    // Wait for the bridge, then call it with the right and a wrong token.
+    let mut ready = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the bridge came up");
+    for presented in [&token, &wrong] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let body = r#"{"reason":"admin"}"#;
+        let request = format!(
+            "POST /api/v1/internal/runtimes/{game}/stop HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {presented}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.1 401"));
+    }
+    let _ = child.kill();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(
+        logs.contains("HTTP bridge listening"),
+        "debug logs were written"
+    );
+    assert!(!logs.contains(&token), "the token leaked into the logs");
+    assert!(
+        !logs.contains(&wrong),
+        "a presented token leaked into the logs"
+    );
+}
