@@ -134,7 +134,7 @@ pub struct TestApp {
     pub client: Client,
     pub telemetry: Telemetry,
     pub docker: Docker,
-    pub redis: redis::aio::MultiplexedConnection,
+    pub redis: redis::aio::ConnectionManager,
     pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     worker: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -170,9 +170,10 @@ impl TestApp {
         // The harness's own handle uses the real Redis even when a test breaks the worker's.
         let redis_url = std::env::var("RTMANAGER_REDIS_URL")
             .unwrap_or_else(|_| cfg.config.redis_url.expose().to_owned());
+        // Reconnects by itself: the restart tests take Redis down under it.
         let redis = redis::Client::open(redis_url)
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_connection_manager()
             .await
             .expect("redis");
         let store = Store::new(cfg.config.database_url.expose(), 2).unwrap();
@@ -390,11 +391,14 @@ impl TestApp {
     }
 
     pub async fn lease_holder(&self, game_id: &str) -> Option<String> {
-        self.redis
-            .clone()
-            .get(self.lease_key(game_id))
-            .await
-            .expect("redis GET")
+        // Retried: right after a Redis restart the first call reports the broken connection.
+        for _ in 0..20 {
+            match self.redis.clone().get(self.lease_key(game_id)).await {
+                Ok(holder) => return holder,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        panic!("redis unreachable");
     }
 
     /// Every entry of this test's health stream, as field maps.

@@ -1,0 +1,118 @@
+//! Dependencies restarted while operations run: Redis (losing every lease), PostgreSQL and the
+//! Temporal dev server (state on disk). Every operation ends with a result — success, or a
+//! stable code — and none stays running. These restart shared services, so they run one after
+//! another in a single test (cargo runs test binaries one at a time).
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{unique, TestApp};
+use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
+
+fn restart(service: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev");
+    let out = Command::new("bash")
+        .args([script, "restart", service])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restart {service}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts a slow stop (the container ignores SIGTERM) and returns its handle once it holds the
+/// lease and Docker is working.
+async fn slow_stop(app: &mut TestApp) -> (String, String, rtmanager::client::Handle) {
+    let game = app.new_game("restart");
+    let cid = app.game_container(&game, Some(vec!["sleep", "3600"])).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    let handle = rtmanager::client::start(
+        &app.client,
+        &app.config().task_queue,
+        "StopRuntime",
+        &unique("wf"),
+        rtmanager::client::json_input(
+            format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#).as_bytes(),
+        ),
+    )
+    .await
+    .unwrap();
+    common::eventually(
+        "the stop to hold the lease",
+        Duration::from_secs(20),
+        || async { app.lease_holder(&game).await.map(|_| ()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (game, cid, handle)
+}
+
+async fn finish(handle: &rtmanager::client::Handle) -> rtmanager_domain::OperationOutput {
+    tokio::time::timeout(Duration::from_secs(120), rtmanager::client::result(handle))
+        .await
+        .expect("the operation ends instead of staying running")
+        .expect("a workflow result")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_survive_dependency_restarts() {
+    // PostgreSQL restarts during the Docker stop: the compare-and-swap waits it out.
+    {
+        let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(4)).await;
+        let (game, _, handle) = slow_stop(&mut app).await;
+        tokio::task::block_in_place(|| restart("postgres"));
+        let out = finish(&handle).await;
+        assert_eq!(out.outcome, Outcome::Success, "postgres restart: {out:?}");
+        assert_eq!(
+            app.record(&game).await.unwrap().status,
+            RuntimeStatus::Stopped
+        );
+        assert_eq!(app.op_log(&game).await.len(), 1);
+    }
+
+    // Redis restarts empty during the Docker stop: the lease is gone, so the holder must not
+    // write; it ends with `conflict`, and a new stop (a new lease, a higher fence) finishes.
+    {
+        let mut app = TestApp::spawn_with(|c| {
+            c.stop_timeout = Duration::from_secs(6);
+            c.lease_ttl = Duration::from_secs(5);
+        })
+        .await;
+        let (game, cid, handle) = slow_stop(&mut app).await;
+        tokio::task::block_in_place(|| restart("redis"));
+        let out = finish(&handle).await;
+        assert_eq!(
+            out.error_code,
+            Some(ErrorCode::Conflict),
+            "redis restart: {out:?}"
+        );
+        assert_eq!(
+            app.record(&game).await.unwrap().status,
+            RuntimeStatus::Running,
+            "no write without the lease"
+        );
+        let again = app.stop(&game).await;
+        assert!(again.is_success(), "{again:?}");
+        assert_eq!(app.container_running(&cid).await, Some(false));
+        assert_eq!(app.lease_holder(&game).await, None);
+    }
+
+    // The Temporal dev server restarts mid-operation (state kept on disk): the worker and the
+    // client reconnect and the operation completes.
+    {
+        let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(5)).await;
+        let (game, _, handle) = slow_stop(&mut app).await;
+        tokio::task::block_in_place(|| restart("temporal"));
+        let out = finish(&handle).await;
+        assert!(out.is_success(), "temporal restart: {out:?}");
+        assert_eq!(
+            app.record(&game).await.unwrap().status,
+            RuntimeStatus::Stopped
+        );
+        assert_eq!(app.op_log(&game).await.len(), 1);
+        assert_eq!(app.lease_holder(&game).await, None);
+    }
+}
