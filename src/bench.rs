@@ -175,6 +175,10 @@ impl Bench {
 
         let mass_bollard = self.mass_bollard(&raw).await;
         let pid = self.options.worker_pid.or_else(worker_pid);
+        // VmHWM is a lifetime peak: reset it so it measures the mass stop alone.
+        if let Some(pid) = pid {
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
         let cpu_before = pid.and_then(cpu_seconds);
         let sampler = pid.map(|pid| tokio::spawn(peak_rss_while_running(pid)));
         let mass_http = self.mass_http(&games).await;
@@ -407,17 +411,17 @@ fn status_kib(pid: u32, field: &str) -> Option<f64> {
         .ok()
 }
 
-/// The process's lifetime peak RSS (VmHWM), in MiB.
+/// The process's peak RSS (VmHWM) since the last reset, in MiB.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_kib(pid, "VmHWM:").map(|kib| kib / 1024.0)
 }
 
 async fn peak_rss_while_running(pid: u32) {
-    // VmHWM already keeps the peak; sampling keeps the process's pages warm in /proc reads only.
-    loop {
-        let _ = status_kib(pid, "VmRSS:");
+    // VmHWM keeps the peak by itself; this only notices if the process dies meanwhile.
+    while status_kib(pid, "VmRSS:").is_some() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    tracing::warn!(pid, "the watched rtmanager process is gone");
 }
 
 fn machine() -> String {
