@@ -245,7 +245,8 @@ async fn malformed_requests_get_a_json_4xx() {
         format!("Bearer {}", bridge.token),
     );
     let json = ("Content-Type".to_string(), "application/json".to_string());
-    let cases: Vec<(String, Vec<(String, String)>, Vec<u8>, u16)> = vec![
+    type Case = (String, Vec<(String, String)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         (
             stop.clone(),
             vec![auth.clone(), json.clone()],
