@@ -131,6 +131,18 @@ async fn a_missing_image_is_not_found_and_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_reference_docker_rejects_is_invalid_at_once() {
+    let mut app = TestApp::spawn().await;
+    let game = app.new_game("badref");
+    let started = std::time::Instant::now();
+    // Passes rtmanager's character check; Docker wants lowercase repository names.
+    let out = app.start(&game, "Rtmanager-Game:dev").await;
+    assert_eq!(out.error_code, Some(rtmanager_domain::ErrorCode::InvalidRequest), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "not retried as if Docker were down");
+    assert!(app.containers_of(&game).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_dies_at_start_is_a_failure_and_removed() {
     let mut app = TestApp::spawn().await;
     let game = app.new_game("crashes");

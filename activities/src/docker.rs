@@ -35,6 +35,9 @@ pub enum DockerError {
     /// Definitive: the image is not available to the engine.
     #[error("{0}")]
     ImageMissing(String),
+    /// Definitive: the engine rejects the image reference itself.
+    #[error("{0}")]
+    InvalidImage(String),
     /// Definitive: the container did not keep running after its start.
     #[error("{0}")]
     Crashed(String),
@@ -267,6 +270,12 @@ impl DockerRuntime {
             Ok(created) => Ok(created.id),
             Err(err) if is_not_found(&err) => Err(DockerError::ImageMissing(format!(
                 "image {image} is not available to the Docker engine"
+            ))),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 400,
+                message,
+            }) => Err(DockerError::InvalidImage(format!(
+                "the Docker engine rejects image {image}: {message}"
             ))),
             // Another attempt created it meanwhile: adopt it.
             Err(BollardError::DockerResponseServerError {

@@ -503,6 +503,9 @@ fn docker_result<T>(
         Err(DockerError::ImageMissing(message)) => {
             Err(definitive(failure_type::NOT_FOUND, message))
         }
+        Err(DockerError::InvalidImage(message)) => {
+            Err(definitive(failure_type::INVALID_REQUEST, message))
+        }
         Err(DockerError::Crashed(message)) => {
             tracing::warn!(container, "{message}");
             Err(definitive(failure_type::INTERNAL, message))

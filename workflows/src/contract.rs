@@ -250,6 +250,8 @@ pub mod failure_type {
     pub const INTERNAL: &str = "internal";
     /// The image to start is not available to the Docker engine.
     pub const NOT_FOUND: &str = "not_found";
+    /// The Docker engine rejects the image reference itself.
+    pub const INVALID_REQUEST: &str = "invalid_request";
     /// The lease was lost while the step ran (another holder took it).
     pub const CONFLICT: &str = "conflict";
 }
