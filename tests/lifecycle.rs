@@ -137,8 +137,15 @@ async fn an_image_reference_docker_rejects_is_invalid_at_once() {
     let started = std::time::Instant::now();
     // Passes rtmanager's character check; Docker wants lowercase repository names.
     let out = app.start(&game, "Rtmanager-Game:dev").await;
-    assert_eq!(out.error_code, Some(rtmanager_domain::ErrorCode::InvalidRequest), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "not retried as if Docker were down");
+    assert_eq!(
+        out.error_code,
+        Some(rtmanager_domain::ErrorCode::InvalidRequest),
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not retried as if Docker were down"
+    );
     assert!(app.containers_of(&game).await.is_empty());
 }
 

@@ -1,0 +1,40 @@
+//! Schemathesis against the served OpenAPI document: generated requests for every operation
+//! (valid and invalid), checking that no response is a server error and that every status code,
+//! content type and body conforms to `docs/openapi.json`.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestApp;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_conforms_to_its_openapi_document_under_generated_input() {
+    let app = TestApp::spawn().await;
+    let bridge = app.spawn_bridge().await;
+    let schemathesis = std::env::var("RTMANAGER_SCHEMATHESIS").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.dev/venv/bin/schemathesis").into()
+    });
+    let out = tokio::task::block_in_place(|| {
+        Command::new(&schemathesis)
+            .arg("run")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+            .args(["--url", &format!("http://{}", bridge.addr)])
+            .args(["-H", &format!("Authorization: Bearer {}", bridge.token)])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            ])
+            .args(["-n", "25", "--request-timeout", "60", "--phases", "coverage,fuzzing"])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("run {schemathesis} (installed by scripts/dev): {e}"))
+    });
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+}
