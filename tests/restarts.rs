@@ -1,5 +1,5 @@
-//! Dependencies restarted while operations run: Redis (losing every lease), PostgreSQL and the
-//! Temporal dev server (state on disk). Every operation ends with a result — success, or a
+//! Dependencies restarted while operations run: Redis (losing every lease), PostgreSQL, the
+//! Temporal dev server (state on disk) and dockerd (which stops every container with it). Every operation ends with a result — success, or a
 //! stable code — and none stays running. These restart shared services, so they run one after
 //! another in a single test (cargo runs test binaries one at a time).
 
@@ -98,6 +98,28 @@ async fn operations_survive_dependency_restarts() {
         assert!(again.is_success(), "{again:?}");
         assert_eq!(app.container_running(&cid).await, Some(false));
         assert_eq!(app.lease_holder(&game).await, None);
+    }
+
+    // dockerd restarts mid-stop, taking every container down with it. The Docker step either
+    // outlasts the outage (success) or runs out of retries first (`service_unavailable`, record
+    // untouched); either way the operation ends, the lease is free, and a new stop finishes.
+    {
+        let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(8)).await;
+        let (game, cid, handle) = slow_stop(&mut app).await;
+        tokio::task::block_in_place(|| restart("dockerd"));
+        let out = finish(&handle).await;
+        assert!(
+            out.is_success() || out.error_code == Some(ErrorCode::ServiceUnavailable),
+            "dockerd restart: {out:?}"
+        );
+        assert_eq!(app.lease_holder(&game).await, None);
+        let again = app.stop(&game).await;
+        assert!(again.is_success(), "{again:?}");
+        assert_ne!(
+            app.record(&game).await.unwrap().status,
+            RuntimeStatus::Running
+        );
+        assert_eq!(app.container_running(&cid).await, Some(false));
     }
 
     // The Temporal dev server restarts mid-operation (state kept on disk): the worker and the
