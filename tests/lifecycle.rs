@@ -174,10 +174,22 @@ async fn a_container_that_dies_at_start_is_a_failure_and_removed() {
 
     let out = app.start(&game, image).await;
 
-    assert_eq!(out.error_code, Some(ErrorCode::Internal), "{out:?}");
+    assert_eq!(out.error_code, Some(ErrorCode::InvalidRequest), "{out:?}");
     assert!(out.error_message.unwrap().contains("exited"));
     assert!(app.containers_of(&game).await.is_empty());
     assert!(app.record(&game).await.is_none());
+    // Leave no image behind (a dangling one would answer to short id prefixes).
+    let _ = app
+        .docker
+        .remove_image(
+            image,
+            Some(bollard::query_parameters::RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -506,9 +506,10 @@ fn docker_result<T>(
         Err(DockerError::InvalidImage(message)) => {
             Err(definitive(failure_type::INVALID_REQUEST, message))
         }
+        // The image does not stay up: the caller's image, not a fault of rtmanager.
         Err(DockerError::Crashed(message)) => {
             tracing::warn!(container, "{message}");
-            Err(definitive(failure_type::INTERNAL, message))
+            Err(definitive(failure_type::INVALID_REQUEST, message))
         }
         Err(DockerError::Unavailable(message)) => {
             tracing::warn!(container, attempt = ctx.info().attempt, "docker: {message}");
