@@ -96,14 +96,10 @@ impl Store {
 
     /// Reads one game's record.
     pub async fn get_record(&self, game_id: &GameId) -> Result<Option<RuntimeRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let row = runtime_records::table
-            .find(game_id.as_str())
-            .select(RecordRow::as_select())
-            .first(&mut conn)
-            .await
-            .optional()?;
-        row.map(RecordRow::into_record).transpose()
+        Ok(self
+            .get_record_with_writer(game_id)
+            .await?
+            .map(|(record, _)| record))
     }
 
     /// Inserts (or resets) a `running` record for a container created outside rtmanager: the
