@@ -180,16 +180,9 @@ impl Bench {
             let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
         }
         let cpu_before = pid.and_then(cpu_seconds);
-        let sampler = pid.map(|pid| tokio::spawn(peak_rss_while_running(pid)));
         let mass_http = self.mass_http(&games).await;
         let cpu_after = pid.and_then(cpu_seconds);
-        let peak = match sampler {
-            Some(task) => {
-                task.abort();
-                pid.and_then(peak_rss_mib)
-            }
-            None => None,
-        };
+        let peak = pid.and_then(peak_rss_mib);
         let single_http = percentiles(&http);
         let single_bollard = percentiles(&bollard);
         Ok(Report {
@@ -414,14 +407,6 @@ fn status_kib(pid: u32, field: &str) -> Option<f64> {
 /// The process's peak RSS (VmHWM) since the last reset, in MiB.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_kib(pid, "VmHWM:").map(|kib| kib / 1024.0)
-}
-
-async fn peak_rss_while_running(pid: u32) {
-    // VmHWM keeps the peak by itself; this only notices if the process dies meanwhile.
-    while status_kib(pid, "VmRSS:").is_some() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tracing::warn!(pid, "the watched rtmanager process is gone");
 }
 
 fn machine() -> String {

@@ -22,17 +22,12 @@ async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
     app.insert_record(&game, "running", Some(&cid)).await;
 
     let mut first = worker_process(app.config());
-    let handle = rtmanager::client::start(
-        &app.client,
-        &app.config().task_queue,
-        "StopRuntime",
-        &unique("wf"),
-        rtmanager::client::json_input(
-            format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#).as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
+    let handle = app
+        .start_workflow(
+            "StopRuntime",
+            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
+        )
+        .await;
     eventually(
         "the stop to take the lease",
         Duration::from_secs(30),

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{unique, worker_process, worker_process_with, TestApp, TestConfig};
+use common::{worker_process, worker_process_with, TestApp, TestConfig};
 use rtmanager_domain::{OperationOutput, Outcome, RuntimeStatus};
 
 async fn app() -> TestApp {
@@ -27,15 +27,7 @@ async fn crash_after(
 ) -> OperationOutput {
     let fault = format!("after:{step}=abort");
     let mut doomed = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", &fault)]);
-    let handle = rtmanager::client::start(
-        &app.client,
-        &app.config().task_queue,
-        workflow_type,
-        &unique("crash"),
-        rtmanager::client::json_input(input.as_bytes()),
-    )
-    .await
-    .unwrap();
+    let handle = app.start_workflow(workflow_type, &input).await;
     let exited = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::task::spawn_blocking(move || doomed.wait()),

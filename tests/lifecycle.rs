@@ -593,18 +593,12 @@ async fn a_crash_between_create_and_record_converges_to_one_container() {
         app.config(),
         &[("RTMANAGER_FAULTS", "after:EnsureContainer=abort")],
     );
-    let handle = rtmanager::client::start(
-        &app.client,
-        &app.config().task_queue,
-        "StartRuntime",
-        &unique("wf"),
-        rtmanager::client::json_input(
-            format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#)
-                .as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
+    let handle = app
+        .start_workflow(
+            "StartRuntime",
+            &format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
+        )
+        .await;
     let status = tokio::task::spawn_blocking(move || first.wait())
         .await
         .unwrap()

@@ -7,7 +7,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{unique, TestApp};
+use common::TestApp;
 use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
 
 fn restart(service: &str) {
@@ -29,17 +29,12 @@ async fn slow_stop(app: &mut TestApp) -> (String, String, rtmanager::client::Han
     let game = app.new_game("restart");
     let cid = app.game_container(&game, Some(vec!["sleep", "3600"])).await;
     app.insert_record(&game, "running", Some(&cid)).await;
-    let handle = rtmanager::client::start(
-        &app.client,
-        &app.config().task_queue,
-        "StopRuntime",
-        &unique("wf"),
-        rtmanager::client::json_input(
-            format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#).as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
+    let handle = app
+        .start_workflow(
+            "StopRuntime",
+            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
+        )
+        .await;
     common::eventually(
         "the stop to hold the lease",
         Duration::from_secs(20),

@@ -475,17 +475,12 @@ async fn cancelling_the_workflow_releases_the_lease() {
         .await;
     app.insert_record(&game, "running", Some(&cid)).await;
 
-    let handle = rtmanager::client::start(
-        &app.client,
-        &app.config().task_queue,
-        "StopRuntime",
-        &unique("wf"),
-        rtmanager::client::json_input(
-            format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#).as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
+    let handle = app
+        .start_workflow(
+            "StopRuntime",
+            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
+        )
+        .await;
     eventually(
         "the stop to hold the lease",
         Duration::from_secs(10),

@@ -233,6 +233,19 @@ impl TestApp {
         .await
     }
 
+    /// Starts `workflow_type` with raw JSON input on this app's task queue; returns its handle.
+    pub async fn start_workflow(&self, workflow_type: &str, json: &str) -> client::Handle {
+        client::start(
+            &self.client,
+            &self.config().task_queue,
+            workflow_type,
+            &unique("wf"),
+            client::json_input(json.as_bytes()),
+        )
+        .await
+        .expect("start the workflow")
+    }
+
     /// Runs `StopRuntime` with raw JSON input and waits for its output.
     pub async fn stop_raw(&self, json: &str) -> OperationOutput {
         self.execute("StopRuntime", json).await
