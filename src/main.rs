@@ -147,18 +147,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let shutdown = shutdown_on_signal();
             let telemetry = Telemetry::new();
+            // One client for both halves: a workflow the bridge starts is handed straight to
+            // this worker (eager workflow start) instead of waiting for a task-queue poll.
+            let client = worker::connect_temporal(&config).await?;
             let (worker, served) = tokio::join!(
                 async {
-                    let result = worker::run_worker(
+                    let result = worker::run_worker_with(
                         &config,
                         telemetry.clone(),
+                        client.clone(),
                         shutdown.clone().cancelled_owned(),
                     )
                     .await;
                     shutdown.cancel();
                     result
                 },
-                serve::serve(&config, telemetry.clone(), shutdown.clone()),
+                serve::serve_with(&config, telemetry.clone(), client.clone(), shutdown.clone()),
             );
             worker.and(served)?;
         }

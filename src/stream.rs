@@ -75,7 +75,7 @@ impl Consumer {
             settings,
             client,
             task_queue,
-            redis: redis::Client::open(redis_url)?,
+            redis: rtmanager_activities::redis_store::redis_client(redis_url)?,
             in_flight: Mutex::new(HashSet::new()),
         }))
     }

@@ -98,6 +98,16 @@ impl RedisKeys {
     }
 }
 
+/// A Redis client whose TCP connections disable Nagle's algorithm. redis-rs leaves it on by
+/// default; a multiplexed connection that writes a second command while the first is unacked
+/// then waits for the peer's delayed ACK (up to 40 ms on Linux).
+pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
+}
+
 /// A lazily connected, auto-reconnecting Redis handle: the worker starts while Redis is down
 /// and each step retries until it is back.
 pub struct RedisStore {
@@ -113,7 +123,7 @@ pub struct RedisStore {
 impl RedisStore {
     pub fn new(url: &str, keys: RedisKeys) -> anyhow::Result<Self> {
         Ok(Self {
-            client: redis::Client::open(url)?,
+            client: redis_client(url)?,
             manager: OnceCell::new(),
             keys,
             acquire: Script::new(ACQUIRE),
