@@ -518,3 +518,47 @@ async fn arbitrary_requests_never_produce_an_unexplained_5xx() {
         );
     }
 }
+
+/// Whether the server handed the workflow's first task straight back to the starting client's
+/// worker (eager workflow start), as its start event records.
+async fn started_eagerly(app: &TestApp, workflow_id: &str) -> bool {
+    use temporalio_client::{UntypedWorkflow, WorkflowFetchHistoryOptions};
+    use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
+    let events = app
+        .client
+        .get_workflow_handle::<UntypedWorkflow>(workflow_id)
+        .fetch_history(WorkflowFetchHistoryOptions::default())
+        .into_events()
+        .await
+        .unwrap();
+    match &events[0].attributes {
+        Some(Attributes::WorkflowExecutionStartedEventAttributes(started)) => {
+            started.eager_execution_accepted
+        }
+        other => panic!("first event is not the start: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_sharing_the_workers_client_starts_workflows_eagerly() {
+    // As `rtmanager run`: one client for bridge and worker.
+    let mut shared = TestApp::spawn_sharing_client().await;
+    // As `rtmanager serve` next to a separate `rtmanager worker`.
+    let mut separate = TestApp::spawn().await;
+    for (app, eager) in [(&mut shared, true), (&mut separate, false)] {
+        let bridge = app.spawn_bridge().await;
+        let (game, _) = running_game(app).await;
+        let stop = bridge
+            .call(
+                "POST",
+                &format!("{RUNTIMES}/{game}/stop"),
+                &[],
+                Some(r#"{"reason":"admin"}"#),
+            )
+            .await;
+        assert_eq!(stop.status, 200, "{}", stop.body);
+        assert_eq!(stop.json()["outcome"], "success");
+        let workflow_id = format!("http-stop-{game}-{}", stop.header("x-request-id").unwrap());
+        assert_eq!(started_eagerly(app, &workflow_id).await, eager, "{workflow_id}");
+    }
+}

@@ -195,6 +195,32 @@ impl TestApp {
         &self.cfg.config
     }
 
+    /// A worker on the harness's own client, as `rtmanager run` shares one client between the
+    /// bridge and the worker: workflows this app starts are eligible for eager start.
+    pub async fn spawn_sharing_client() -> Self {
+        let cfg = TestConfig::new();
+        init_test_logging();
+        rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
+            .await
+            .expect("migrations");
+        let mut app = Self::without_worker(cfg).await;
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = app.cfg.config.clone();
+        let telemetry = app.telemetry.clone();
+        let client = app.client.clone();
+        app.worker = Some(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(worker::run_worker_with(&config, telemetry, client, async {
+                let _ = rx.await;
+            }))
+        }));
+        app.shutdown = Some(tx);
+        app
+    }
+
     pub fn start_worker(&mut self) {
         let (tx, rx) = oneshot::channel::<()>();
         let config = self.cfg.config.clone();
