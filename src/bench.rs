@@ -76,6 +76,10 @@ pub struct Report {
     pub mass_throughput_ratio: f64,
     pub worker_peak_rss_mib: Option<f64>,
     pub worker_cpu_ms_per_stop: Option<f64>,
+    /// CPU the worker process spent per single stop through HTTP (bridge and worker).
+    pub single_worker_cpu_ms: Option<f64>,
+    /// CPU the Temporal server spent per single stop, when it runs on this machine.
+    pub single_temporal_cpu_ms: Option<f64>,
 }
 
 struct Bench {
@@ -120,7 +124,12 @@ pub async fn run(config: &Config, options: BenchOptions) -> anyhow::Result<Repor
 
 impl Bench {
     async fn measure(&self) -> anyhow::Result<Report> {
-        // Single stops, interleaved, alternating which side goes first.
+        // Single stops, interleaved, alternating which side goes first. The bollard side costs
+        // the worker and the Temporal server nothing, so their CPU over the phase is the
+        // orchestration's.
+        let pid = self.options.worker_pid.or_else(worker_pid);
+        let temporal = temporal_server_pid();
+        let cpu_at_start = (pid.and_then(cpu_seconds), temporal.and_then(cpu_seconds));
         let mut http = Vec::new();
         let mut bollard = Vec::new();
         let mut stopped_games = Vec::new();
@@ -142,6 +151,13 @@ impl Bench {
             }
             stopped_games.push(game);
         }
+        let rounds = (self.options.single + 3) as f64;
+        let per_stop = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(before), Some(after)) => Some((after - before) * 1000.0 / rounds),
+            _ => None,
+        };
+        let single_worker_cpu_ms = per_stop(cpu_at_start.0, pid.and_then(cpu_seconds));
+        let single_temporal_cpu_ms = per_stop(cpu_at_start.1, temporal.and_then(cpu_seconds));
         // Replays: pure orchestration, no Docker stop.
         let mut replay = Vec::new();
         for game in stopped_games
@@ -174,7 +190,6 @@ impl Bench {
         let raw = raw.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
 
         let mass_bollard = self.mass_bollard(&raw).await;
-        let pid = self.options.worker_pid.or_else(worker_pid);
         // VmHWM is a lifetime peak: reset it so it measures the mass stop alone.
         if let Some(pid) = pid {
             let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
@@ -200,6 +215,8 @@ impl Bench {
                 (Some(before), Some(after)) => Some((after - before) * 1000.0 / n as f64),
                 _ => None,
             },
+            single_worker_cpu_ms,
+            single_temporal_cpu_ms,
         })
     }
 
@@ -383,6 +400,23 @@ fn worker_pid() -> Option<u32> {
         .ok()
 }
 
+/// The Temporal server, when it runs on this machine (the dev server `scripts/dev` starts).
+fn temporal_server_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let program = std::path::Path::new(std::str::from_utf8(args.first()?).ok()?);
+            let is_server = program.file_name()? == "temporal"
+                && args.iter().any(|arg| *arg == b"server")
+                && args.iter().any(|arg| *arg == b"start-dev");
+            is_server.then_some(pid)
+        })
+}
+
 /// User plus system CPU seconds of a process.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -496,6 +530,20 @@ pub fn table(report: &Report) -> String {
     out.push_str(&row(
         "worker CPU per stop (mass), ms",
         opt(r.worker_cpu_ms_per_stop, 2),
+        "-".into(),
+        "".into(),
+        "",
+    ));
+    out.push_str(&row(
+        "CPU per single stop, ms: worker",
+        opt(r.single_worker_cpu_ms, 2),
+        "-".into(),
+        "".into(),
+        "",
+    ));
+    out.push_str(&row(
+        "CPU per single stop, ms: Temporal",
+        opt(r.single_temporal_cpu_ms, 2),
         "-".into(),
         "".into(),
         "",

@@ -559,6 +559,10 @@ async fn a_bridge_sharing_the_workers_client_starts_workflows_eagerly() {
         assert_eq!(stop.status, 200, "{}", stop.body);
         assert_eq!(stop.json()["outcome"], "success");
         let workflow_id = format!("http-stop-{game}-{}", stop.header("x-request-id").unwrap());
-        assert_eq!(started_eagerly(app, &workflow_id).await, eager, "{workflow_id}");
+        assert_eq!(
+            started_eagerly(app, &workflow_id).await,
+            eager,
+            "{workflow_id}"
+        );
     }
 }

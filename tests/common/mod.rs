@@ -570,9 +570,19 @@ pub fn worker_process(config: &Config) -> std::process::Child {
 
 /// [`worker_process`] with extra environment (e.g. `RTMANAGER_FAULTS`).
 pub fn worker_process_with(config: &Config, extra: &[(&str, &str)]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_rtmanager"))
+    rtmanager_command(config)
         .envs(extra.iter().copied())
         .arg("worker")
+        .env("RTMANAGER_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the rtmanager worker")
+}
+
+/// The rtmanager binary with the environment that makes it use `config`.
+pub fn rtmanager_command(config: &Config) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rtmanager"));
+    command
         .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
         .env("RTMANAGER_NAMESPACE", &config.namespace)
         .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
@@ -594,11 +604,8 @@ pub fn worker_process_with(config: &Config, extra: &[(&str, &str)]) -> std::proc
             "RTMANAGER_LOCAL_FAST_STEPS",
             config.local_fast_steps.to_string(),
         )
-        .env("RTMANAGER_BUILD_ID", &config.build_id)
-        .env("RTMANAGER_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn the rtmanager worker")
+        .env("RTMANAGER_BUILD_ID", &config.build_id);
+    command
 }
 
 /// A running HTTP bridge for a test.

@@ -1,0 +1,132 @@
+//! `rtmanager bench` end to end, at its smallest: against an `rtmanager run` of the test's own
+//! (task queue, database, stream, HTTP port), it measures every metric and cleans up after
+//! itself. The figures themselves are for the benchmark run the README quotes, not for a test.
+
+mod common;
+
+use std::{net::TcpListener, process::Stdio, time::Duration};
+
+use common::{eventually, rtmanager_command, unique, TestConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
+    let cfg = TestConfig::new();
+    let config = &cfg.config;
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let token = unique("bench-token");
+    let stream = format!("{}stop_jobs", config.redis_prefix);
+    let with_env = |command: &mut std::process::Command| {
+        command
+            .env("RTMANAGER_HTTP_ADDR", &addr)
+            .env("RTMANAGER_API_TOKEN", &token)
+            .env("RTMANAGER_STOP_STREAM", &stream)
+            .env("RTMANAGER_CONTAINER_NETWORK", "none")
+            .env("RTMANAGER_DEMO_IMAGE", common::game_image())
+            .env("RTMANAGER_LOG", "warn")
+            .stdin(Stdio::null());
+    };
+    let mut run = rtmanager_command(config);
+    with_env(&mut run);
+    let mut run = run.arg("run").spawn().expect("spawn rtmanager run");
+    let ready = format!("http://{addr}/readyz");
+    eventually(
+        "rtmanager run to be ready",
+        Duration::from_secs(60),
+        || async { (http_get_status(&ready).await == Some(200)).then_some(()) },
+    )
+    .await;
+
+    let mut bench = rtmanager_command(config);
+    with_env(&mut bench);
+    let output = bench
+        .args([
+            "bench",
+            "--json",
+            "--single",
+            "2",
+            "--mass",
+            "4",
+            "--network",
+            "none",
+        ])
+        .args(["--worker-pid", &run.id().to_string()])
+        .output()
+        .expect("run rtmanager bench");
+    let _ = run.kill();
+    let _ = run.wait();
+    assert!(
+        output.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["single_http"]["samples"], 2);
+    assert_eq!(report["single_bollard"]["samples"], 2);
+    assert_eq!(report["replay_http"]["samples"], 2);
+    assert_eq!(report["mass_http"]["games"], 4);
+    assert_eq!(report["mass_http"]["failed"], 0, "{report}");
+    assert_eq!(report["mass_bollard"]["failed"], 0, "{report}");
+    for metric in [
+        "single_ratio_p50",
+        "mass_throughput_ratio",
+        "worker_peak_rss_mib",
+    ] {
+        assert!(
+            report[metric].as_f64().is_some_and(|v| v > 0.0),
+            "{metric}: {report}"
+        );
+    }
+    // CPU comes in clock ticks (10 ms): a handful of stops may read zero, but never nothing.
+    for metric in [
+        "worker_cpu_ms_per_stop",
+        "single_worker_cpu_ms",
+        "single_temporal_cpu_ms",
+    ] {
+        assert!(
+            report[metric].as_f64().is_some_and(|v| v >= 0.0),
+            "{metric}: {report}"
+        );
+    }
+
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let left = docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(std::collections::HashMap::from([(
+                "label".to_owned(),
+                vec!["rtmanager.bench".to_owned()],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "bench containers left behind: {}",
+        left.len()
+    );
+}
+
+/// The status of a plain GET, or `None` when nothing answers yet.
+async fn http_get_status(url: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = url::Url::parse(url).ok()?;
+    let addr = format!("{}:{}", url.host_str()?, url.port()?);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        url.path()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
