@@ -12,6 +12,18 @@ use rtmanager_domain::RuntimeStatus;
 
 const RUNTIMES: &str = "/api/v1/internal/runtimes";
 
+/// `POST .../stop` with `{"reason":"admin"}` and no extra header.
+async fn stop_as_admin(bridge: &Bridge, game: &str) -> common::HttpResponse {
+    bridge
+        .call(
+            "POST",
+            &format!("{RUNTIMES}/{game}/stop"),
+            &[],
+            Some(r#"{"reason":"admin"}"#),
+        )
+        .await
+}
+
 async fn running_game(app: &mut TestApp) -> (String, String) {
     let game = app.new_game("http");
     let cid = app.game_container(&game, None).await;
@@ -141,14 +153,7 @@ async fn an_unreachable_dependency_is_503() {
     let mut app = TestApp::spawn_with(|c| c.docker_host = "tcp://127.0.0.1:1".into()).await;
     let bridge = app.spawn_bridge().await;
     let (game, _) = running_game(&mut app).await;
-    let out = bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{game}/stop"),
-            &[],
-            Some(r#"{"reason":"admin"}"#),
-        )
-        .await;
+    let out = stop_as_admin(&bridge, &game).await;
     assert_eq!(out.status, 503, "{}", out.body);
     assert_eq!(out.json()["error_code"], "service_unavailable");
     let ready = bridge.call("GET", "/readyz", &[], None).await;
@@ -548,14 +553,7 @@ async fn a_bridge_sharing_the_workers_client_starts_workflows_eagerly() {
     for (app, eager) in [(&mut shared, true), (&mut separate, false)] {
         let bridge = app.spawn_bridge().await;
         let (game, _) = running_game(app).await;
-        let stop = bridge
-            .call(
-                "POST",
-                &format!("{RUNTIMES}/{game}/stop"),
-                &[],
-                Some(r#"{"reason":"admin"}"#),
-            )
-            .await;
+        let stop = stop_as_admin(&bridge, &game).await;
         assert_eq!(stop.status, 200, "{}", stop.body);
         assert_eq!(stop.json()["outcome"], "success");
         let workflow_id = format!("http-stop-{game}-{}", stop.header("x-request-id").unwrap());

@@ -152,13 +152,18 @@ impl TestApp {
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = TestConfig::new();
         adjust(&mut cfg.config);
+        let mut app = Self::prepared(cfg).await;
+        app.start_worker();
+        app
+    }
+
+    /// Logging, migrations and every handle, no worker yet.
+    async fn prepared(cfg: TestConfig) -> Self {
         init_test_logging();
         rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
             .await
             .expect("migrations");
-        let mut app = Self::without_worker(cfg).await;
-        app.start_worker();
-        app
+        Self::without_worker(cfg).await
     }
 
     /// Handles on every service but no worker (for tests that run the worker binary).
@@ -198,30 +203,17 @@ impl TestApp {
     /// A worker on the harness's own client, as `rtmanager run` shares one client between the
     /// bridge and the worker: workflows this app starts are eligible for eager start.
     pub async fn spawn_sharing_client() -> Self {
-        let cfg = TestConfig::new();
-        init_test_logging();
-        rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-            .await
-            .expect("migrations");
-        let mut app = Self::without_worker(cfg).await;
-        let (tx, rx) = oneshot::channel::<()>();
-        let config = app.cfg.config.clone();
-        let telemetry = app.telemetry.clone();
-        let client = app.client.clone();
-        app.worker = Some(std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(worker::run_worker_with(&config, telemetry, client, async {
-                let _ = rx.await;
-            }))
-        }));
-        app.shutdown = Some(tx);
+        let mut app = Self::prepared(TestConfig::new()).await;
+        app.launch_worker(Some(app.client.clone()));
         app
     }
 
     pub fn start_worker(&mut self) {
+        self.launch_worker(None);
+    }
+
+    /// A worker with a client of its own, or on `client`.
+    fn launch_worker(&mut self, client: Option<temporalio_client::Client>) {
         let (tx, rx) = oneshot::channel::<()>();
         let config = self.cfg.config.clone();
         let telemetry = self.telemetry.clone();
@@ -231,9 +223,16 @@ impl TestApp {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(worker::run_worker(&config, telemetry, async {
+            let shutdown = async {
                 let _ = rx.await;
-            }))
+            };
+            runtime.block_on(async {
+                let client = match client {
+                    Some(client) => client,
+                    None => worker::connect_temporal(&config).await?,
+                };
+                worker::run_worker_with(&config, telemetry, client, shutdown).await
+            })
         }));
         self.shutdown = Some(tx);
     }
