@@ -151,13 +151,10 @@ impl Bench {
             }
             stopped_games.push(game);
         }
-        let rounds = (self.options.single + 3) as f64;
-        let per_stop = |before: Option<f64>, after: Option<f64>| match (before, after) {
-            (Some(before), Some(after)) => Some((after - before) * 1000.0 / rounds),
-            _ => None,
-        };
-        let single_worker_cpu_ms = per_stop(cpu_at_start.0, pid.and_then(cpu_seconds));
-        let single_temporal_cpu_ms = per_stop(cpu_at_start.1, temporal.and_then(cpu_seconds));
+        let rounds = self.options.single + 3;
+        let single_worker_cpu_ms = cpu_ms_per(cpu_at_start.0, pid.and_then(cpu_seconds), rounds);
+        let single_temporal_cpu_ms =
+            cpu_ms_per(cpu_at_start.1, temporal.and_then(cpu_seconds), rounds);
         // Replays: pure orchestration, no Docker stop.
         let mut replay = Vec::new();
         for game in stopped_games
@@ -211,10 +208,7 @@ impl Bench {
             mass_http,
             mass_bollard,
             worker_peak_rss_mib: peak,
-            worker_cpu_ms_per_stop: match (cpu_before, cpu_after) {
-                (Some(before), Some(after)) => Some((after - before) * 1000.0 / n as f64),
-                _ => None,
-            },
+            worker_cpu_ms_per_stop: cpu_ms_per(cpu_before, cpu_after, n),
             single_worker_cpu_ms,
             single_temporal_cpu_ms,
         })
@@ -415,6 +409,11 @@ fn temporal_server_pid() -> Option<u32> {
                 && args.iter().any(|arg| *arg == b"start-dev");
             is_server.then_some(pid)
         })
+}
+
+/// CPU milliseconds per operation between two `cpu_seconds` readings.
+fn cpu_ms_per(before: Option<f64>, after: Option<f64>, operations: usize) -> Option<f64> {
+    Some((after? - before?) * 1000.0 / operations.max(1) as f64)
 }
 
 /// User plus system CPU seconds of a process.

@@ -277,15 +277,8 @@ impl TestApp {
     }
 
     pub async fn execute(&self, workflow_type: &str, json: &str) -> OperationOutput {
-        client::execute(
-            &self.client,
-            &self.config().task_queue,
-            workflow_type,
-            &unique("wf"),
-            client::json_input(json.as_bytes()),
-        )
-        .await
-        .expect("workflow result")
+        let handle = self.start_workflow(workflow_type, json).await;
+        client::result(&handle).await.expect("workflow result")
     }
 
     /// Runs `StopRuntime` for `game_id` with reason `admin` from source `admin`.

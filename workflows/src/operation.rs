@@ -4,7 +4,9 @@
 //! which append the operation's single operation_log row.
 
 use chrono::{DateTime, Utc};
-use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext};
+use temporalio_workflow::{
+    common::data_converters::RawValue, ActivityExecutionError, WorkflowContext,
+};
 
 use rtmanager_domain::{
     request::RequestEcho, truncate_chars, ErrorCode, GameId, InvalidRequest, LeaseToken, OpKind,
@@ -248,6 +250,28 @@ impl<'a, W> Op<'a, W> {
         self.append(Outcome::Failure, Some(code), Some(message.clone()), touched)
             .await;
         OperationOutput::failure(code, message)
+    }
+
+    /// Ends the operation: the game has no runtime record.
+    pub async fn record_missing(&self, game_id: &GameId) -> OperationOutput {
+        let message = format!(
+            "runtime record for game {:?} does not exist",
+            game_id.as_str()
+        );
+        self.failure(ErrorCode::NotFound, message, Touched::default())
+            .await
+    }
+
+    /// Ends the operation: `LoadRecord` failed for good.
+    pub async fn record_unreadable(
+        &self,
+        err: ActivityExecutionError,
+        touched: Touched,
+    ) -> OperationOutput {
+        let failure = StepFailure::from(err);
+        let code = failure.code_or(ErrorCode::Internal);
+        let message = format!("load runtime record: {}", failure.message);
+        self.failure(code, message, touched).await
     }
 
     /// Best effort: the activity logs a failure and the outcome stands.

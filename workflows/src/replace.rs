@@ -25,7 +25,7 @@ use crate::{
     operation::{Audit, Op, Touched},
     start::StartRuntimeWorkflow,
     stop::StopRuntimeWorkflow,
-    support::{json_input, load_record, StepFailure},
+    support::{json_input, load_record},
     StepSettings,
 };
 
@@ -126,26 +126,8 @@ async fn replace_under_lease<W>(
     let loaded = load_record(op, game_id).await;
     let existing = match loaded {
         Ok(Some(loaded)) => loaded.record,
-        Ok(None) => {
-            let message = format!(
-                "runtime record for game {:?} does not exist",
-                game_id.as_str()
-            );
-            return op
-                .failure(ErrorCode::NotFound, message, Touched::default())
-                .await;
-        }
-        Err(err) => {
-            let failure = StepFailure::from(err);
-            let message = format!("load runtime record: {}", failure.message);
-            return op
-                .failure(
-                    failure.code_or(ErrorCode::Internal),
-                    message,
-                    Touched::default(),
-                )
-                .await;
-        }
+        Ok(None) => return op.record_missing(game_id).await,
+        Err(err) => return op.record_unreadable(err, Touched::default()).await,
     };
     let Some(previous_image) = existing
         .current_image_ref

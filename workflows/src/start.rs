@@ -104,12 +104,7 @@ async fn start_under_lease<W>(
             return op.success(record, touched(None)).await;
         }
         Ok(loaded) => loaded.map(|l| l.record),
-        Err(err) => {
-            let failure = StepFailure::from(err);
-            let code = failure.code_or(ErrorCode::Internal);
-            let message = format!("load runtime record: {}", failure.message);
-            return op.failure(code, message, touched(None)).await;
-        }
+        Err(err) => return op.record_unreadable(err, touched(None)).await,
     };
     if let Some(record) = &existing {
         if record.status == RuntimeStatus::Running {

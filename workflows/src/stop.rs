@@ -104,21 +104,8 @@ async fn run_under_lease<W>(
             return op.success(record.clone(), Touched::of(&record)).await;
         }
         Ok(Some(loaded)) => loaded.record,
-        Ok(None) => {
-            let message = format!(
-                "runtime record for game {:?} does not exist",
-                game_id.as_str()
-            );
-            return op
-                .failure(ErrorCode::NotFound, message, Touched::default())
-                .await;
-        }
-        Err(err) => {
-            let failure = StepFailure::from(err);
-            let code = failure.code_or(ErrorCode::Internal);
-            let message = format!("load runtime record: {}", failure.message);
-            return op.failure(code, message, Touched::default()).await;
-        }
+        Ok(None) => return op.record_missing(game_id).await,
+        Err(err) => return op.record_unreadable(err, Touched::default()).await,
     };
 
     match existing.status {
