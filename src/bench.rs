@@ -1,18 +1,49 @@
 //! `rtmanager bench`: what durability costs a stop, measured against the running stack.
 //!
 //! It starts nothing itself: it needs `scripts/dev up` (build with `RTMANAGER_DEV_PROFILE=release`
-//! to measure the release worker). It creates its own labelled containers from the local game
-//! image and removes them afterwards, and it interleaves the two sides of every comparison (HTTP
-//! through rtmanager versus a bare bollard stop of the same kind of container) so that machine
-//! noise hits both alike. Ratios taken in one run are the figures to compare.
+//! to measure the release worker). It creates its own containers from the local game image and
+//! removes them afterwards. It compares a stop through rtmanager's HTTP bridge (the "HTTP" side)
+//! with a bare bollard stop of the same kind of container (the "bollard" side), and it keeps the
+//! two sides in the same Docker state, because dockerd's stop slows down with the number of
+//! containers it has running:
+//!
+//! - Every bench container is created alike: the game image, the `--network` mode, the labels of
+//!   a managed game (`rtmanager.game_id`, `rtmanager.managed=true`) and the run's
+//!   `rtmanager.bench` label. An HTTP-side game also gets a `running` runtime record naming its
+//!   container; a bollard-side container has no record and is stopped by id.
+//! - A side's containers are created right before its stop. The stop begins only once exactly
+//!   those containers are the run's containers on the host (nothing of the other side, running
+//!   or stopped) and every one of them is running, then after a settle pause (100 ms for a single
+//!   stop, 1 s for a mass run) so that the game has its SIGTERM trap in place and dockerd has
+//!   finished the starts. Right after the stop the side's containers are removed, so the next
+//!   side starts from the same state. Containers that are not the bench's (the dev stack's own,
+//!   for instance) are the same for both sides.
+//! - Single stops: one container up per stop. Round `i` stops HTTP then bollard when `i` is even
+//!   and bollard then HTTP when it is odd (H B, B H, H B, ...). The first 3 rounds warm up and
+//!   are not recorded.
+//! - Replays: the single stops' games stopped through HTTP again; their records already say
+//!   stopped, so there is no Docker call and no container.
+//! - Mass stops: `--mass-rounds` rounds of one run per side, each run with `--mass` containers
+//!   of its own up and all of them stopped at once. Odd rounds run bollard then HTTP, even rounds
+//!   HTTP then bollard (B H H B ...), so with an even number of rounds each side goes first
+//!   equally often. Every run is reported; a side's throughput is the mean of its runs' stops/s
+//!   and the ratio is the HTTP mean over the bollard mean.
+//! - The worker's peak RSS (VmHWM, reset before each HTTP mass run) and CPU per stop are taken
+//!   over the HTTP mass runs only, from the first request to the last response of each. CPU per
+//!   single stop (worker, and the Temporal server when it runs here) is taken over the measured
+//!   HTTP single stops only, each from just before its request to just after its container's
+//!   removal (so that work trailing the response counts), and averaged.
+//!
+//! Noise still hits each run differently: compare the ratios of one bench run, and look at the
+//! spread between the rounds.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
 use bollard::{
-    models::{ContainerCreateBody, HostConfig},
+    models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig},
     query_parameters::{
         CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
     },
@@ -29,20 +60,51 @@ use crate::Config;
 
 /// Label marking the containers a bench run created (removed at the end).
 const BENCH_LABEL: &str = "rtmanager.bench";
+/// Unrecorded single-stop rounds before the measured ones.
+const WARM_UP_ROUNDS: usize = 3;
+/// Pause between a single stop's container running and its stop.
+const SETTLE_SINGLE: Duration = Duration::from_millis(100);
+/// Pause between a mass run's containers all running and the mass stop.
+const SETTLE_MASS: Duration = Duration::from_secs(1);
+/// How long a side's containers may take to be running.
+const UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Containers created or removed at once while a side is prepared or cleared.
+const DOCKER_CONCURRENCY: usize = 8;
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Single stops per side (after 3 unrecorded warm-up rounds).
     pub single: usize,
-    /// Games in the mass stop.
+    /// Games in each mass run.
     pub mass: usize,
+    /// Mass rounds, each one run per side: bollard first in odd rounds, HTTP first in even ones.
+    pub mass_rounds: usize,
     /// Docker network mode of the bench containers.
     pub network: String,
     /// The game image.
     pub image: String,
     /// The rtmanager process to watch for RSS and CPU (`.dev/rtmanager.pid` by default).
     pub worker_pid: Option<u32>,
+}
+
+/// The two sides of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// A stop through rtmanager's HTTP bridge.
+    Http,
+    /// A bare bollard stop of the container.
+    Bollard,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Http => "http",
+            Side::Bollard => "bollard",
+        }
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -53,13 +115,23 @@ pub struct Percentiles {
     pub samples: usize,
 }
 
-/// One mass stop.
+/// One mass run: `games` containers of one side, all stopped at once while exactly they were up.
 #[derive(Debug, Clone, Serialize)]
-pub struct Mass {
+pub struct MassRun {
+    /// Position among all mass runs, from 1.
+    pub order: usize,
+    /// The round, from 1; every round has one run per side.
+    pub round: usize,
+    pub side: Side,
     pub games: usize,
     pub wall_s: f64,
+    /// Successful stops per second of wall time.
     pub stops_per_s: f64,
     pub failed: usize,
+    /// The worker's peak RSS during this run (HTTP runs; null for bollard runs).
+    pub worker_peak_rss_mib: Option<f64>,
+    /// The worker's CPU per stop in this run (HTTP runs; null for bollard runs).
+    pub worker_cpu_ms_per_stop: Option<f64>,
 }
 
 /// The whole report (`--json` prints it as is).
@@ -71,14 +143,25 @@ pub struct Report {
     pub single_bollard: Percentiles,
     pub single_ratio_p50: f64,
     pub replay_http: Percentiles,
-    pub mass_http: Mass,
-    pub mass_bollard: Mass,
+    /// Games in each mass run.
+    pub mass_games: usize,
+    pub mass_rounds: usize,
+    /// Every mass run, in the order they ran.
+    pub mass_runs: Vec<MassRun>,
+    /// Mean of the HTTP mass runs' stops/s.
+    pub mass_http_mean_stops_per_s: f64,
+    /// Mean of the bollard mass runs' stops/s.
+    pub mass_bollard_mean_stops_per_s: f64,
+    /// `mass_http_mean_stops_per_s / mass_bollard_mean_stops_per_s`.
     pub mass_throughput_ratio: f64,
+    /// The worker's peak RSS over the HTTP mass runs.
     pub worker_peak_rss_mib: Option<f64>,
+    /// The worker's CPU per stop over the HTTP mass runs.
     pub worker_cpu_ms_per_stop: Option<f64>,
-    /// CPU the worker process spent per single stop through HTTP (bridge and worker).
+    /// CPU the worker process (bridge and worker) spent per measured single stop through HTTP,
+    /// from the request to the container's removal.
     pub single_worker_cpu_ms: Option<f64>,
-    /// CPU the Temporal server spent per single stop, when it runs on this machine.
+    /// The same for the Temporal server, when it runs on this machine.
     pub single_temporal_cpu_ms: Option<f64>,
 }
 
@@ -124,77 +207,82 @@ pub async fn run(config: &Config, options: BenchOptions) -> anyhow::Result<Repor
 
 impl Bench {
     async fn measure(&self) -> anyhow::Result<Report> {
-        // Single stops, interleaved, alternating which side goes first. The bollard side costs
-        // the worker and the Temporal server nothing, so their CPU over the phase is the
-        // orchestration's.
+        // Single stops, one container up each, alternating which side goes first. The worker's
+        // and the Temporal server's CPU is summed over the measured HTTP stops.
         let pid = self.options.worker_pid.or_else(worker_pid);
-        let temporal = temporal_server_pid();
-        let cpu_at_start = (pid.and_then(cpu_seconds), temporal.and_then(cpu_seconds));
+        let watched = [pid, temporal_server_pid()];
+        let mut single_cpu_s = [Some(0.0); 2];
+        let rounds = self.options.single + WARM_UP_ROUNDS;
         let mut http = Vec::new();
         let mut bollard = Vec::new();
         let mut stopped_games = Vec::new();
-        for i in 0..self.options.single + 3 {
-            let game = self.game_id(&format!("s{i}"));
-            let rt_container = self.container(Some(&game)).await?;
-            self.insert_record(&game, &rt_container).await?;
-            let raw_container = self.container(None).await?;
-            let (h, b) = if i % 2 == 0 {
-                let h = self.stop_http(&game).await?;
-                (h, self.stop_bollard(&raw_container).await?)
+        for i in 0..rounds {
+            let sides = if i % 2 == 0 {
+                [Side::Http, Side::Bollard]
             } else {
-                let b = self.stop_bollard(&raw_container).await?;
-                (self.stop_http(&game).await?, b)
+                [Side::Bollard, Side::Http]
             };
-            if i >= 3 {
-                http.push(h);
-                bollard.push(b);
+            for side in sides {
+                let game = self.game_id(&format!("s{i}-{}", side.name()));
+                let (took, spent) = self.single_stop(side, &game, watched).await?;
+                let measured = i >= WARM_UP_ROUNDS;
+                match side {
+                    Side::Http => {
+                        if measured {
+                            http.push(took);
+                            for (total, part) in single_cpu_s.iter_mut().zip(spent) {
+                                *total = (*total).zip(part).map(|(sum, s)| sum + s);
+                            }
+                        }
+                        stopped_games.push(game);
+                    }
+                    Side::Bollard => {
+                        if measured {
+                            bollard.push(took);
+                        }
+                    }
+                }
             }
-            stopped_games.push(game);
         }
-        let rounds = self.options.single + 3;
-        let single_worker_cpu_ms = cpu_ms_per(cpu_at_start.0, pid.and_then(cpu_seconds), rounds);
-        let single_temporal_cpu_ms =
-            cpu_ms_per(cpu_at_start.1, temporal.and_then(cpu_seconds), rounds);
-        // Replays: pure orchestration, no Docker stop.
+        let [single_worker_cpu_ms, single_temporal_cpu_ms] =
+            single_cpu_s.map(|total| total.map(|s| s * 1000.0 / self.options.single.max(1) as f64));
+        // Replays: pure orchestration, no Docker stop (the records already say stopped).
         let mut replay = Vec::new();
-        for game in stopped_games
-            .iter()
-            .cycle()
-            .take(self.options.single + 3)
-            .skip(3)
-        {
+        for game in stopped_games.iter().skip(WARM_UP_ROUNDS) {
             replay.push(self.stop_http(game).await?);
         }
 
-        // Mass stop: the same number of games on each side, prepared first.
-        let n = self.options.mass;
-        let games: Vec<String> = (0..n).map(|i| self.game_id(&format!("m{i}"))).collect();
-        let prepared: Vec<anyhow::Result<String>> = stream::iter(games.iter())
-            .map(|game| async move {
-                let id = self.container(Some(game)).await?;
-                self.insert_record(game, &id).await?;
-                Ok(id)
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        prepared.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-        let raw: Vec<anyhow::Result<String>> = stream::iter(0..n)
-            .map(|_| self.container(None))
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        let raw = raw.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-
-        let mass_bollard = self.mass_bollard(&raw).await;
-        // VmHWM is a lifetime peak: reset it so it measures the mass stop alone.
-        if let Some(pid) = pid {
-            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        // Mass runs in ABBA order, each with exactly its own containers up.
+        let mut mass_runs = Vec::new();
+        for (index, (round, side)) in mass_order(self.options.mass_rounds).into_iter().enumerate() {
+            mass_runs.push(self.mass_run(index + 1, round, side, pid).await?);
         }
-        let cpu_before = pid.and_then(cpu_seconds);
-        let mass_http = self.mass_http(&games).await;
-        let cpu_after = pid.and_then(cpu_seconds);
-        let peak = pid.and_then(peak_rss_mib);
+        let mean_of = |side: Side| {
+            mean(
+                mass_runs
+                    .iter()
+                    .filter(|run| run.side == side)
+                    .map(|run| run.stops_per_s),
+            )
+        };
+        let mass_http_mean_stops_per_s = mean_of(Side::Http);
+        let mass_bollard_mean_stops_per_s = mean_of(Side::Bollard);
+        let http_runs: Vec<&MassRun> = mass_runs
+            .iter()
+            .filter(|run| run.side == Side::Http)
+            .collect();
+        let worker_peak_rss_mib = http_runs
+            .iter()
+            .filter_map(|run| run.worker_peak_rss_mib)
+            .reduce(f64::max);
+        let http_stops: usize = http_runs.iter().map(|run| run.games).sum();
+        let worker_cpu_ms_per_stop = http_runs
+            .iter()
+            .map(|run| run.worker_cpu_ms_per_stop.map(|ms| ms * run.games as f64))
+            .sum::<Option<f64>>()
+            .filter(|_| http_stops > 0)
+            .map(|total_ms| total_ms / http_stops as f64);
+
         let single_http = percentiles(&http);
         let single_bollard = percentiles(&bollard);
         Ok(Report {
@@ -204,11 +292,14 @@ impl Bench {
             single_http,
             single_bollard,
             replay_http: percentiles(&replay),
-            mass_throughput_ratio: mass_http.stops_per_s / mass_bollard.stops_per_s,
-            mass_http,
-            mass_bollard,
-            worker_peak_rss_mib: peak,
-            worker_cpu_ms_per_stop: cpu_ms_per(cpu_before, cpu_after, n),
+            mass_games: self.options.mass,
+            mass_rounds: self.options.mass_rounds,
+            mass_throughput_ratio: mass_http_mean_stops_per_s / mass_bollard_mean_stops_per_s,
+            mass_http_mean_stops_per_s,
+            mass_bollard_mean_stops_per_s,
+            mass_runs,
+            worker_peak_rss_mib,
+            worker_cpu_ms_per_stop,
             single_worker_cpu_ms,
             single_temporal_cpu_ms,
         })
@@ -218,13 +309,111 @@ impl Bench {
         format!("bench-{}-{suffix}", self.run_id)
     }
 
-    /// A running container of the game image; labelled for `game` when rtmanager will stop it.
-    async fn container(&self, game: Option<&str>) -> anyhow::Result<String> {
-        let mut labels = HashMap::from([(BENCH_LABEL.to_owned(), self.run_id.clone())]);
-        if let Some(game) = game {
-            labels.insert("rtmanager.game_id".into(), game.to_owned());
-            labels.insert("rtmanager.managed".into(), "true".into());
+    /// One single stop on `side`, its container the only one of this run on the host; the
+    /// container is removed afterwards. Returns the stop's latency and the CPU seconds each
+    /// `watched` process spent from just before the stop to just after the removal.
+    async fn single_stop(
+        &self,
+        side: Side,
+        game: &str,
+        watched: [Option<u32>; 2],
+    ) -> anyhow::Result<(Duration, [Option<f64>; 2])> {
+        let container = self.prepare(side, game).await?;
+        let containers = std::slice::from_ref(&container);
+        self.await_only_up(containers, SETTLE_SINGLE).await?;
+        let before = watched.map(|pid| pid.and_then(cpu_seconds));
+        let took = match side {
+            Side::Http => self.stop_http(game).await,
+            Side::Bollard => self.stop_bollard(&container).await,
+        };
+        self.remove(containers).await?;
+        let after = watched.map(|pid| pid.and_then(cpu_seconds));
+        let spent = [0usize, 1].map(|i| Some(after[i]? - before[i]?));
+        Ok((took?, spent))
+    }
+
+    /// One mass run of `side`: its `--mass` containers are created, and once exactly they are up
+    /// they are all stopped at once, then removed. On HTTP runs the worker's peak RSS and CPU
+    /// are taken over the stop.
+    async fn mass_run(
+        &self,
+        order: usize,
+        round: usize,
+        side: Side,
+        pid: Option<u32>,
+    ) -> anyhow::Result<MassRun> {
+        let n = self.options.mass;
+        let games: Vec<String> = (0..n)
+            .map(|i| self.game_id(&format!("m{order}-{}-{i}", side.name())))
+            .collect();
+        let created: Vec<anyhow::Result<String>> = stream::iter(games.iter())
+            .map(|game| self.prepare(side, game))
+            .buffered(DOCKER_CONCURRENCY)
+            .collect()
+            .await;
+        let containers = created.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        self.await_only_up(&containers, SETTLE_MASS).await?;
+
+        let watched = pid.filter(|_| side == Side::Http);
+        if let Some(pid) = watched {
+            // VmHWM is a lifetime peak: reset it so that it measures this run alone.
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
         }
+        let cpu_before = watched.and_then(cpu_seconds);
+        let started = Instant::now();
+        let results: Vec<bool> = match side {
+            Side::Http => {
+                stream::iter(&games)
+                    .map(|game| async move { self.stop_http(game).await.is_ok() })
+                    .buffer_unordered(n.max(1))
+                    .collect::<Vec<bool>>()
+                    .await
+            }
+            Side::Bollard => {
+                stream::iter(&containers)
+                    .map(|id| async move { self.stop_bollard(id).await.is_ok() })
+                    .buffer_unordered(n.max(1))
+                    .collect::<Vec<bool>>()
+                    .await
+            }
+        };
+        let elapsed = started.elapsed();
+        let cpu_after = watched.and_then(cpu_seconds);
+        let peak = watched.and_then(peak_rss_mib);
+        self.remove(&containers).await?;
+
+        let ok = results.iter().filter(|ok| **ok).count();
+        Ok(MassRun {
+            order,
+            round,
+            side,
+            games: results.len(),
+            wall_s: elapsed.as_secs_f64(),
+            stops_per_s: ok as f64 / elapsed.as_secs_f64(),
+            failed: results.len() - ok,
+            worker_peak_rss_mib: peak,
+            worker_cpu_ms_per_stop: cpu_ms_per(cpu_before, cpu_after, results.len()),
+        })
+    }
+
+    /// A running container for `game` on `side`, with a `running` runtime record naming it on
+    /// the HTTP side.
+    async fn prepare(&self, side: Side, game: &str) -> anyhow::Result<String> {
+        let id = self.container(game).await?;
+        if side == Side::Http {
+            self.insert_record(game, &id).await?;
+        }
+        Ok(id)
+    }
+
+    /// A running container of the game image, labelled as `game`'s managed container (both
+    /// sides alike: only the HTTP side gives it a record).
+    async fn container(&self, game: &str) -> anyhow::Result<String> {
+        let labels = HashMap::from([
+            (BENCH_LABEL.to_owned(), self.run_id.clone()),
+            ("rtmanager.game_id".to_owned(), game.to_owned()),
+            ("rtmanager.managed".to_owned(), "true".to_owned()),
+        ]);
         let body = ContainerCreateBody {
             image: Some(self.options.image.clone()),
             labels: Some(labels),
@@ -240,6 +429,75 @@ impl Bench {
             .await?;
         self.docker.start_container(&created.id, None).await?;
         Ok(created.id)
+    }
+
+    /// Waits until `containers` are exactly this run's containers on the host and every one of
+    /// them is running, then for `settle`. Any other container of this run (the previous side's,
+    /// stopped or not) is an error: the sides would not be equal.
+    async fn await_only_up(&self, containers: &[String], settle: Duration) -> anyhow::Result<()> {
+        let wanted: HashSet<&str> = containers.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + UP_TIMEOUT;
+        loop {
+            let listed = self
+                .docker
+                .list_containers(Some(self.own_containers()))
+                .await?;
+            if let Some(other) = listed
+                .iter()
+                .filter_map(|c| c.id.as_deref())
+                .find(|id| !wanted.contains(id))
+            {
+                anyhow::bail!("bench container {other} is still there while a side is prepared");
+            }
+            let running = listed
+                .iter()
+                .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
+                .count();
+            if running == wanted.len() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {running} of {} bench containers running after {:?}",
+                wanted.len(),
+                UP_TIMEOUT
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(settle).await;
+        Ok(())
+    }
+
+    /// Force-removes `containers`, stopped or not, a few at a time.
+    async fn remove(&self, containers: &[String]) -> anyhow::Result<()> {
+        let removed: Vec<Result<(), bollard::errors::Error>> = stream::iter(containers)
+            .map(|id| async move {
+                let options = RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                self.docker.remove_container(id, Some(options)).await
+            })
+            .buffer_unordered(DOCKER_CONCURRENCY)
+            .collect()
+            .await;
+        for result in removed {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Lists every container of this run, running or not.
+    fn own_containers(&self) -> ListContainersOptions {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{BENCH_LABEL}={}", self.run_id)],
+        )]);
+        ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }
     }
 
     async fn insert_record(&self, game: &str, container_id: &str) -> anyhow::Result<()> {
@@ -278,26 +536,6 @@ impl Bench {
         Ok(started.elapsed())
     }
 
-    async fn mass_http(&self, games: &[String]) -> Mass {
-        let started = Instant::now();
-        let results: Vec<bool> = stream::iter(games)
-            .map(|game| async move { self.stop_http(game).await.is_ok() })
-            .buffer_unordered(games.len().max(1))
-            .collect()
-            .await;
-        mass(started.elapsed(), &results)
-    }
-
-    async fn mass_bollard(&self, containers: &[String]) -> Mass {
-        let started = Instant::now();
-        let results: Vec<bool> = stream::iter(containers)
-            .map(|id| async move { self.stop_bollard(id).await.is_ok() })
-            .buffer_unordered(containers.len().max(1))
-            .collect()
-            .await;
-        mass(started.elapsed(), &results)
-    }
-
     /// A minimal HTTP/1.1 exchange on a fresh loopback connection.
     async fn post(&self, path: &str, method: &str, body: &str) -> anyhow::Result<(u16, String)> {
         let mut stream = tokio::net::TcpStream::connect(self.config.http_addr).await?;
@@ -327,28 +565,15 @@ impl Bench {
 
     /// Removes every container and record this run created.
     async fn cleanup(&self) {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{BENCH_LABEL}={}", self.run_id)],
-        )]);
         let listed = self
             .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
+            .list_containers(Some(self.own_containers()))
             .await
             .unwrap_or_default();
-        stream::iter(listed.into_iter().filter_map(|c| c.id))
-            .for_each_concurrent(8, |id| async move {
-                let options = RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                };
-                let _ = self.docker.remove_container(&id, Some(options)).await;
-            })
-            .await;
+        let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
+        if let Err(err) = self.remove(&ids).await {
+            tracing::warn!(err = %err, "remove bench containers");
+        }
         if let Err(err) = self
             .store
             .delete_records_with_prefix(&format!("bench-{}-", self.run_id))
@@ -359,13 +584,28 @@ impl Bench {
     }
 }
 
-fn mass(elapsed: Duration, results: &[bool]) -> Mass {
-    let ok = results.iter().filter(|ok| **ok).count();
-    Mass {
-        games: results.len(),
-        wall_s: elapsed.as_secs_f64(),
-        stops_per_s: ok as f64 / elapsed.as_secs_f64(),
-        failed: results.len() - ok,
+/// The mass runs in order, as (round, side) with rounds from 1: bollard first in odd rounds,
+/// HTTP first in even ones (B H, H B, B H, ...).
+fn mass_order(rounds: usize) -> Vec<(usize, Side)> {
+    (1..=rounds)
+        .flat_map(|round| {
+            let sides = if round % 2 == 1 {
+                [Side::Bollard, Side::Http]
+            } else {
+                [Side::Http, Side::Bollard]
+            };
+            sides.map(|side| (round, side))
+        })
+        .collect()
+}
+
+/// The arithmetic mean, NaN for no values.
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, count) = values.fold((0.0, 0usize), |(sum, count), v| (sum + v, count + 1));
+    if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
     }
 }
 
@@ -470,11 +710,11 @@ pub fn table(report: &Report) -> String {
         r.machine, r.network
     ));
     out.push_str(&format!(
-        "{:<38} {:>14} {:>14} {:>9}   {}\n",
+        "{:<42} {:>18} {:>18} {:>9}   {}\n",
         "metric", "rtmanager/HTTP", "bollard", "ratio", "target"
     ));
     let row = |name: &str, a: String, b: String, ratio: String, target: &str| {
-        format!("{name:<38} {a:>14} {b:>14} {ratio:>9}   {target}\n")
+        format!("{name:<42} {a:>18} {b:>18} {ratio:>9}   {target}\n")
     };
     out.push_str(&row(
         &format!("single stop p50, ms (n={})", r.single_http.samples),
@@ -497,37 +737,64 @@ pub fn table(report: &Report) -> String {
         "".into(),
         "p50 <= 15 ms",
     ));
-    out.push_str(&row(
-        &format!("mass stop N={}, wall s", r.mass_http.games),
-        format!("{:.2}", r.mass_http.wall_s),
-        format!("{:.2}", r.mass_bollard.wall_s),
-        "".into(),
-        "",
+    out.push_str(&format!(
+        "mass stop, N={} per run, {} round(s): wall s / stops/s / failed\n",
+        r.mass_games, r.mass_rounds
     ));
+    for run in &r.mass_runs {
+        let figures = format!(
+            "{:.2} / {:.1} / {}",
+            run.wall_s, run.stops_per_s, run.failed
+        );
+        let (a, b) = match run.side {
+            Side::Http => (figures, "-".to_owned()),
+            Side::Bollard => ("-".to_owned(), figures),
+        };
+        out.push_str(&row(
+            &format!(
+                "  run {} (round {}, {})",
+                run.order,
+                run.round,
+                run.side.name()
+            ),
+            a,
+            b,
+            "".into(),
+            "",
+        ));
+    }
     out.push_str(&row(
-        "mass stop throughput, stops/s",
-        format!("{:.1}", r.mass_http.stops_per_s),
-        format!("{:.1}", r.mass_bollard.stops_per_s),
+        "mass stop throughput, stops/s, mean",
+        format!("{:.1}", r.mass_http_mean_stops_per_s),
+        format!("{:.1}", r.mass_bollard_mean_stops_per_s),
         format!("{:.2}x", r.mass_throughput_ratio),
         ">= 0.95x",
     ));
+    let failed = |side: Side| {
+        r.mass_runs
+            .iter()
+            .filter(|run| run.side == side)
+            .map(|run| run.failed)
+            .sum::<usize>()
+            .to_string()
+    };
     out.push_str(&row(
         "mass stop, stops not ending in success",
-        r.mass_http.failed.to_string(),
-        r.mass_bollard.failed.to_string(),
+        failed(Side::Http),
+        failed(Side::Bollard),
         "".into(),
         "0",
     ));
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
     out.push_str(&row(
-        "worker peak RSS, MiB",
+        "worker peak RSS (HTTP mass runs), MiB",
         opt(r.worker_peak_rss_mib, 1),
         "-".into(),
         "".into(),
         "<= 64 MiB",
     ));
     out.push_str(&row(
-        "worker CPU per stop (mass), ms",
+        "worker CPU per stop (HTTP mass runs), ms",
         opt(r.worker_cpu_ms_per_stop, 2),
         "-".into(),
         "".into(),
@@ -548,4 +815,34 @@ pub fn table(report: &Report) -> String {
         "",
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mass_runs_alternate_which_side_goes_first() {
+        assert_eq!(mass_order(1), [(1, Side::Bollard), (1, Side::Http)]);
+        assert_eq!(
+            mass_order(2),
+            [
+                (1, Side::Bollard),
+                (1, Side::Http),
+                (2, Side::Http),
+                (2, Side::Bollard)
+            ]
+        );
+        let four = mass_order(4);
+        for side in [Side::Http, Side::Bollard] {
+            let first = four.chunks(2).filter(|round| round[0].1 == side).count();
+            assert_eq!(first, 2, "{side:?} goes first in half the rounds");
+        }
+    }
+
+    #[test]
+    fn mean_of_runs() {
+        assert_eq!(mean([10.0, 14.0].into_iter()), 12.0);
+        assert!(mean(std::iter::empty::<f64>()).is_nan());
+    }
 }

@@ -49,8 +49,12 @@ pub struct Config {
     pub docker_host: String,
     /// Docker's graceful stop timeout (SIGTERM, then SIGKILL).
     pub stop_timeout: Duration,
-    /// Per-game lease TTL; must exceed the graceful stop timeout plus Docker's queueing.
+    /// Per-game lease TTL; must exceed the graceful stop timeout (Docker steps renew it every
+    /// 2 s while they run, but a stop must not outlive a lease that nobody renews).
     pub lease_ttl: Duration,
+    /// How long after its holder workflow closed (terminated, timed out) a lease may be taken
+    /// over by the next operation, instead of waiting out the TTL.
+    pub lease_lock_delay: Duration,
     /// Run the sub-millisecond steps as local activities.
     pub local_fast_steps: bool,
     /// Run the Docker steps as local activities too.
@@ -148,6 +152,7 @@ impl Config {
             docker_host: get("RTMANAGER_DOCKER_HOST", "unix:///var/run/docker.sock"),
             stop_timeout: Duration::from_secs(num("RTMANAGER_STOP_TIMEOUT_SECS", 10)?),
             lease_ttl: Duration::from_secs(num("RTMANAGER_LEASE_TTL_SECS", 120)?),
+            lease_lock_delay: Duration::from_millis(num("RTMANAGER_LEASE_LOCK_DELAY_MS", 3000)?),
             local_fast_steps: flag("RTMANAGER_LOCAL_FAST_STEPS", true)?,
             local_docker_steps: flag("RTMANAGER_LOCAL_DOCKER_STEPS", true)?,
             container_network: get("RTMANAGER_CONTAINER_NETWORK", "bridge"),
@@ -205,6 +210,22 @@ impl Config {
              every 2 s",
             self.lease_ttl.as_secs()
         );
+        // A lease that outlives nothing: a stop still waiting on Docker's graceful timeout
+        // would lose it to the next operation.
+        anyhow::ensure!(
+            self.lease_ttl > self.stop_timeout,
+            "RTMANAGER_LEASE_TTL_SECS ({}s) must exceed RTMANAGER_STOP_TIMEOUT_SECS ({}s): a stop \
+             waits up to the graceful timeout and must still hold the game's lease",
+            self.lease_ttl.as_secs(),
+            self.stop_timeout.as_secs()
+        );
+        anyhow::ensure!(
+            self.lease_lock_delay < self.lease_ttl
+                && self.lease_lock_delay <= Duration::from_secs(60),
+            "RTMANAGER_LEASE_LOCK_DELAY_MS ({} ms) must be below the lease TTL and at most 60 s: \
+             an acquire waits it out while it holds a workflow task",
+            self.lease_lock_delay.as_millis()
+        );
         url::Url::parse(&self.temporal_address).map_err(|err| {
             anyhow::anyhow!(
                 "RTMANAGER_TEMPORAL_ADDRESS={:?}: {err}",
@@ -233,6 +254,7 @@ impl Config {
             graceful_stop_timeout: self.stop_timeout,
             local_fast_steps: self.local_fast_steps,
             local_docker_steps: self.local_docker_steps,
+            lease_lock_delay: self.lease_lock_delay,
             ..StepSettings::default()
         }
     }
@@ -289,6 +311,33 @@ mod tests {
         assert!(err.to_string().contains("RTMANAGER_HTTP_ADDR"));
         let err = config(&[("RTMANAGER_LEASE_TTL_SECS", "4")]).unwrap_err();
         assert!(err.to_string().contains("at least 5"));
+        let err = config(&[("RTMANAGER_LEASE_LOCK_DELAY_MS", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("RTMANAGER_LEASE_LOCK_DELAY_MS"));
+    }
+
+    #[test]
+    fn a_lease_ttl_within_the_graceful_stop_timeout_is_refused() {
+        let err = config(&[
+            ("RTMANAGER_STOP_TIMEOUT_SECS", "30"),
+            ("RTMANAGER_LEASE_TTL_SECS", "30"),
+        ])
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("RTMANAGER_LEASE_TTL_SECS") && message.contains("must exceed"),
+            "{message}"
+        );
+        assert!(config(&[
+            ("RTMANAGER_STOP_TIMEOUT_SECS", "30"),
+            ("RTMANAGER_LEASE_TTL_SECS", "31"),
+        ])
+        .is_ok());
+        let err = config(&[
+            ("RTMANAGER_LEASE_TTL_SECS", "20"),
+            ("RTMANAGER_LEASE_LOCK_DELAY_MS", "20000"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("below the lease TTL"), "{err}");
     }
 
     #[test]

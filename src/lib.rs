@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod liveness;
 pub mod serve;
 pub mod stream;
 pub mod telemetry;

@@ -61,6 +61,9 @@ enum Command {
         #[arg(long)]
         source_ref: Option<String>,
     },
+    /// Repair a game whose record carries a fence no lease can reach (every write refused as
+    /// stale): under the game's lease, set the record's fence to the one that lease was issued.
+    ResetFence { game_id: String },
     /// Show the runtime records of games.
     Status {
         #[arg(required = true)]
@@ -72,9 +75,13 @@ enum Command {
         /// Single stops per side.
         #[arg(long, default_value_t = 30)]
         single: usize,
-        /// Games in the mass stop.
+        /// Games in each mass run (each run has exactly its own games' containers up).
         #[arg(long, default_value_t = 200)]
         mass: usize,
+        /// Mass rounds, each one run per side: bollard first in odd rounds, HTTP first in even
+        /// ones (an even number balances the order).
+        #[arg(long, default_value_t = 2)]
+        mass_rounds: usize,
         /// Docker network mode of the bench containers.
         #[arg(long, default_value = "bridge")]
         network: String,
@@ -218,16 +225,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(report(&[(game, output)], json));
         }
         Command::Status { game_ids } => return status(&config, game_ids, json).await,
+        Command::ResetFence { game_id } => return reset_fence(&config, &game_id, json).await,
         Command::Bench {
             single,
             mass,
+            mass_rounds,
             network,
             image,
             worker_pid,
         } => {
             anyhow::ensure!(
-                single >= 1 && mass >= 1,
-                "--single and --mass must be positive"
+                single >= 1 && mass >= 1 && mass_rounds >= 1,
+                "--single, --mass and --mass-rounds must be positive"
             );
             let image = image
                 .or_else(|| std::env::var("RTMANAGER_DEMO_IMAGE").ok())
@@ -235,6 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = rtmanager::bench::BenchOptions {
                 single,
                 mass,
+                mass_rounds,
                 network,
                 image,
                 worker_pid,
@@ -246,6 +256,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", rtmanager::bench::table(&report));
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rtmanager reset-fence`: takes the game's lease like any operation (so nothing else runs on
+/// the game meanwhile), writes that lease's fence, freshly issued by the counter, into the
+/// record, and releases the lease. Every later operation's fence is higher again.
+async fn reset_fence(config: &Config, game_id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use rtmanager_activities::{Acquire, LeaseHolder, RedisKeys, RedisStore};
+    let game_id = GameId::parse(game_id)?;
+    let redis = RedisStore::new(
+        config.redis_url.expose(),
+        RedisKeys {
+            prefix: config.redis_prefix.clone(),
+            health_stream: config.health_stream.clone(),
+            health_stream_maxlen: 100_000,
+        },
+    )?;
+    let store = Store::new(config.database_url.expose(), 1)?;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let holder = LeaseHolder {
+        workflow_id: "rtmanager reset-fence".to_owned(),
+        run_id: secret.clone(),
+    };
+    let fence = match redis
+        .acquire_lease(&game_id, &secret, &holder, config.lease_ttl)
+        .await?
+    {
+        Acquire::Acquired { fence } => fence,
+        Acquire::Held { holder, .. } => {
+            let by = holder.map_or_else(|| "an unnamed holder".to_owned(), |h| h.workflow_id);
+            eprintln!(
+                "rtmanager: {game_id}: the game's lease is held by {by}; try again once it ends"
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let token = rtmanager_domain::LeaseToken::issued(fence, &secret);
+    let replaced = store.reset_fence(&game_id, fence).await;
+    redis.release_lease(&game_id, &token).await?;
+    let Some(previous) = replaced? else {
+        eprintln!("rtmanager: {game_id}: no runtime record");
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        let out =
+            serde_json::json!({"game_id": game_id, "previous_fence": previous, "fence": fence});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{game_id}: record fence {previous} -> {fence}");
     }
     Ok(ExitCode::SUCCESS)
 }

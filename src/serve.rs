@@ -38,7 +38,7 @@ pub async fn serve_with(
             .map(|t| t.expose().to_owned())
             .unwrap_or_default(),
     )?;
-    let deps = worker::build_dependencies(config, telemetry.clone())?;
+    let deps = worker::build_dependencies(config, telemetry.clone(), &client)?;
     let state = Arc::new(BridgeState::new(
         client.clone(),
         config.task_queue.clone(),

@@ -19,7 +19,7 @@ use rtmanager_workflows::{
     PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
 };
 
-use crate::Config;
+use crate::{liveness::TemporalLiveness, Config};
 
 /// Connects a Temporal client for `config`'s address and namespace.
 pub async fn connect_temporal(config: &Config) -> anyhow::Result<Client> {
@@ -37,8 +37,13 @@ pub async fn connect_temporal(config: &Config) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// The adapters a worker owns, built once and shared by every activity.
-pub fn build_dependencies(config: &Config, telemetry: Telemetry) -> anyhow::Result<Dependencies> {
+/// The adapters a worker owns, built once and shared by every activity. `client` answers
+/// whether a lease holder's workflow still runs.
+pub fn build_dependencies(
+    config: &Config,
+    telemetry: Telemetry,
+    client: &Client,
+) -> anyhow::Result<Dependencies> {
     let store = Store::new(config.database_url.expose(), config.database_pool_size)?;
     let redis = RedisStore::new(
         config.redis_url.expose(),
@@ -65,6 +70,11 @@ pub fn build_dependencies(config: &Config, telemetry: Telemetry) -> anyhow::Resu
         docker,
         telemetry,
         lease_ttl: config.lease_ttl,
+        liveness: Arc::new(TemporalLiveness::new(
+            client.clone(),
+            config.namespace.clone(),
+        )),
+        lease_lock_delay: config.lease_lock_delay,
     })
 }
 
@@ -93,7 +103,7 @@ pub async fn run_worker_with(
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
-    let deps = build_dependencies(config, telemetry)?;
+    let deps = build_dependencies(config, telemetry, &client)?;
     let runtime = Runtime::from_current_tokio(Default::default())?;
     let settings = config.step_settings();
     let (stop, start, restart, patch) = (

@@ -119,12 +119,52 @@ async fn a_vanished_stop_publishes_once_despite_a_crash_after_publishing() {
         app.record(&game).await.unwrap().status,
         RuntimeStatus::Removed
     );
+    let events = app.health_events().await;
+    assert_eq!(events.len(), 1, "no duplicate health event");
+    assert_eq!(events[0]["container_id"], cid);
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].container_id.as_deref(), Some(cid.as_str()));
+    assert_eq!(app.lease_holder(&game).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() {
+    // The removal CAS clears the record's container; the re-run after a crash right after it
+    // must still name the container in its health event and audit row.
+    let mut app = app().await;
+    let game = app.new_game("crash-vanish-cas");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    app.remove_container(&cid).await;
+
+    let out = crash_after(&app, "UpdateStatus", "StopRuntime", stop_input(&game)).await;
+
     assert_eq!(
-        app.health_events().await.len(),
-        1,
-        "no duplicate health event"
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
     );
-    assert_eq!(app.op_log(&game).await.len(), 1);
+    let record = app.record(&game).await.unwrap();
+    assert_eq!(record.status, RuntimeStatus::Removed);
+    assert_eq!(
+        record.current_container_id, None,
+        "a removed record has no container"
+    );
+    let events = app.health_events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event_type"], "container_disappeared");
+    assert_eq!(
+        events[0]["container_id"], cid,
+        "the event names the container"
+    );
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].container_id.as_deref(),
+        Some(cid.as_str()),
+        "the row names it too"
+    );
     assert_eq!(app.lease_holder(&game).await, None);
 }
 

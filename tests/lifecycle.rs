@@ -506,6 +506,8 @@ async fn a_stale_holder_is_fenced_off() {
     // holder (worker B) starts and stops the game meanwhile. A's late write must be refused.
     let mut cfg = TestConfig::new();
     cfg.config.lease_ttl = Duration::from_secs(5);
+    // A worker process refuses a lease TTL within the graceful stop timeout.
+    cfg.config.stop_timeout = Duration::from_secs(2);
     rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
         .await
         .unwrap();

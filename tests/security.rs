@@ -85,7 +85,7 @@ async fn the_token_never_reaches_the_logs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "the bridge came up");
-    for presented in [&token, &wrong] {
+    for (presented, expected) in [(&token, "HTTP/1.1 200"), (&wrong, "HTTP/1.1 401")] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -100,7 +100,11 @@ async fn the_token_never_reaches_the_logs() {
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.1 401"));
+        assert!(
+            response.starts_with(expected),
+            "expected {expected}: {}",
+            response.lines().next().unwrap_or("")
+        );
     }
     let _ = child.kill();
     let mut logs = String::new();

@@ -8,6 +8,12 @@ use std::{process::Command, time::Duration};
 use common::{unique, TestApp};
 
 fn execute(app: &TestApp, input: &str) -> serde_json::Value {
+    execute_type(app, "StopRuntime", input)
+}
+
+/// Runs `temporal workflow execute` for `workflow_type`; the CLI must succeed and the workflow
+/// complete (a business failure is a completed workflow too). Returns the workflow's output.
+fn execute_type(app: &TestApp, workflow_type: &str, input: &str) -> serde_json::Value {
     let address = app
         .config()
         .temporal_address
@@ -16,7 +22,7 @@ fn execute(app: &TestApp, input: &str) -> serde_json::Value {
     let out = Command::new(common::temporal_cli())
         .args(["workflow", "execute", "--address", &address])
         .args(["--task-queue", &app.config().task_queue])
-        .args(["--type", "StopRuntime", "--workflow-id", &unique("cli")])
+        .args(["--type", workflow_type, "--workflow-id", &unique("cli")])
         .args(["--input", input, "--output", "json"])
         .output()
         .expect("run the temporal CLI");
@@ -84,22 +90,7 @@ async fn the_temporal_cli_starts_restarts_and_patches() {
     let mut app = TestApp::spawn().await;
     let game = app.new_game("cli-life");
     let image = common::game_image();
-    let exec = |workflow_type: &str, input: String| {
-        let address = app
-            .config()
-            .temporal_address
-            .trim_start_matches("http://")
-            .to_owned();
-        let out = Command::new(common::temporal_cli())
-            .args(["workflow", "execute", "--address", &address])
-            .args(["--task-queue", &app.config().task_queue])
-            .args(["--type", workflow_type, "--workflow-id", &unique("cli")])
-            .args(["--input", &input, "--output", "json"])
-            .output()
-            .expect("run the temporal CLI");
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
-        doc["result"].clone()
-    };
+    let exec = |workflow_type: &str, input: String| execute_type(&app, workflow_type, &input);
 
     let started = tokio::task::block_in_place(|| {
         exec(

@@ -14,6 +14,7 @@
 
 pub mod docker;
 pub mod fault;
+pub mod holder;
 pub mod redis_store;
 pub mod schema;
 pub mod store;
@@ -28,14 +29,15 @@ use tracing::Instrument;
 
 use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome};
 use rtmanager_workflows::contract::{
-    self, failure_type, AcquireLeaseInput, ContainerStopOutcome, EnsureContainerInput, HealthEvent,
-    LeaseOutcome, LoadRecordInput, LoadedRecord, OperationEntry, RecordRunningInput,
-    ReleaseLeaseInput, RemoveContainerInput, StopContainerInput, UpdateStatusInput,
-    UpdateStatusOutcome,
+    self, failure_type, AcquireLeaseInput, CheckLeaseInput, ContainerStopOutcome,
+    EnsureContainerInput, HealthEvent, LeaseOutcome, LoadRecordInput, LoadedRecord, OperationEntry,
+    RecordRunningInput, ReleaseLeaseInput, RemoveContainerInput, StopContainerInput,
+    UpdateStatusInput, UpdateStatusOutcome,
 };
 
 pub use docker::{ContainerSettings, DockerRuntime};
-pub use redis_store::{RedisKeys, RedisStore};
+pub use holder::{HolderLiveness, HolderState};
+pub use redis_store::{Acquire, LeaseHolder, RedisKeys, RedisStore};
 pub use store::Store;
 pub use telemetry::Telemetry;
 
@@ -56,6 +58,11 @@ pub struct Dependencies {
     pub telemetry: Telemetry,
     /// TTL of a game lease. An operation longer than this loses its lease.
     pub lease_ttl: Duration,
+    /// Tells a lease held by a closed workflow from one held by a live operation.
+    pub liveness: Arc<dyn HolderLiveness>,
+    /// How long after its holder closed a lease may be taken over: a step of the dead holder
+    /// still in flight on some worker ends (or is fenced out) meanwhile.
+    pub lease_lock_delay: Duration,
 }
 
 /// The activity implementer registered with the worker.
@@ -82,28 +89,51 @@ impl RuntimeActivities {
             fault::point("before", "AcquireLease").await;
             let result = async move {
                 let started = std::time::Instant::now();
-                let result = self
-                    .deps
-                    .redis
-                    .acquire_lease(&input.game_id, &input.secret, self.deps.lease_ttl)
-                    .await;
+                let holder = LeaseHolder {
+                    workflow_id: ctx.info().workflow_id.clone().unwrap_or_default(),
+                    run_id: ctx.info().workflow_run_id.clone().unwrap_or_default(),
+                };
+                let result = self.acquire_or_take_over(&input, &holder).await;
                 let label = match &result {
-                    Ok(Some(_)) => "acquired",
-                    Ok(None) => "held_by_other",
+                    Ok((LeaseOutcome::Acquired { .. }, true)) => "taken_over",
+                    Ok((LeaseOutcome::Acquired { .. }, false)) => "acquired",
+                    Ok((LeaseOutcome::HeldByOther, _)) => "held_by_other",
                     Err(_) => "error",
                 };
                 self.deps
                     .telemetry
                     .record_lease_acquire(label, started.elapsed());
-                match result {
-                    Ok(Some(fence)) => Ok(LeaseOutcome::Acquired { fence }),
-                    Ok(None) => Ok(LeaseOutcome::HeldByOther),
-                    Err(err) => Err(retryable(format!("redis: {err}"))),
-                }
+                result
+                    .map(|(outcome, _)| outcome)
+                    .map_err(|err| retryable(format!("redis: {err}")))
             }
             .await;
             if result.is_ok() {
                 fault::point("after", "AcquireLease").await;
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    #[activity(definition = contract::CheckLease)]
+    pub async fn check_lease(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: CheckLeaseInput,
+    ) -> Result<bool, ActivityError> {
+        let span = span(&ctx, &input.game_id);
+        async move {
+            fault::point("before", "CheckLease").await;
+            let result = self
+                .deps
+                .redis
+                .lease_is_held_by(&input.game_id, &input.token)
+                .await
+                .map_err(|err| retryable(format!("redis: {err}")));
+            if result.is_ok() {
+                fault::point("after", "CheckLease").await;
             }
             result
         }
@@ -167,7 +197,9 @@ impl RuntimeActivities {
                     .map_err(store_error)?;
                 Ok(loaded.map(|(record, writer)| LoadedRecord {
                     record,
-                    written_by_this_operation: writer.as_deref() == Some(&input.operation_id),
+                    written_by_this_operation: writer.last_op_id.as_deref()
+                        == Some(&input.operation_id),
+                    last_container_id: writer.last_container_id,
                 }))
             }
             .await;
@@ -296,6 +328,12 @@ impl RuntimeActivities {
         async move {
             fault::point("before", "RecordRunning").await;
             let result = async move {
+                if !self
+                    .lease_still_held(&input.game_id, input.lease.as_ref())
+                    .await?
+                {
+                    return Ok(UpdateStatusOutcome::LeaseLost);
+                }
                 self.deps
                     .store
                     .record_running(
@@ -328,6 +366,12 @@ impl RuntimeActivities {
         async move {
             fault::point("before", "UpdateStatus").await;
             let result = async move {
+                if !self
+                    .lease_still_held(&input.game_id, input.lease.as_ref())
+                    .await?
+                {
+                    return Ok(UpdateStatusOutcome::LeaseLost);
+                }
                 self.deps
                     .store
                     .update_status(
@@ -452,6 +496,75 @@ impl RuntimeActivities {
 }
 
 impl RuntimeActivities {
+    /// The seed's `TryAcquire`, plus the takeover of a lease whose holder workflow closed:
+    /// after the lock-delay (counted from the holder's close) the dead holder's exact token is
+    /// swapped for this one with a higher fence. Returns the outcome and whether it took over.
+    async fn acquire_or_take_over(
+        &self,
+        input: &AcquireLeaseInput,
+        holder: &LeaseHolder,
+    ) -> redis::RedisResult<(LeaseOutcome, bool)> {
+        let (redis, ttl) = (&self.deps.redis, self.deps.lease_ttl);
+        let (token, dead) = match redis
+            .acquire_lease(&input.game_id, &input.secret, holder, ttl)
+            .await?
+        {
+            Acquire::Acquired { fence } => return Ok((LeaseOutcome::Acquired { fence }, false)),
+            Acquire::Held {
+                token,
+                holder: Some(dead),
+            } if dead != *holder => (token, dead),
+            Acquire::Held { .. } => return Ok((LeaseOutcome::HeldByOther, false)),
+        };
+        let closed_at = match self.deps.liveness.state(&dead).await {
+            Ok(HolderState::Running) => return Ok((LeaseOutcome::HeldByOther, false)),
+            Ok(HolderState::Closed { closed_at }) => closed_at,
+            Err(err) => {
+                tracing::warn!(holder = %dead.workflow_id, err = %err,
+                    "cannot tell whether the lease holder still runs; leaving its lease");
+                return Ok((LeaseOutcome::HeldByOther, false));
+            }
+        };
+        let since_close = closed_at
+            .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+            .unwrap_or_default();
+        tokio::time::sleep(self.deps.lease_lock_delay.saturating_sub(since_close)).await;
+        match redis
+            .take_over_lease(&input.game_id, &token, &input.secret, holder, ttl)
+            .await?
+        {
+            Some(fence) => {
+                tracing::warn!(
+                    dead_holder = %dead.workflow_id,
+                    dead_run = %dead.run_id,
+                    fence,
+                    "took over the game's lease from a closed workflow"
+                );
+                Ok((LeaseOutcome::Acquired { fence }, true))
+            }
+            None => Ok((LeaseOutcome::HeldByOther, false)),
+        }
+    }
+
+    /// A record write proceeds only while Redis holds the writer's exact token: a forged or
+    /// stale token (and so a fence the lease counter never issued to a live holder) writes
+    /// nothing. Writers without a token (a workflow scheduled by an older worker) skip the check.
+    async fn lease_still_held(
+        &self,
+        game_id: &GameId,
+        lease: Option<&LeaseToken>,
+    ) -> Result<bool, ActivityError> {
+        match lease {
+            None => Ok(true),
+            Some(token) => self
+                .deps
+                .redis
+                .lease_is_held_by(game_id, token)
+                .await
+                .map_err(|err| retryable(format!("redis: {err}"))),
+        }
+    }
+
     /// Runs a Docker call while heartbeating (so a dead worker is noticed and a cancellation
     /// arrives) and renewing the game's lease (so a stop longer than the lease TTL keeps it).
     /// A lease found lost is never renewed: the step ends with a definitive `conflict`.

@@ -11,20 +11,46 @@ use tokio::sync::OnceCell;
 
 use rtmanager_domain::{GameId, LeaseToken};
 use rtmanager_workflows::contract::HealthEvent;
+use serde::{Deserialize, Serialize};
+
+/// The workflow run that took a lease: stored beside the lease so that an acquire meeting a
+/// lease can ask Temporal whether its holder is still running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseHolder {
+    pub workflow_id: String,
+    pub run_id: String,
+}
+
+/// What an acquire found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// The lease is this secret's, with its fence.
+    Acquired { fence: u64 },
+    /// Another token holds it; `holder` is `None` when the lease names no holder (taken by an
+    /// older rtmanager, or by an operator tool).
+    Held {
+        token: String,
+        holder: Option<LeaseHolder>,
+    },
+}
 
 /// Takes the lease, or refreshes it when this secret already holds it (a retried attempt).
 /// The stored value is `<fence>:<secret>`; the fence comes from a per-game counter that never
 /// goes below the current time in microseconds, so it keeps growing even if Redis loses the
-/// counter (a restart without persistence). Returns the fence, or 0 when another holder has it.
+/// counter (a restart without persistence). A companion key names the holder (its workflow id
+/// and run id) with the same TTL, so that a later acquire can tell a live holder from a closed
+/// one. Returns `{fence, token, holder}`: fence `0` when another holder has the lease, with
+/// that holder's token and name.
 const ACQUIRE: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then
   local sep = string.find(current, ':', 1, true)
   if sep and string.sub(current, sep + 1) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return tonumber(string.sub(current, 1, sep - 1))
+    redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
+    return {string.sub(current, 1, sep - 1), current, ARGV[4]}
   end
-  return 0
+  return {'0', current, redis.call('GET', KEYS[3]) or ''}
 end
 local fence = redis.call('INCR', KEYS[2])
 if fence < tonumber(ARGV[3]) then
@@ -32,16 +58,36 @@ if fence < tonumber(ARGV[3]) then
   fence = tonumber(ARGV[3])
 end
 -- Lua numbers are doubles: format the fence as an integer, never as 1.7e+15.
-redis.call('SET', KEYS[1], string.format('%.0f', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
-return fence
+local token = string.format('%.0f', fence) .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
+return {string.format('%.0f', fence), token, ARGV[4]}
 ";
 
-/// Compare-and-delete by secret.
+/// Takes over a lease from a holder known to be gone: only if the key still holds exactly the
+/// dead holder's token, with a fresh fence from the counter (higher than the dead holder's).
+const TAKE_OVER: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return '0'
+end
+local fence = redis.call('INCR', KEYS[2])
+if fence < tonumber(ARGV[4]) then
+  redis.call('SET', KEYS[2], ARGV[4])
+  fence = tonumber(ARGV[4])
+end
+local token = string.format('%.0f', fence) .. ':' .. ARGV[2]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3])
+return string.format('%.0f', fence)
+";
+
+/// Compare-and-delete by secret (the holder key goes with it).
 const RELEASE: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then
   local sep = string.find(current, ':', 1, true)
   if sep and string.sub(current, sep + 1) == ARGV[1] then
+    redis.call('DEL', KEYS[2])
     return redis.call('DEL', KEYS[1])
   end
 end
@@ -51,20 +97,25 @@ return 0
 /// Compare-and-extend: a holder that lost its lease never renews it.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
 
-/// Publishes a health event once per (operation, event type): the marker key and the XADD
-/// happen atomically, so a retried activity never publishes twice.
+/// Publishes a health event once per (operation, event type): the marker check, the XADD and
+/// the marker happen atomically, so a retried activity never publishes twice. The marker is set
+/// only after the XADD succeeded: a failed XADD (the script stops at the error, keeping what it
+/// already wrote) leaves no marker, and the retry publishes.
 const PUBLISH_ONCE: &str = r"
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
-  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
-    'game_id', ARGV[3], 'container_id', ARGV[4], 'event_type', ARGV[5],
-    'occurred_at', ARGV[6], 'details', ARGV[7])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return false
 end
-return false
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+  'game_id', ARGV[3], 'container_id', ARGV[4], 'event_type', ARGV[5],
+  'occurred_at', ARGV[6], 'details', ARGV[7])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return id
 ";
 
 /// How long the publish-once marker is kept: far beyond any retry of the same operation.
@@ -88,6 +139,11 @@ impl RedisKeys {
 
     fn fence(&self, game_id: &GameId) -> String {
         format!("{}fence:{}", self.prefix, game_id)
+    }
+
+    /// The companion key naming the lease's holder.
+    pub fn lease_holder(&self, game_id: &GameId) -> String {
+        format!("{}lease_holder:{}", self.prefix, game_id)
     }
 
     fn publish_marker(&self, event: &HealthEvent) -> String {
@@ -115,6 +171,7 @@ pub struct RedisStore {
     manager: OnceCell<ConnectionManager>,
     keys: RedisKeys,
     acquire: Script,
+    take_over: Script,
     release: Script,
     renew: Script,
     publish_once: Script,
@@ -127,6 +184,7 @@ impl RedisStore {
             manager: OnceCell::new(),
             keys,
             acquire: Script::new(ACQUIRE),
+            take_over: Script::new(TAKE_OVER),
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
             publish_once: Script::new(PUBLISH_ONCE),
@@ -154,28 +212,74 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Takes (or re-confirms) the lease for `secret`; returns its fence, or `None` when
-    /// another holder has it.
+    /// Takes (or re-confirms) the lease for `secret` on behalf of `holder`.
     pub async fn acquire_lease(
         &self,
         game_id: &GameId,
         secret: &str,
+        holder: &LeaseHolder,
         ttl: Duration,
-    ) -> redis::RedisResult<Option<u64>> {
+    ) -> redis::RedisResult<Acquire> {
         let mut conn = self.conn().await?;
-        let floor = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let fence: u64 = self
+        let (fence, token, holder): (String, String, String) = self
             .acquire
             .key(self.keys.lease(game_id))
             .key(self.keys.fence(game_id))
+            .key(self.keys.lease_holder(game_id))
             .arg(secret)
             .arg(ttl.as_millis().max(1) as u64)
-            .arg(floor)
+            .arg(fence_floor())
+            .arg(serde_json::to_string(holder).unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
-        Ok((fence > 0).then_some(fence))
+        Ok(match parse_fence(&fence)? {
+            0 => Acquire::Held {
+                token,
+                holder: serde_json::from_str(&holder).ok(),
+            },
+            fence => Acquire::Acquired { fence },
+        })
+    }
+
+    /// Replaces a dead holder's lease (`dead_token`, which must still be the key's value) with
+    /// one for `secret` and a higher fence; `None` when the key changed meanwhile.
+    pub async fn take_over_lease(
+        &self,
+        game_id: &GameId,
+        dead_token: &str,
+        secret: &str,
+        holder: &LeaseHolder,
+        ttl: Duration,
+    ) -> redis::RedisResult<Option<u64>> {
+        let mut conn = self.conn().await?;
+        let fence: String = self
+            .take_over
+            .key(self.keys.lease(game_id))
+            .key(self.keys.fence(game_id))
+            .key(self.keys.lease_holder(game_id))
+            .arg(dead_token)
+            .arg(secret)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(fence_floor())
+            .arg(serde_json::to_string(holder).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Some(parse_fence(&fence)?).filter(|f| *f > 0))
+    }
+
+    /// Whether the game's lease is held by exactly `token` right now: the check that makes an
+    /// inherited token, or a write's fence, one the lease counter issued to a live holder.
+    pub async fn lease_is_held_by(
+        &self,
+        game_id: &GameId,
+        token: &LeaseToken,
+    ) -> redis::RedisResult<bool> {
+        let mut conn = self.conn().await?;
+        let current: Option<String> = redis::cmd("GET")
+            .arg(self.keys.lease(game_id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(current.as_deref() == Some(token.as_str()))
     }
 
     /// Returns whether a lease held by `token` was deleted.
@@ -188,6 +292,7 @@ impl RedisStore {
         let deleted: i64 = self
             .release
             .key(self.keys.lease(game_id))
+            .key(self.keys.lease_holder(game_id))
             .arg(token.secret())
             .invoke_async(&mut conn)
             .await?;
@@ -205,6 +310,7 @@ impl RedisStore {
         let renewed: i64 = self
             .renew
             .key(self.keys.lease(game_id))
+            .key(self.keys.lease_holder(game_id))
             .arg(token.as_str())
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut conn)
@@ -234,4 +340,22 @@ impl RedisStore {
             .await?;
         Ok(id.is_some())
     }
+}
+
+/// The fence counter's floor: the clock in microseconds, so fences keep growing even after
+/// Redis lost the counter.
+fn fence_floor() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn parse_fence(raw: &str) -> redis::RedisResult<u64> {
+    raw.parse().map_err(|_| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "lease script returned a fence that is not a whole number",
+            raw.to_owned(),
+        ))
+    })
 }

@@ -12,6 +12,7 @@ diesel::table! {
         last_op_at -> Timestamptz,
         last_op_id -> Nullable<Text>,
         fence -> Int8,
+        last_container_id -> Nullable<Text>,
     }
 }
 

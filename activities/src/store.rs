@@ -31,6 +31,15 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// What the last write of a record left behind, beside the record itself.
+#[derive(Debug, Clone, Default)]
+pub struct LastWrite {
+    /// The operation (`workflow_id/run_id`) that wrote the row last.
+    pub last_op_id: Option<String>,
+    /// The container that write acted on (kept after a removal cleared the record's).
+    pub last_container_id: Option<String>,
+}
+
 /// A pool of PostgreSQL connections shared by every activity.
 #[derive(Clone)]
 pub struct Store {
@@ -75,11 +84,11 @@ impl Store {
         Ok(())
     }
 
-    /// Reads one game's record with the id of the operation that wrote it last.
+    /// Reads one game's record with what its last write left behind.
     pub async fn get_record_with_writer(
         &self,
         game_id: &GameId,
-    ) -> Result<Option<(RuntimeRecord, Option<String>)>, StoreError> {
+    ) -> Result<Option<(RuntimeRecord, LastWrite)>, StoreError> {
         let mut conn = self.conn().await?;
         let row = runtime_records::table
             .find(game_id.as_str())
@@ -88,7 +97,10 @@ impl Store {
             .await
             .optional()?;
         row.map(|row| {
-            let writer = row.last_op_id.clone();
+            let writer = LastWrite {
+                last_op_id: row.last_op_id.clone(),
+                last_container_id: row.last_container_id.clone(),
+            };
             row.into_record().map(|record| (record, writer))
         })
         .transpose()
@@ -187,6 +199,7 @@ impl Store {
                         r::stopped_at.eq(now),
                         r::last_op_at.eq(now),
                         r::last_op_id.eq(operation_id),
+                        r::last_container_id.eq(expected_container_id),
                         r::fence.eq(fence),
                     ))
                     .returning(RecordRow::as_returning())
@@ -201,6 +214,7 @@ impl Store {
                         r::removed_at.eq(now),
                         r::last_op_at.eq(now),
                         r::last_op_id.eq(operation_id),
+                        r::last_container_id.eq(expected_container_id),
                         r::fence.eq(fence),
                     ))
                     .returning(RecordRow::as_returning())
@@ -241,16 +255,17 @@ impl Store {
         // diesel's upsert builder has no WHERE on DO UPDATE; the same statement, bound.
         let written: Option<RecordRow> = diesel::sql_query(
             "INSERT INTO runtime_records (game_id, status, current_container_id, \
-               current_image_ref, started_at, last_op_at, last_op_id, fence) \
-             VALUES ($1, 'running', $2, $3, $4, $4, $5, $6) \
+               current_image_ref, started_at, last_op_at, last_op_id, fence, last_container_id) \
+             VALUES ($1, 'running', $2, $3, $4, $4, $5, $6, $2) \
              ON CONFLICT (game_id) DO UPDATE SET status = 'running', \
                current_container_id = EXCLUDED.current_container_id, \
+               last_container_id = EXCLUDED.current_container_id, \
                current_image_ref = EXCLUDED.current_image_ref, started_at = EXCLUDED.started_at, \
                stopped_at = NULL, removed_at = NULL, last_op_at = EXCLUDED.last_op_at, \
                last_op_id = EXCLUDED.last_op_id, fence = EXCLUDED.fence \
              WHERE runtime_records.status <> 'running' AND runtime_records.fence <= EXCLUDED.fence \
              RETURNING game_id, status, current_container_id, current_image_ref, started_at, \
-               stopped_at, removed_at, last_op_at, last_op_id, fence",
+               stopped_at, removed_at, last_op_at, last_op_id, fence, last_container_id",
         )
         .bind::<Text, _>(game_id.as_str())
         .bind::<Text, _>(container_id)
@@ -308,6 +323,36 @@ impl Store {
                 current: row.into_record()?,
             },
         })
+    }
+
+    /// Sets the record's fence to `fence`, whatever it holds now, and returns the fence it
+    /// replaced (`None`: the game has no record). The operator's repair for a record that
+    /// carries a fence no lease the counter issues can reach; the caller holds the game's lease
+    /// and passes that lease's fence.
+    pub async fn reset_fence(
+        &self,
+        game_id: &GameId,
+        fence: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        use diesel::sql_types::{BigInt, Text};
+        #[derive(QueryableByName)]
+        struct Replaced {
+            #[diesel(sql_type = BigInt)]
+            previous: i64,
+        }
+        let fence = i64::try_from(fence).unwrap_or(i64::MAX);
+        let mut conn = self.conn().await?;
+        let replaced: Option<Replaced> = diesel::sql_query(
+            "UPDATE runtime_records AS r SET fence = $2 \
+             FROM (SELECT game_id, fence FROM runtime_records WHERE game_id = $1 FOR UPDATE) AS old \
+             WHERE r.game_id = old.game_id RETURNING old.fence AS previous",
+        )
+        .bind::<Text, _>(game_id.as_str())
+        .bind::<BigInt, _>(fence)
+        .get_result(&mut conn)
+        .await
+        .optional()?;
+        Ok(replaced.map(|r| r.previous))
     }
 
     /// Inserts the operation's audit row unless it is already there; returns whether it wrote.
@@ -392,6 +437,7 @@ struct RecordRow {
     last_op_at: DateTime<Utc>,
     last_op_id: Option<String>,
     fence: i64,
+    last_container_id: Option<String>,
 }
 
 impl RecordRow {

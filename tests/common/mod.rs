@@ -417,6 +417,27 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The record's lease fence, as stored.
+    pub async fn record_fence(&self, game_id: &str) -> i64 {
+        use schema::runtime_records::dsl as r;
+        r::runtime_records
+            .find(game_id)
+            .select(r::fence)
+            .first(&mut self.pg().await)
+            .await
+            .expect("read the record's fence")
+    }
+
+    /// Overwrites the record's fence (to set up a record written under some fence).
+    pub async fn set_record_fence(&self, game_id: &str, fence: i64) {
+        use schema::runtime_records::dsl as r;
+        diesel::update(r::runtime_records.find(game_id))
+            .set(r::fence.eq(fence))
+            .execute(&mut self.pg().await)
+            .await
+            .expect("write the record's fence");
+    }
+
     pub fn lease_key(&self, game_id: &str) -> String {
         format!("{}lease:{game_id}", self.config().redis_prefix)
     }
@@ -593,8 +614,25 @@ pub fn rtmanager_command(config: &Config) -> std::process::Command {
             config.lease_ttl.as_secs().to_string(),
         )
         .env(
+            "RTMANAGER_LEASE_LOCK_DELAY_MS",
+            config.lease_lock_delay.as_millis().to_string(),
+        )
+        .env(
             "RTMANAGER_LOCAL_FAST_STEPS",
             config.local_fast_steps.to_string(),
+        )
+        .env(
+            "RTMANAGER_LOCAL_DOCKER_STEPS",
+            config.local_docker_steps.to_string(),
+        )
+        .env("RTMANAGER_CONTAINER_NETWORK", &config.container_network)
+        .env(
+            "RTMANAGER_START_SETTLE_MS",
+            config.start_settle.as_millis().to_string(),
+        )
+        .env(
+            "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
+            config.sticky_queue_timeout.as_millis().to_string(),
         )
         .env("RTMANAGER_BUILD_ID", &config.build_id);
     command
@@ -617,7 +655,8 @@ impl TestApp {
     /// Serves the HTTP bridge for this app's worker on an ephemeral loopback port.
     pub async fn spawn_bridge(&self) -> Bridge {
         let token = format!("test-token-{}", unique("t"));
-        let deps = worker::build_dependencies(self.config(), self.telemetry.clone()).unwrap();
+        let deps = worker::build_dependencies(self.config(), self.telemetry.clone(), &self.client)
+            .unwrap();
         let state = std::sync::Arc::new(rtmanager::http::BridgeState::new(
             self.client.clone(),
             self.config().task_queue.clone(),

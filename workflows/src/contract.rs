@@ -36,6 +36,11 @@ activity_contract!(
     AcquireLease = "AcquireLease": AcquireLeaseInput => LeaseOutcome
 );
 activity_contract!(
+    /// Whether Redis holds exactly this token as the game's lease now: how an operation that
+    /// inherits a parent's token proves the token is real and current before it does anything.
+    CheckLease = "CheckLease": CheckLeaseInput => bool
+);
+activity_contract!(
     /// Gives the lease back if, and only if, this token still holds it (compare-and-delete).
     ReleaseLease = "ReleaseLease": ReleaseLeaseInput => bool
 );
@@ -90,6 +95,13 @@ pub struct AcquireLeaseInput {
     pub secret: String,
 }
 
+/// Input of [`CheckLease`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckLeaseInput {
+    pub game_id: GameId,
+    pub token: LeaseToken,
+}
+
 /// Result of [`AcquireLease`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -116,6 +128,10 @@ pub struct LoadedRecord {
     /// activities re-run whole) and must continue from its own write, not mistake it for
     /// another operation's.
     pub written_by_this_operation: bool,
+    /// The container the last write acted on. A removal clears the record's container, so a
+    /// re-run after a crash that followed its own removal reads the container it found here.
+    #[serde(default)]
+    pub last_container_id: Option<String>,
 }
 
 /// Input of [`ReleaseLease`].
@@ -151,6 +167,9 @@ pub struct RecordRunningInput {
     pub game_id: GameId,
     pub operation_id: String,
     pub fence: u64,
+    /// The writer's lease: the write happens only while Redis holds exactly this token.
+    #[serde(default)]
+    pub lease: Option<LeaseToken>,
     pub container_id: String,
     pub image_ref: ImageRef,
 }
@@ -188,6 +207,10 @@ pub struct UpdateStatusInput {
     pub to: RuntimeStatus,
     /// The writer's lease fence: a row written under a higher fence is not overwritten.
     pub fence: u64,
+    /// The writer's lease: the write happens only while Redis holds exactly this token, so no
+    /// write carries a fence the lease counter did not issue to a live holder.
+    #[serde(default)]
+    pub lease: Option<LeaseToken>,
 }
 
 /// Result of [`UpdateStatus`].
@@ -202,6 +225,9 @@ pub enum UpdateStatusOutcome {
     Fenced { current: RuntimeRecord },
     /// The row is gone.
     NotFound,
+    /// Redis no longer holds the writer's lease (it expired and was taken, or the token was
+    /// never issued): nothing was written.
+    LeaseLost,
 }
 
 /// A health event, as published to `runtime:health_events` and kept in `health_snapshots`.

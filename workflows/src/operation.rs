@@ -18,7 +18,10 @@ use crate::{
         AcquireLease, AcquireLeaseInput, AppendOperationLog, LeaseOutcome, OperationEntry,
         ReleaseLease, ReleaseLeaseInput,
     },
-    support::{fast_step, operation_id, request_bytes, workflow_now, Cancel, StepFailure},
+    support::{
+        fast_step, fast_step_within, operation_id, request_bytes, workflow_now, Cancel,
+        StepFailure, FAST_STEP_TIMEOUT,
+    },
     StepSettings,
 };
 
@@ -157,7 +160,7 @@ impl<'a, W> Op<'a, W> {
         // From the workflow's seeded random stream: deterministic on replay, so a retried
         // acquire recognises its own lease; unpredictable to anyone without the history.
         let secret = format!("{}{}", self.ctx.uuid4(), self.ctx.uuid4()).replace('-', "");
-        let acquired = fast_step(
+        let acquired = fast_step_within(
             self.ctx,
             self.settings,
             AcquireLease,
@@ -167,6 +170,7 @@ impl<'a, W> Op<'a, W> {
             },
             self.settings.fast_step_attempts,
             Cancel::WithWorkflow,
+            FAST_STEP_TIMEOUT + self.settings.lease_lock_delay,
         )
         .await;
         match acquired {

@@ -30,6 +30,9 @@ pub struct StepSettings {
     pub fast_step_attempts: u32,
     /// Attempts of a Docker call before `service_unavailable` is returned.
     pub docker_attempts: u32,
+    /// How long after its holder workflow closed a lease may be taken over; the lease acquire
+    /// may wait this long, so its attempt timeout grows by it.
+    pub lease_lock_delay: Duration,
 }
 
 impl Default for StepSettings {
@@ -41,6 +44,7 @@ impl Default for StepSettings {
             local_docker_steps: true,
             fast_step_attempts: 5,
             docker_attempts: 4,
+            lease_lock_delay: Duration::from_secs(3),
         }
     }
 }

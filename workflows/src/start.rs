@@ -62,7 +62,7 @@ impl StartRuntimeWorkflow {
             None,
         ));
         if let Some(token) = &request.lease_token {
-            return Ok(match inherited_lease(&op, token).await {
+            return Ok(match inherited_lease(&op, &request.game_id, token).await {
                 Ok(token) => start_under_lease(&op, &request, &token).await,
                 Err(output) => output,
             });
@@ -153,6 +153,7 @@ async fn start_under_lease<W>(
             game_id: game_id.clone(),
             operation_id: op.operation_id.clone(),
             fence: lease.fence().unwrap_or_default(),
+            lease: Some(lease.clone()),
             container_id: container_id.clone(),
             image_ref: request.image_ref.clone(),
         },
@@ -169,7 +170,9 @@ async fn start_under_lease<W>(
             op.success(record, touched(Some(&container_id))).await
         }
         Ok(
-            outcome @ (UpdateStatusOutcome::Conflict { .. } | UpdateStatusOutcome::Fenced { .. }),
+            outcome @ (UpdateStatusOutcome::Conflict { .. }
+            | UpdateStatusOutcome::Fenced { .. }
+            | UpdateStatusOutcome::LeaseLost),
         ) => {
             // Never leave a container nobody records.
             remove_container(op, game_id, container_id.clone()).await;
@@ -177,6 +180,12 @@ async fn start_under_lease<W>(
                 UpdateStatusOutcome::Fenced { .. } => {
                     "the game's lease expired during the start and a newer operation wrote the \
                      record; this stale write was refused and its container removed"
+                        .to_owned()
+                }
+                UpdateStatusOutcome::LeaseLost => {
+                    "the game's lease is no longer held by this operation (it expired, and \
+                     another operation may hold it); this stale write was refused and its \
+                     container removed"
                         .to_owned()
                 }
                 _ => "the runtime record changed during the start; its container was removed"

@@ -70,7 +70,7 @@ impl StopRuntimeWorkflow {
 /// token: run only).
 async fn handle<W>(op: &Op<'_, W>, request: &StopRequest) -> OperationOutput {
     if let Some(token) = &request.lease_token {
-        return match inherited_lease(op, token).await {
+        return match inherited_lease(op, &request.game_id, token).await {
             Ok(token) => run_under_lease(op, request, &token).await,
             Err(output) => output,
         };
@@ -98,10 +98,19 @@ async fn run_under_lease<W>(
         // first run would have (the health event is published at most once per operation).
         Ok(Some(loaded)) if loaded.written_by_this_operation => {
             let record = loaded.record;
+            // The removal cleared the record's container: the one this operation found is
+            // the one its last write acted on.
+            let touched = Touched {
+                container_id: record
+                    .current_container_id
+                    .clone()
+                    .or(loaded.last_container_id),
+                image_ref: record.current_image_ref.clone(),
+            };
             if record.status == RuntimeStatus::Removed {
-                publish_disappeared(op, request, &record, None).await;
+                publish_disappeared(op, request, &record, touched.container_id.clone()).await;
             }
-            return op.success(record.clone(), Touched::of(&record)).await;
+            return op.success(record, touched).await;
         }
         Ok(Some(loaded)) => loaded.record,
         Ok(None) => return op.record_missing(game_id).await,
@@ -165,6 +174,11 @@ async fn run_under_lease<W>(
             op.failure(ErrorCode::Conflict, message, Touched::of(&existing))
                 .await
         }
+        Ok(UpdateStatusOutcome::LeaseLost) => {
+            let message = lease_lost_message();
+            op.failure(ErrorCode::Conflict, message, Touched::of(&existing))
+                .await
+        }
         Ok(UpdateStatusOutcome::NotFound) => {
             let message = format!(
                 "runtime record for game {:?} vanished mid-stop",
@@ -208,6 +222,15 @@ async fn handle_vanished<W>(
                 .failure(
                     ErrorCode::Conflict,
                     fenced_message(),
+                    Touched::of(&existing),
+                )
+                .await
+        }
+        Ok(UpdateStatusOutcome::LeaseLost) => {
+            return op
+                .failure(
+                    ErrorCode::Conflict,
+                    lease_lost_message(),
                     Touched::of(&existing),
                 )
                 .await
@@ -276,6 +299,7 @@ async fn update_status<W>(
             expected_container_id: Some(container_id),
             to,
             fence: lease.fence().unwrap_or_default(),
+            lease: Some(lease.clone()),
         },
         op.settings.fast_step_attempts,
         // The container is already stopped: record it even if the caller gave up meanwhile.
@@ -283,6 +307,12 @@ async fn update_status<W>(
     )
     .await
     .map_err(StepFailure::from)
+}
+
+fn lease_lost_message() -> String {
+    "the game's lease is no longer held by this operation (it expired, and another operation \
+     may hold it); this stale write was refused"
+        .into()
 }
 
 fn fenced_message() -> String {

@@ -1,0 +1,1 @@
+ALTER TABLE runtime_records DROP COLUMN last_container_id;

@@ -1,0 +1,297 @@
+//! The game lease against forged, stale and orphaned holders: an inherited `lease_token` must be
+//! the one Redis holds, a record wedged by a fence no lease can reach is repaired by
+//! `rtmanager reset-fence`, and a lease whose holder workflow closed is taken over after the
+//! lock-delay instead of the TTL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    eventually, rtmanager_command, worker_process, worker_process_with, TestApp, TestConfig,
+};
+use redis::AsyncCommands;
+use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
+use temporalio_client::WorkflowTerminateOptions;
+
+/// A fence near the top of the column: what a forged `"<n>:<x>"` token would carry.
+const FORGED_FENCE: i64 = i64::MAX - 7;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_inherited_token_is_a_conflict_that_writes_nothing() {
+    let mut app = TestApp::spawn().await;
+    let game = app.new_game("forged");
+    let image = common::game_image();
+    assert!(app.start(&game, &image).await.is_success());
+    let record = app.record(&game).await.unwrap();
+    let container = record.current_container_id.clone().unwrap();
+    let fence_before = app.record_fence(&game).await;
+    let forged = format!("{FORGED_FENCE}:not-issued-by-rtmanager");
+
+    let stop = app
+        .stop_raw(&format!(
+            r#"{{"game_id":"{game}","reason":"admin","op_source":"admin","lease_token":"{forged}"}}"#
+        ))
+        .await;
+    let start = app
+        .execute(
+            "StartRuntime",
+            &format!(
+                r#"{{"game_id":"{game}","image_ref":"rtmanager-game:v2","op_source":"admin","lease_token":"{forged}"}}"#
+            ),
+        )
+        .await;
+
+    for out in [&stop, &start] {
+        assert_eq!(out.outcome, Outcome::Failure, "{out:?}");
+        assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
+        assert!(
+            out.error_message
+                .as_deref()
+                .unwrap()
+                .contains("not the game's current lease"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(
+        app.record_fence(&game).await,
+        fence_before,
+        "fence untouched"
+    );
+    assert_eq!(app.record(&game).await.unwrap(), record, "record untouched");
+    assert_eq!(app.container_running(&container).await, Some(true));
+    assert_eq!(
+        app.containers_of(&game).await.len(),
+        1,
+        "no container created"
+    );
+    assert_eq!(
+        app.lease_holder(&game).await,
+        None,
+        "no lease taken or left"
+    );
+
+    // The game still stops and starts normally.
+    let out = app.stop(&game).await;
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    let out = app.start(&game, &image).await;
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_inherited_token_is_a_conflict() {
+    let mut app = TestApp::spawn().await;
+    let game = app.new_game("stale");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    // A token that was real once: issued, then replaced by a newer holder's.
+    let key = app.lease_key(&game);
+    let _: () = app
+        .redis
+        .clone()
+        .set_ex(&key, "1000:newer-holder", 60)
+        .await
+        .unwrap();
+
+    let out = app
+        .stop_raw(&format!(
+            r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"999:older-holder"}}"#
+        ))
+        .await;
+
+    assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
+    assert_eq!(app.container_running(&cid).await, Some(true));
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Running
+    );
+    assert_eq!(
+        app.lease_holder(&game).await.as_deref(),
+        Some("1000:newer-holder")
+    );
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1, "the refusal is audited");
+    assert_eq!(rows[0].error_code.as_deref(), Some("conflict"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_fence_repairs_a_record_wedged_by_an_unreachable_fence() {
+    let mut app = TestApp::spawn().await;
+    let game = app.new_game("wedged");
+    let image = common::game_image();
+    assert!(app.start(&game, &image).await.is_success());
+    assert!(app.stop(&game).await.is_success());
+    // What a forged token wrote before inherited tokens were checked.
+    app.set_record_fence(&game, FORGED_FENCE).await;
+    let out = app.start(&game, &image).await;
+    assert_eq!(out.error_code, Some(ErrorCode::Conflict), "wedged: {out:?}");
+
+    let repaired = rtmanager_command(app.config())
+        .args(["--json", "reset-fence", &game])
+        .output()
+        .expect("run rtmanager reset-fence");
+    assert!(
+        repaired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repaired.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&repaired.stdout).unwrap();
+    assert_eq!(report["previous_fence"], FORGED_FENCE);
+    let fence = app.record_fence(&game).await;
+    assert!(fence > 0 && fence < FORGED_FENCE, "fence {fence}");
+    assert_eq!(
+        app.lease_holder(&game).await,
+        None,
+        "the repair released its lease"
+    );
+
+    let out = app.start(&game, &image).await;
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    assert!(
+        app.record_fence(&game).await > fence,
+        "the next lease fences higher"
+    );
+    assert!(app.stop(&game).await.is_success());
+
+    // A game without a record, and a bad id, are refused.
+    let missing = rtmanager_command(app.config())
+        .args(["reset-fence", "no-such-game"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let bad = rtmanager_command(app.config())
+        .args(["reset-fence", "-bad id"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
+    let mut cfg = TestConfig::new();
+    cfg.config.lease_ttl = Duration::from_secs(120);
+    cfg.config.lease_lock_delay = Duration::from_millis(1500);
+    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
+        .await
+        .unwrap();
+    let mut app = TestApp::without_worker(cfg).await;
+    let game = app.new_game("orphan");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+
+    // A stop that takes the lease, then stalls before Docker; the operator terminates it.
+    let mut stalled = worker_process_with(
+        app.config(),
+        &[("RTMANAGER_FAULTS", "before:StopContainer=sleep:600000")],
+    );
+    let handle = app
+        .start_workflow(
+            "StopRuntime",
+            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
+        )
+        .await;
+    let dead_token = eventually(
+        "the stalled stop to take the lease",
+        Duration::from_secs(30),
+        || async { app.lease_holder(&game).await },
+    )
+    .await;
+    handle
+        .terminate(
+            WorkflowTerminateOptions::builder()
+                .reason("operator gave up")
+                .build(),
+        )
+        .await
+        .unwrap();
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    assert_eq!(
+        app.lease_holder(&game).await.as_deref(),
+        Some(dead_token.as_str()),
+        "left behind"
+    );
+
+    let mut worker = worker_process(app.config());
+    let began = Instant::now();
+    let out = app.stop(&game).await;
+    let took = began.elapsed();
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "taken over in {took:?}, not after the TTL"
+    );
+    assert_eq!(app.container_running(&cid).await, Some(false));
+    assert_eq!(
+        app.lease_holder(&game).await,
+        None,
+        "the new holder released it"
+    );
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1, "the terminated stop wrote no row: {rows:?}");
+    let dead_fence: i64 = dead_token.split(':').next().unwrap().parse().unwrap();
+    assert!(
+        app.record_fence(&game).await > dead_fence,
+        "a higher fence than the dead holder's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
+    let mut cfg = TestConfig::new();
+    cfg.config.lease_lock_delay = Duration::from_millis(200);
+    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
+        .await
+        .unwrap();
+    let mut app = TestApp::without_worker(cfg).await;
+    let game = app.new_game("alive");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    let mut worker = worker_process_with(
+        app.config(),
+        &[("RTMANAGER_FAULTS", "before:StopContainer=sleep:4000")],
+    );
+    let first = app
+        .start_workflow(
+            "StopRuntime",
+            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
+        )
+        .await;
+    eventually(
+        "the first stop to take the lease",
+        Duration::from_secs(30),
+        || async { app.lease_holder(&game).await },
+    )
+    .await;
+
+    let second = app.stop(&game).await;
+    let first = rtmanager::client::result(&first).await.unwrap();
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    assert_eq!(second.error_code, Some(ErrorCode::Conflict), "{second:?}");
+    assert_eq!(
+        (first.outcome, first.error_code),
+        (Outcome::Success, None),
+        "{first:?}"
+    );
+}

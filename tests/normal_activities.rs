@@ -1,0 +1,211 @@
+//! The same operations with every step a normal activity (`RTMANAGER_LOCAL_FAST_STEPS=false`,
+//! `RTMANAGER_LOCAL_DOCKER_STEPS=false`): what an operator switches to in order to see pending
+//! activities and their retries in the Web UI. Each step is then scheduled through the server,
+//! and a crashed worker's step is retried elsewhere after its heartbeat timeout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{worker_process, worker_process_with, TestApp, TestConfig};
+use rtmanager_domain::{Outcome, RuntimeStatus};
+
+fn normal_steps(config: &mut rtmanager::Config) {
+    config.local_fast_steps = false;
+    config.local_docker_steps = false;
+}
+
+/// The activity types scheduled as normal activities in a workflow's history.
+async fn scheduled_activities(app: &TestApp, workflow_id: &str) -> Vec<String> {
+    let output = std::process::Command::new(common::temporal_cli())
+        .args([
+            "workflow",
+            "show",
+            "--output",
+            "json",
+            "--address",
+            app.config().temporal_address.trim_start_matches("http://"),
+            "--namespace",
+            &app.config().namespace,
+            "--workflow-id",
+            workflow_id,
+        ])
+        .output()
+        .expect("run temporal workflow show");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let history: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| {
+            event["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_start_restart_and_patch_run_with_normal_activities() {
+    let mut app = TestApp::spawn_with(normal_steps).await;
+    let game = app.new_game("normal");
+    let image = common::game_image();
+
+    let out = app.start(&game, &image).await;
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+
+    let handle = app
+        .start_workflow(
+            "StopRuntime",
+            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
+        )
+        .await;
+    let out = rtmanager::client::result(&handle).await.unwrap();
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    let steps = scheduled_activities(&app, &handle.info().workflow_id).await;
+    for step in [
+        "AcquireLease",
+        "LoadRecord",
+        "StopContainer",
+        "UpdateStatus",
+        "AppendOperationLog",
+        "ReleaseLease",
+    ] {
+        assert!(
+            steps.iter().any(|s| s == step),
+            "{step} scheduled as an activity: {steps:?}"
+        );
+    }
+
+    let out = app
+        .execute(
+            "RestartRuntime",
+            &format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#),
+        )
+        .await;
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    let out = app
+        .execute(
+            "PatchRuntime",
+            &format!(
+                r#"{{"game_id":"{game}","image_ref":"rtmanager-game:v2","op_source":"admin"}}"#
+            ),
+        )
+        .await;
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    let record = app.record(&game).await.unwrap();
+    assert_eq!(
+        record.current_image_ref.as_deref(),
+        Some("rtmanager-game:v2")
+    );
+    assert_eq!(app.containers_of(&game).await.len(), 1);
+    let kinds: Vec<String> = app
+        .op_log(&game)
+        .await
+        .into_iter()
+        .map(|r| r.op_kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["start", "stop", "stop", "start", "restart", "stop", "start", "patch"]
+    );
+    assert_eq!(app.lease_holder(&game).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vanished_path_runs_with_normal_activities() {
+    let mut app = TestApp::spawn_with(normal_steps).await;
+    let game = app.new_game("normal-vanish");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+    app.remove_container(&cid).await;
+
+    let out = app.stop(&game).await;
+
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Removed
+    );
+    let events = app.health_events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["container_id"], cid);
+    assert_eq!(app.lease_holder(&game).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_docker_stop_is_retried_elsewhere_with_normal_activities() {
+    let mut cfg = TestConfig::new();
+    normal_steps(&mut cfg.config);
+    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
+        .await
+        .unwrap();
+    let mut app = TestApp::without_worker(cfg).await;
+    let game = app.new_game("normal-crash");
+    let cid = app.game_container(&game, None).await;
+    app.insert_record(&game, "running", Some(&cid)).await;
+
+    let mut doomed = worker_process_with(
+        app.config(),
+        &[("RTMANAGER_FAULTS", "after:StopContainer=abort")],
+    );
+    let handle = app
+        .start_workflow(
+            "StopRuntime",
+            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
+        )
+        .await;
+    let exited = tokio::task::spawn_blocking(move || doomed.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !exited.success(),
+        "the worker aborted after the Docker stop"
+    );
+    let mut fresh = worker_process(app.config());
+    let out = tokio::time::timeout(Duration::from_secs(120), rtmanager::client::result(&handle))
+        .await
+        .expect("the stop finishes on the fresh worker")
+        .unwrap();
+    let _ = fresh.kill();
+    let _ = fresh.wait();
+
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (Outcome::Success, None),
+        "{out:?}"
+    );
+    assert_eq!(
+        app.record(&game).await.unwrap().status,
+        RuntimeStatus::Stopped
+    );
+    assert_eq!(app.container_running(&cid).await, Some(false));
+    assert_eq!(app.op_log(&game).await.len(), 1, "one audit row");
+    assert_eq!(app.lease_holder(&game).await, None);
+}
