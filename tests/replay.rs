@@ -2,8 +2,11 @@
 //! the SDK's replayer against the current workflow code. A change that alters the command
 //! sequence of an existing path fails here, in CI, before it can break running workflows.
 //!
-//! Re-record (after an intended, versioned change) with:
-//! `scripts/dev test --test replay -- --ignored record_histories`
+//! Record the histories of new paths with:
+//! `scripts/dev test --test replay -- --ignored record_histories`. Histories already recorded
+//! are kept: they are what workflows started by older code look like, and they must keep
+//! replaying (a versioned change gates its new commands behind `patched`). Set
+//! `RTMANAGER_RECORD_ALL=1` to re-record every one.
 
 mod common;
 
@@ -105,6 +108,31 @@ async fn record_histories() {
     inputs.push(("stop_conflict", "StopRuntime", stop_json(&busy)));
 
     inputs.push(("stop_not_found", "StopRuntime", stop_json(&unique("rec"))));
+
+    // A child's stop under its parent's lease: the token is checked against Redis first.
+    let child = unique("rec");
+    let child_cid = app.game_container(&child, None).await;
+    app.insert_record(&child, "running", Some(&child_cid)).await;
+    let _: () = app
+        .redis
+        .clone()
+        .set_ex(app.lease_key(&child), "42:rec-parent", 60)
+        .await
+        .unwrap();
+    inputs.push((
+        "stop_inherited_lease",
+        "StopRuntime",
+        format!(
+            r#"{{"game_id":"{child}","reason":"restart","op_source":"admin","lease_token":"42:rec-parent"}}"#
+        ),
+    ));
+    inputs.push((
+        "stop_forged_lease",
+        "StopRuntime",
+        format!(
+            r#"{{"game_id":"{child}","reason":"restart","op_source":"admin","lease_token":"43:forged"}}"#
+        ),
+    ));
     inputs.push((
         "stop_invalid_request",
         "StopRuntime",
@@ -129,7 +157,12 @@ async fn record_histories() {
     inputs.push(("start_image_missing", "StartRuntime", missing));
 
     let mut written = HashMap::new();
+    let all = std::env::var("RTMANAGER_RECORD_ALL").is_ok_and(|v| v == "1");
     for (name, workflow_type, input) in inputs {
+        let path = histories_dir().join(format!("{name}.json"));
+        if path.exists() && !all {
+            continue;
+        }
         let workflow_id = unique("rec");
         let handle = rtmanager::client::start(
             &app.client,
@@ -147,7 +180,7 @@ async fn record_histories() {
             .to_json()
             .await
             .unwrap();
-        std::fs::write(histories_dir().join(format!("{name}.json")), &json).unwrap();
+        std::fs::write(&path, &json).unwrap();
         written.insert(name, json.len());
     }
     eprintln!("recorded {written:?}");
