@@ -99,6 +99,7 @@ pub enum Side {
 }
 
 impl Side {
+    /// The side's name in the table and the JSON report.
     pub fn name(self) -> &'static str {
         match self {
             Side::Http => "http",
@@ -110,8 +111,11 @@ impl Side {
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
+    /// Median latency.
     pub p50_ms: f64,
+    /// 95th percentile latency.
     pub p95_ms: f64,
+    /// How many stops the percentiles come from.
     pub samples: usize,
 }
 
@@ -122,11 +126,15 @@ pub struct MassRun {
     pub order: usize,
     /// The round, from 1; every round has one run per side.
     pub round: usize,
+    /// Which side ran.
     pub side: Side,
+    /// Containers stopped at once.
     pub games: usize,
+    /// From the first stop request to the last answer.
     pub wall_s: f64,
     /// Successful stops per second of wall time.
     pub stops_per_s: f64,
+    /// Stops that did not end in success.
     pub failed: usize,
     /// The worker's peak RSS during this run (HTTP runs; null for bollard runs).
     pub worker_peak_rss_mib: Option<f64>,
@@ -137,14 +145,21 @@ pub struct MassRun {
 /// The whole report (`--json` prints it as is).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Cores, memory and kernel of the machine measured.
     pub machine: String,
+    /// Docker network mode of the bench containers.
     pub network: String,
+    /// Single stops through the HTTP bridge.
     pub single_http: Percentiles,
+    /// Single bare bollard stops, alternating with the HTTP ones.
     pub single_bollard: Percentiles,
+    /// HTTP p50 over bollard p50: what durability costs a stop.
     pub single_ratio_p50: f64,
+    /// Stops of already stopped games through HTTP (`replay_no_op`): orchestration alone.
     pub replay_http: Percentiles,
     /// Games in each mass run.
     pub mass_games: usize,
+    /// Rounds of one mass run per side.
     pub mass_rounds: usize,
     /// Every mass run, in the order they ran.
     pub mass_runs: Vec<MassRun>,

@@ -1,9 +1,15 @@
-//! Starting rtmanager's workflows from Rust: the CLI's client commands and the tests. Inputs
-//! are sent as raw JSON so that exactly what a `temporal` CLI user would send can be sent here
-//! too, including input the workflow must reject.
+//! The one door from a way in to a workflow. The HTTP bridge, the stream consumer and the CLI
+//! hand it a parsed [`LifecycleRequest`] and the [`Origin`] it came from; this module alone knows
+//! the workflow type of each verb, how workflow ids are derived, the id-reuse policy that makes
+//! a repeated request join its first run, and eager start.
+//!
+//! Inputs go as raw JSON, so that exactly what a `temporal` CLI user would send can be sent here
+//! too (the tests send input the workflow must reject through [`start_raw`]). Nothing outside
+//! this module names a workflow type; the workflows pin the same names with `#[run(name)]`.
 
 use std::collections::HashMap;
 
+use serde_json::Value;
 use temporalio_client::{
     errors::WorkflowStartError, Client, UntypedWorkflow, WorkflowGetResultOptions, WorkflowHandle,
     WorkflowIdReusePolicy, WorkflowStartOptions,
@@ -13,34 +19,163 @@ use temporalio_common::{
     protos::{temporal::api::common::v1::Payload, ENCODING_PAYLOAD_KEY, JSON_ENCODING_VAL},
 };
 
-use rtmanager_domain::OperationOutput;
-
-/// Wraps JSON bytes as the single `json/plain` payload the workflows expect.
-pub fn json_input(json: &[u8]) -> RawValue {
-    RawValue::new(vec![Payload {
-        metadata: HashMap::from([(
-            ENCODING_PAYLOAD_KEY.to_owned(),
-            JSON_ENCODING_VAL.as_bytes().to_vec(),
-        )]),
-        data: json.to_vec(),
-        ..Default::default()
-    }])
-}
+use rtmanager_domain::{GameId, LifecycleRequest, OpKind, OperationOutput, SourceRef};
 
 /// A started rtmanager workflow.
 pub type Handle = WorkflowHandle<Client, UntypedWorkflow>;
 
-/// Starts `workflow_type` (e.g. `StopRuntime`) with `input` on `task_queue`.
+/// The workflow type Temporal stores for each verb; the workflows pin the same names with
+/// `#[run(name = ...)]`.
+pub fn workflow_type(kind: OpKind) -> &'static str {
+    match kind {
+        OpKind::Start => "StartRuntime",
+        OpKind::Stop => "StopRuntime",
+        OpKind::Restart => "RestartRuntime",
+        OpKind::Patch => "PatchRuntime",
+    }
+}
+
+/// Where an operation came from, with its idempotency key: together with the verb and the game
+/// it names the workflow, so the same request through the same way in is one operation.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The HTTP bridge: `X-Request-Id`, the caller's or a fresh one.
+    Http {
+        /// The caller's `X-Request-Id`, or a fresh one.
+        request_id: SourceRef,
+    },
+    /// A `runtime:stop_jobs` entry; `attempt` counts the retries after a held lease.
+    Stream {
+        /// The stream's name (`runtime:stop_jobs` by contract).
+        stream: String,
+        /// The entry id: the same entry redelivered joins the same workflow.
+        entry_id: String,
+        /// 0 for the first run; each retry after a held lease is a new operation.
+        attempt: u32,
+    },
+    /// An operator's CLI invocation: a fresh id each time.
+    Cli,
+}
+
+/// One operation ready to start: its verb, workflow input and workflow id.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    kind: OpKind,
+    input: Value,
+    workflow_id: String,
+}
+
+impl Operation {
+    /// The operation for a parsed request.
+    pub fn new(request: &LifecycleRequest, origin: &Origin) -> Self {
+        let kind = request.kind();
+        Self {
+            kind,
+            input: request.to_json(),
+            workflow_id: workflow_id(kind, Some(request.game_id()), origin),
+        }
+    }
+
+    /// A request the edge could not parse but the workflow must still see, so that it is
+    /// audited as `invalid_request` (a malformed stream entry, acknowledged afterwards).
+    pub fn unparsed(kind: OpKind, input: Value, origin: &Origin) -> Self {
+        Self {
+            kind,
+            input,
+            workflow_id: workflow_id(kind, None, origin),
+        }
+    }
+
+    /// The id the workflow runs under: the operation's identity in Temporal.
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+}
+
+/// `<way in>-<verb>-...`: HTTP `http-<verb>-<game>-<request id>`, stream
+/// `stream-<verb>-<stream>-<entry id>` (`-retry<n>` after a held lease), CLI
+/// `cli-<verb>-<game>-<uuid>`.
+fn workflow_id(kind: OpKind, game: Option<&GameId>, origin: &Origin) -> String {
+    let game = game.map_or("", GameId::as_str);
+    match origin {
+        Origin::Http { request_id } => format!("http-{kind}-{game}-{}", request_id.as_str()),
+        Origin::Stream {
+            stream,
+            entry_id,
+            attempt: 0,
+        } => format!("stream-{kind}-{stream}-{entry_id}"),
+        Origin::Stream {
+            stream,
+            entry_id,
+            attempt,
+        } => format!("stream-{kind}-{stream}-{entry_id}-retry{attempt}"),
+        Origin::Cli => format!("cli-{kind}-{game}-{}", uuid::Uuid::new_v4()),
+    }
+}
+
+/// Starts the operation's workflow unless it exists, then waits for its output: one id is one
+/// operation. Whether the workflow with that id is running or closed (`RejectDuplicate`: never
+/// re-run), the start answers "already started" and its output is awaited instead. This is what
+/// makes an HTTP retry with the same `X-Request-Id`, or a redelivered stream entry, safe.
+pub async fn run(
+    client: &Client,
+    task_queue: &str,
+    operation: &Operation,
+) -> anyhow::Result<OperationOutput> {
+    let started = std::time::Instant::now();
+    let handle = start(client, task_queue, operation).await?;
+    let start_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let output = result(&handle).await;
+    tracing::debug!(
+        workflow_id = operation.workflow_id,
+        start_ms,
+        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "workflow round trip"
+    );
+    output
+}
+
+/// The durable half of [`run`]: returns once the workflow exists (started now, or joined).
 pub async fn start(
     client: &Client,
     task_queue: &str,
-    workflow_type: &str,
+    operation: &Operation,
+) -> anyhow::Result<Handle> {
+    let options = WorkflowStartOptions::new(task_queue, &operation.workflow_id)
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        // Taken only when a worker on this client has a free slot (`rtmanager run`).
+        .enable_eager_workflow_start(true)
+        .build();
+    let input = json_input(operation.input.to_string().as_bytes());
+    match client
+        .start_workflow(
+            UntypedWorkflow::new(workflow_type(operation.kind)),
+            input,
+            options,
+        )
+        .await
+    {
+        Ok(handle) => Ok(handle),
+        Err(WorkflowStartError::AlreadyStarted { .. }) => {
+            Ok(client.get_workflow_handle::<UntypedWorkflow>(&operation.workflow_id))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Starts a workflow of `kind` with exactly `input` under `workflow_id`, without the join
+/// policy: for tests and tools that must send what any Temporal client could, including input
+/// the workflow must reject.
+pub async fn start_raw(
+    client: &Client,
+    task_queue: &str,
+    kind: OpKind,
     workflow_id: &str,
     input: RawValue,
 ) -> anyhow::Result<Handle> {
     let options = WorkflowStartOptions::new(task_queue, workflow_id).build();
     Ok(client
-        .start_workflow(UntypedWorkflow::new(workflow_type), input, options)
+        .start_workflow(UntypedWorkflow::new(workflow_type(kind)), input, options)
         .await?)
 }
 
@@ -56,63 +191,76 @@ pub async fn result(handle: &Handle) -> anyhow::Result<OperationOutput> {
     Ok(serde_json::from_slice(&payload.data)?)
 }
 
-/// Starts a workflow and waits for its output.
-pub async fn execute(
-    client: &Client,
-    task_queue: &str,
-    workflow_type: &str,
-    workflow_id: &str,
-    input: RawValue,
-) -> anyhow::Result<OperationOutput> {
-    let handle = start(client, task_queue, workflow_type, workflow_id, input).await?;
-    result(&handle).await
+/// Wraps JSON bytes as the single `json/plain` payload the workflows expect.
+pub fn json_input(json: &[u8]) -> RawValue {
+    RawValue::new(vec![Payload {
+        metadata: HashMap::from([(
+            ENCODING_PAYLOAD_KEY.to_owned(),
+            JSON_ENCODING_VAL.as_bytes().to_vec(),
+        )]),
+        data: json.to_vec(),
+        ..Default::default()
+    }])
 }
 
-/// Starts the workflow `workflow_id` unless it exists, then waits for its output: one id is one
-/// operation. Whether the workflow with that id is running or closed (`RejectDuplicate`: never
-/// re-run), the start answers "already started" and its output is awaited instead. This is what makes an HTTP retry
-/// with the same `X-Request-Id`, or a redelivered stream entry, safe.
-pub async fn run_once(
-    client: &Client,
-    task_queue: &str,
-    workflow_type: &str,
-    workflow_id: &str,
-    input: RawValue,
-) -> anyhow::Result<OperationOutput> {
-    let started = std::time::Instant::now();
-    let handle = start_once(client, task_queue, workflow_type, workflow_id, input).await?;
-    let start_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let output = result(&handle).await;
-    tracing::debug!(
-        workflow_id,
-        start_ms,
-        total_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "workflow round trip"
-    );
-    output
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The durable half of [`run_once`]: returns once the workflow exists.
-pub async fn start_once(
-    client: &Client,
-    task_queue: &str,
-    workflow_type: &str,
-    workflow_id: &str,
-    input: RawValue,
-) -> anyhow::Result<Handle> {
-    let options = WorkflowStartOptions::new(task_queue, workflow_id)
-        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-        // Taken only when a worker on this client has a free slot (`rtmanager run`).
-        .enable_eager_workflow_start(true)
-        .build();
-    match client
-        .start_workflow(UntypedWorkflow::new(workflow_type), input, options)
-        .await
-    {
-        Ok(handle) => Ok(handle),
-        Err(WorkflowStartError::AlreadyStarted { .. }) => {
-            Ok(client.get_workflow_handle::<UntypedWorkflow>(workflow_id))
-        }
-        Err(err) => Err(err.into()),
+    fn stop(game: &str) -> LifecycleRequest {
+        LifecycleRequest::from_json(
+            OpKind::Stop,
+            format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"rest"}}"#).as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_same_request_id_names_the_same_workflow() {
+        let origin = Origin::Http {
+            request_id: SourceRef::parse("req-1").unwrap(),
+        };
+        let a = Operation::new(&stop("g-1"), &origin);
+        let b = Operation::new(&stop("g-1"), &origin);
+        assert_eq!(a.workflow_id(), b.workflow_id());
+        assert_eq!(a.workflow_id(), "http-stop-g-1-req-1");
+        assert_ne!(
+            a.workflow_id(),
+            Operation::new(&stop("g-2"), &origin).workflow_id()
+        );
+    }
+
+    #[test]
+    fn stream_retries_and_cli_calls_get_ids_of_their_own() {
+        let entry = |attempt| Origin::Stream {
+            stream: "runtime:stop_jobs".into(),
+            entry_id: "1-0".into(),
+            attempt,
+        };
+        let first = Operation::new(&stop("g"), &entry(0));
+        assert_eq!(first.workflow_id(), "stream-stop-runtime:stop_jobs-1-0");
+        let retry = Operation::unparsed(OpKind::Stop, Value::Null, &entry(2));
+        assert_eq!(
+            retry.workflow_id(),
+            "stream-stop-runtime:stop_jobs-1-0-retry2"
+        );
+        let cli = |_| Operation::new(&stop("g"), &Origin::Cli).workflow_id;
+        assert_ne!(cli(1), cli(2));
+    }
+
+    #[test]
+    fn every_verb_has_its_pinned_workflow_type() {
+        let types: Vec<_> = [OpKind::Start, OpKind::Stop, OpKind::Restart, OpKind::Patch]
+            .map(workflow_type)
+            .to_vec();
+        assert_eq!(
+            types,
+            [
+                "StartRuntime",
+                "StopRuntime",
+                "RestartRuntime",
+                "PatchRuntime"
+            ]
+        );
     }
 }

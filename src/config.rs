@@ -10,10 +10,12 @@ use rtmanager_workflows::StepSettings;
 pub struct SecretUrl(String);
 
 impl SecretUrl {
+    /// Wraps a URL whose password must never reach a log line.
     pub fn new(url: impl Into<String>) -> Self {
         Self(url.into())
     }
 
+    /// The URL with its password, for the client that connects; never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -37,13 +39,19 @@ impl fmt::Debug for SecretUrl {
 pub struct Config {
     /// Temporal frontend, e.g. `http://127.0.0.1:7233`.
     pub temporal_address: String,
+    /// Temporal namespace the worker polls and the bridge and consumer start workflows in.
     pub namespace: String,
+    /// The worker polls it; the bridge, consumer and CLI start workflows on it. One per test.
     pub task_queue: String,
+    /// PostgreSQL; `Debug` hides its password.
     pub database_url: SecretUrl,
+    /// PostgreSQL connections per process; must be positive.
     pub database_pool_size: usize,
+    /// Leases, health events and the stop jobs stream all live in this Redis.
     pub redis_url: SecretUrl,
     /// Prefix of rtmanager's Redis keys (leases, publish markers).
     pub redis_prefix: String,
+    /// `runtime:health_events` by contract; a test gets one of its own.
     pub health_stream: String,
     /// `unix:///var/run/docker.sock` or `tcp://host:port`.
     pub docker_host: String,
@@ -79,6 +87,7 @@ pub struct Config {
     pub http_body_limit: usize,
     /// The stop jobs stream and its consumer group.
     pub stop_stream: String,
+    /// Shared by every rtmanager process reading the stream; created if missing.
     pub stop_group: String,
     /// This process's consumer name in the group.
     pub stream_consumer: String,
@@ -86,6 +95,7 @@ pub struct Config {
     pub stream_claim_idle: Duration,
     /// Retries of a stream stop that met `conflict`, and the first wait before one.
     pub stream_conflict_retries: u32,
+    /// The first of those waits; each retry doubles it, up to 10 s.
     pub stream_conflict_backoff: Duration,
     /// Stream entries processed at once by this process.
     pub stream_concurrency: usize,
@@ -96,10 +106,12 @@ pub struct Config {
 pub struct SecretString(String);
 
 impl SecretString {
+    /// Wraps a value that `Debug` must never show.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
+    /// The secret itself; never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -17,6 +17,8 @@ pub struct TemporalLiveness {
 }
 
 impl TemporalLiveness {
+    /// `namespace` must be the one the holders' workflows run in: a holder looked up elsewhere
+    /// reads as unknown, so closed, and its lease is taken over.
     pub fn new(client: Client, namespace: String) -> Self {
         Self { client, namespace }
     }

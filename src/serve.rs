@@ -5,30 +5,41 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use rtmanager_activities::Telemetry;
+use rtmanager_activities::{Dependencies, DockerRuntime, RedisStore, Store, Telemetry};
 
 use crate::{
     http::{self, ApiToken, BridgeState},
     stream::Consumer,
-    worker, Config,
+    Config,
 };
 
-/// Runs the bridge and the consumer until `shutdown` is cancelled. Fails at once when no API
-/// token is configured: the bridge never runs open.
-pub async fn serve(
-    config: &Config,
+/// The adapters the bridge reads through (records, readiness checks, metrics): handles on the
+/// ones the process built once, shared with its worker under `rtmanager run`.
+pub struct Adapters {
+    store: Store,
+    redis: Arc<RedisStore>,
+    docker: DockerRuntime,
     telemetry: Telemetry,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let client = worker::connect_temporal(config).await?;
-    serve_with(config, telemetry, client, shutdown).await
 }
 
-/// [`serve`] on a given client (`rtmanager run` shares the worker's, for eager start).
-pub async fn serve_with(
+impl Adapters {
+    /// Handles on `deps`' adapters (pools and clients are shared, not rebuilt).
+    pub fn of(deps: &Dependencies) -> Self {
+        Self {
+            store: deps.store.clone(),
+            redis: deps.redis.clone(),
+            docker: deps.docker.clone(),
+            telemetry: deps.telemetry.clone(),
+        }
+    }
+}
+
+/// Runs the bridge and the consumer on `client` and `adapters` until `shutdown` is cancelled.
+/// Fails at once when no API token is configured: the bridge never runs open.
+pub async fn serve(
     config: &Config,
-    telemetry: Telemetry,
     client: temporalio_client::Client,
+    adapters: Adapters,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let token = ApiToken::new(
@@ -38,15 +49,14 @@ pub async fn serve_with(
             .map(|t| t.expose().to_owned())
             .unwrap_or_default(),
     )?;
-    let deps = worker::build_dependencies(config, telemetry.clone(), &client)?;
     let state = Arc::new(BridgeState::new(
         client.clone(),
         config.task_queue.clone(),
-        deps.store,
-        deps.redis,
-        deps.docker,
+        adapters.store,
+        adapters.redis,
+        adapters.docker,
         token,
-        telemetry,
+        adapters.telemetry,
         config.http_wait,
         config.http_body_limit,
     ));

@@ -30,9 +30,9 @@ use temporalio_client::Client;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use rtmanager_domain::{truncate_chars, ErrorCode, OperationOutput};
+use rtmanager_domain::{truncate_chars, ErrorCode, LifecycleRequest, OpKind, OperationOutput};
 
-use crate::client;
+use crate::client::{self, Operation, Origin};
 
 /// Longest field value passed on to the workflow; longer ones are cut (and then fail its
 /// validation as they would have anyway).
@@ -41,7 +41,9 @@ const FIELD_MAX_BYTES: usize = 1024;
 /// How the consumer reads and retries.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
+    /// The stream, `runtime:stop_jobs` by contract.
     pub stream: String,
+    /// The consumer group several processes share (created if missing).
     pub group: String,
     /// Unique per process: `<hostname or rtmanager>-<pid>-<random>`.
     pub consumer: String,
@@ -65,6 +67,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// A consumer for `settings` that starts its stops through `client` on `task_queue`.
     pub fn new(
         settings: StreamSettings,
         client: Client,
@@ -249,26 +252,24 @@ impl Consumer {
         self.in_flight.lock().expect("in_flight lock").remove(&id);
     }
 
-    /// Runs the entry's stop, retrying after `conflict` with fresh workflow ids.
+    /// Runs the entry's stop, retrying after `conflict` with fresh workflow ids. An entry that
+    /// does not parse still runs, so that the workflow audits it as `invalid_request`.
     async fn stop(&self, entry: &StreamId) -> anyhow::Result<OperationOutput> {
         let input = entry_input(&entry.id, &entry.map);
-        let base = format!("stream-stop-{}-{}", self.settings.stream, entry.id);
+        let request = LifecycleRequest::from_json(OpKind::Stop, input.to_string().as_bytes());
         let mut backoff = self.settings.conflict_backoff;
         let mut attempt = 0;
         loop {
-            let workflow_id = if attempt == 0 {
-                base.clone()
-            } else {
-                format!("{base}-retry{attempt}")
+            let origin = Origin::Stream {
+                stream: self.settings.stream.clone(),
+                entry_id: entry.id.clone(),
+                attempt,
             };
-            let output = client::run_once(
-                &self.client,
-                &self.task_queue,
-                "StopRuntime",
-                &workflow_id,
-                client::json_input(input.to_string().as_bytes()),
-            )
-            .await?;
+            let operation = match &request {
+                Ok(request) => Operation::new(request, &origin),
+                Err(_) => Operation::unparsed(OpKind::Stop, input.clone(), &origin),
+            };
+            let output = client::run(&self.client, &self.task_queue, &operation).await?;
             if output.error_code != Some(ErrorCode::Conflict)
                 || attempt >= self.settings.conflict_retries
             {

@@ -78,23 +78,14 @@ pub fn build_dependencies(
     })
 }
 
-/// Runs one worker until `shutdown` resolves, then drains in-flight tasks.
+/// Runs one worker on `client` with the adapters in `deps` until `shutdown` resolves, then
+/// drains in-flight tasks. A bridge that starts workflows through the same client gets eager
+/// workflow start: the server hands the first workflow task straight to this worker instead of
+/// dispatching it through the task queue.
 pub async fn run_worker(
     config: &Config,
-    telemetry: Telemetry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let client = connect_temporal(config).await?;
-    run_worker_with(config, telemetry, client, shutdown).await
-}
-
-/// [`run_worker`] on a given client. A bridge that starts workflows through the same client
-/// gets eager workflow start: the server hands the first workflow task straight back to this
-/// worker instead of dispatching it through the task queue.
-pub async fn run_worker_with(
-    config: &Config,
-    telemetry: Telemetry,
     client: Client,
+    deps: Dependencies,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let applied = rtmanager_activities::store::run_migrations(config.database_url.expose())
@@ -103,7 +94,6 @@ pub async fn run_worker_with(
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
-    let deps = build_dependencies(config, telemetry, &client)?;
     let runtime = Runtime::from_current_tokio(Default::default())?;
     let settings = config.step_settings();
     let (stop, start, restart, patch) = (

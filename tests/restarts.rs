@@ -3,12 +3,13 @@
 //! stable code — and none stays running. These restart shared services, so they run one after
 //! another in a single test (cargo runs test binaries one at a time).
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::{process::Command, time::Duration};
 
 use common::TestApp;
-use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
 
 fn restart(service: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev");
@@ -31,7 +32,7 @@ async fn slow_stop(app: &mut TestApp) -> (String, String, rtmanager::client::Han
     app.insert_record(&game, "running", Some(&cid)).await;
     let handle = app
         .start_workflow(
-            "StopRuntime",
+            OpKind::Stop,
             &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
         )
         .await;

@@ -85,10 +85,12 @@ impl DockerRuntime {
         })
     }
 
+    /// The bollard client underneath; calls made through it skip the label check.
     pub fn client(&self) -> &Docker {
         &self.docker
     }
 
+    /// Readiness probe; any failure is [`DockerError::Unavailable`].
     pub async fn ping(&self) -> Result<(), DockerError> {
         self.docker
             .ping()

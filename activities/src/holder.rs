@@ -20,7 +20,10 @@ pub enum HolderState {
     /// The run closed (completed, failed, terminated, timed out, cancelled), or Temporal does not
     /// know it (`closed_at` is then `None`). Its steps may still be in flight on a worker that
     /// has not noticed yet, hence the lock-delay before a takeover.
-    Closed { closed_at: Option<SystemTime> },
+    Closed {
+        /// The lock-delay counts from here; from the acquire itself when `None`.
+        closed_at: Option<SystemTime>,
+    },
 }
 
 /// Asks whether a lease holder's workflow run is still open.

@@ -12,10 +12,14 @@
 //!
 //! Caller: the worker registers one [`RuntimeActivities`].
 
+#![warn(missing_docs)]
+
 pub mod docker;
 pub mod fault;
 pub mod holder;
 pub mod redis_store;
+// diesel's `table!` generates undocumented items.
+#[allow(missing_docs)]
 pub mod schema;
 pub mod store;
 pub mod telemetry;
@@ -71,340 +75,263 @@ pub struct RuntimeActivities {
 }
 
 impl RuntimeActivities {
+    /// The activities over the adapters the composition root built once.
     pub fn new(deps: Dependencies) -> Self {
         Self { deps }
     }
 }
 
+// `#[activities]` generates an undocumented constant per activity; it copies each method's
+// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on documented methods.
 #[activities]
 impl RuntimeActivities {
+    /// [`contract::AcquireLease`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::AcquireLease)]
     pub async fn acquire_lease(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: AcquireLeaseInput,
     ) -> Result<LeaseOutcome, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "AcquireLease").await;
-            let result = async move {
-                let started = std::time::Instant::now();
-                let holder = LeaseHolder {
-                    workflow_id: ctx.info().workflow_id.clone().unwrap_or_default(),
-                    run_id: ctx.info().workflow_run_id.clone().unwrap_or_default(),
-                };
-                let result = self.acquire_or_take_over(&input, &holder).await;
-                let label = match &result {
-                    Ok((LeaseOutcome::Acquired { .. }, true)) => "taken_over",
-                    Ok((LeaseOutcome::Acquired { .. }, false)) => "acquired",
-                    Ok((LeaseOutcome::HeldByOther, _)) => "held_by_other",
-                    Err(_) => "error",
-                };
-                self.deps
-                    .telemetry
-                    .record_lease_acquire(label, started.elapsed());
-                result
-                    .map(|(outcome, _)| outcome)
-                    .map_err(|err| retryable(format!("redis: {err}")))
-            }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "AcquireLease").await;
-            }
+        self.step(&ctx, input.game_id.as_str(), async {
+            let started = std::time::Instant::now();
+            let holder = LeaseHolder {
+                workflow_id: ctx.info().workflow_id.clone().unwrap_or_default(),
+                run_id: ctx.info().workflow_run_id.clone().unwrap_or_default(),
+            };
+            let result = self.acquire_or_take_over(&input, &holder).await;
+            let label = match &result {
+                Ok((LeaseOutcome::Acquired { .. }, true)) => "taken_over",
+                Ok((LeaseOutcome::Acquired { .. }, false)) => "acquired",
+                Ok((LeaseOutcome::HeldByOther, _)) => "held_by_other",
+                Err(_) => "error",
+            };
+            self.deps
+                .telemetry
+                .record_lease_acquire(label, started.elapsed());
             result
-        }
-        .instrument(span)
+                .map(|(outcome, _)| outcome)
+                .map_err(|err| retryable(format!("redis: {err}")))
+        })
         .await
     }
 
+    /// [`contract::CheckLease`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::CheckLease)]
     pub async fn check_lease(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: CheckLeaseInput,
     ) -> Result<bool, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "CheckLease").await;
-            let result = self
-                .deps
+        self.step(&ctx, input.game_id.as_str(), async {
+            self.deps
                 .redis
                 .lease_is_held_by(&input.game_id, &input.token)
                 .await
-                .map_err(|err| retryable(format!("redis: {err}")));
-            if result.is_ok() {
-                fault::point("after", "CheckLease").await;
-            }
-            result
-        }
-        .instrument(span)
+                .map_err(|err| retryable(format!("redis: {err}")))
+        })
         .await
     }
 
+    /// [`contract::ReleaseLease`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::ReleaseLease)]
     pub async fn release_lease(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: ReleaseLeaseInput,
     ) -> Result<bool, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "ReleaseLease").await;
-            let result = async move {
-                match self
-                    .deps
-                    .redis
-                    .release_lease(&input.game_id, &input.token)
-                    .await
-                {
-                    Ok(released) => {
-                        if !released {
-                            tracing::debug!("lease was no longer held by this operation");
-                        }
-                        Ok(released)
-                    }
-                    Err(err) => {
-                        tracing::warn!(err = %err, "release game lease");
-                        Err(retryable(format!("redis: {err}")))
-                    }
-                }
+        self.step(&ctx, input.game_id.as_str(), async {
+            let released = self
+                .deps
+                .redis
+                .release_lease(&input.game_id, &input.token)
+                .await
+                .map_err(|err| {
+                    tracing::warn!(err = %err, "release game lease");
+                    retryable(format!("redis: {err}"))
+                })?;
+            if !released {
+                tracing::debug!("lease was no longer held by this operation");
             }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "ReleaseLease").await;
-            }
-            result
-        }
-        .instrument(span)
+            Ok(released)
+        })
         .await
     }
 
+    /// [`contract::LoadRecord`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::LoadRecord)]
     pub async fn load_record(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: LoadRecordInput,
     ) -> Result<Option<LoadedRecord>, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "LoadRecord").await;
-            let result = async move {
-                let loaded = self
-                    .deps
-                    .store
-                    .get_record_with_writer(&input.game_id)
-                    .await
-                    .map_err(store_error)?;
-                Ok(loaded.map(|(record, writer)| LoadedRecord {
-                    record,
-                    written_by_this_operation: writer.last_op_id.as_deref()
-                        == Some(&input.operation_id),
-                    last_container_id: writer.last_container_id,
-                }))
-            }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "LoadRecord").await;
-            }
-            result
-        }
-        .instrument(span)
+        self.step(&ctx, input.game_id.as_str(), async {
+            let loaded = self
+                .deps
+                .store
+                .get_record_with_writer(&input.game_id)
+                .await
+                .map_err(store_error)?;
+            Ok(loaded.map(|(record, writer)| LoadedRecord {
+                record,
+                written_by_this_operation: writer.last_op_id.as_deref()
+                    == Some(&input.operation_id),
+                last_container_id: writer.last_container_id,
+            }))
+        })
         .await
     }
 
+    /// [`contract::StopContainer`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::StopContainer)]
     pub async fn stop_container(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: StopContainerInput,
     ) -> Result<ContainerStopOutcome, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "StopContainer").await;
-            let result = async move {
-                let stop = self.deps.docker.stop(&input.game_id, &input.container_id);
-                let result = self
-                    .keeping_lease(&ctx, &input.game_id, &input.lease, stop)
-                    .await?;
-                docker_result(result, &ctx, &input.container_id)
-            }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "StopContainer").await;
-            }
-            result
-        }
-        .instrument(span)
+        self.step(&ctx, input.game_id.as_str(), async {
+            let stop = self.deps.docker.stop(&input.game_id, &input.container_id);
+            let result = self
+                .keeping_lease(&ctx, &input.game_id, &input.lease, stop)
+                .await?;
+            docker_result(result, &ctx, &input.container_id)
+        })
         .await
     }
 
+    /// [`contract::EnsureContainer`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::EnsureContainer)]
     pub async fn ensure_container(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: EnsureContainerInput,
     ) -> Result<String, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "EnsureContainer").await;
-            let result = async move {
-                let ensure =
-                    self.deps
-                        .docker
-                        .ensure_running(&input.game_id, &input.image_ref, &input.name);
-                let result = self
-                    .keeping_lease(&ctx, &input.game_id, &input.lease, ensure)
-                    .await?;
-                docker_result(result, &ctx, &input.name)
-            }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "EnsureContainer").await;
-            }
-            result
-        }
-        .instrument(span)
+        self.step(&ctx, input.game_id.as_str(), async {
+            let ensure =
+                self.deps
+                    .docker
+                    .ensure_running(&input.game_id, &input.image_ref, &input.name);
+            let result = self
+                .keeping_lease(&ctx, &input.game_id, &input.lease, ensure)
+                .await?;
+            docker_result(result, &ctx, &input.name)
+        })
         .await
     }
 
+    /// [`contract::RemoveContainer`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::RemoveContainer)]
     pub async fn remove_container(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: RemoveContainerInput,
     ) -> Result<(), ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "RemoveContainer").await;
-            let result = async move {
-                let result = self
-                    .deps
-                    .docker
-                    .remove(&input.game_id, &input.container_id)
-                    .await;
-                docker_result(result, &ctx, &input.container_id)
-            }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "RemoveContainer").await;
-            }
-            result
-        }
-        .instrument(span)
+        self.step(&ctx, input.game_id.as_str(), async {
+            let result = self
+                .deps
+                .docker
+                .remove(&input.game_id, &input.container_id)
+                .await;
+            docker_result(result, &ctx, &input.container_id)
+        })
         .await
     }
 
+    /// [`contract::RemoveStaleContainers`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::RemoveStaleContainers)]
     pub async fn remove_stale_containers(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: RemoveContainerInput,
     ) -> Result<u32, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "RemoveStaleContainers").await;
+        self.step(&ctx, input.game_id.as_str(), async {
             let result = self
                 .deps
                 .docker
                 .remove_stale(&input.game_id, &input.container_id)
                 .await;
-            let result = docker_result(result, &ctx, &input.container_id);
-            if result.is_ok() {
-                fault::point("after", "RemoveStaleContainers").await;
-            }
-            result
-        }
-        .instrument(span)
+            docker_result(result, &ctx, &input.container_id)
+        })
         .await
     }
 
+    /// [`contract::RecordRunning`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::RecordRunning)]
     pub async fn record_running(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: RecordRunningInput,
     ) -> Result<UpdateStatusOutcome, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "RecordRunning").await;
-            let result = async move {
-                if !self
-                    .lease_still_held(&input.game_id, input.lease.as_ref())
-                    .await?
-                {
-                    return Ok(UpdateStatusOutcome::LeaseLost);
-                }
-                self.deps
-                    .store
-                    .record_running(
-                        &input.game_id,
-                        &input.operation_id,
-                        input.fence,
-                        &input.container_id,
-                        input.image_ref.as_str(),
-                    )
-                    .await
-                    .map_err(store_error)
+        self.step(&ctx, input.game_id.as_str(), async {
+            if !self
+                .lease_still_held(&input.game_id, input.lease.as_ref())
+                .await?
+            {
+                return Ok(UpdateStatusOutcome::LeaseLost);
             }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "RecordRunning").await;
-            }
-            result
-        }
-        .instrument(span)
+            self.deps
+                .store
+                .record_running(
+                    &input.game_id,
+                    &input.operation_id,
+                    input.fence,
+                    &input.container_id,
+                    input.image_ref.as_str(),
+                )
+                .await
+                .map_err(store_error)
+        })
         .await
     }
 
+    /// [`contract::UpdateStatus`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::UpdateStatus)]
     pub async fn update_status(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: UpdateStatusInput,
     ) -> Result<UpdateStatusOutcome, ActivityError> {
-        let span = span(&ctx, &input.game_id);
-        async move {
-            fault::point("before", "UpdateStatus").await;
-            let result = async move {
-                if !self
-                    .lease_still_held(&input.game_id, input.lease.as_ref())
-                    .await?
-                {
-                    return Ok(UpdateStatusOutcome::LeaseLost);
-                }
-                self.deps
-                    .store
-                    .update_status(
-                        &input.game_id,
-                        &input.operation_id,
-                        input.expected_from,
-                        input.expected_container_id.as_deref(),
-                        input.to,
-                        input.fence,
-                    )
-                    .await
-                    .map_err(store_error)
+        self.step(&ctx, input.game_id.as_str(), async {
+            if !self
+                .lease_still_held(&input.game_id, input.lease.as_ref())
+                .await?
+            {
+                return Ok(UpdateStatusOutcome::LeaseLost);
             }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "UpdateStatus").await;
-            }
-            result
-        }
-        .instrument(span)
+            self.deps
+                .store
+                .update_status(
+                    &input.game_id,
+                    &input.operation_id,
+                    input.expected_from,
+                    input.expected_container_id.as_deref(),
+                    input.to,
+                    input.fence,
+                )
+                .await
+                .map_err(store_error)
+        })
         .await
     }
 
+    /// [`contract::PublishHealth`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::PublishHealth)]
     pub async fn publish_health(
         self: Arc<Self>,
         ctx: ActivityContext,
         event: HealthEvent,
     ) -> Result<(), ActivityError> {
-        let span = span(&ctx, &event.game_id);
-        async move {
-            fault::point("before", "PublishHealth").await;
-            let result = async move {
+        self.step(&ctx, event.game_id.as_str(), async {
             if let Err(err) = self.deps.store.upsert_health_snapshot(&event).await {
                 tracing::error!(event_type = %event.event_type, err = %err, "upsert health snapshot");
                 return Err(store_error(err));
@@ -421,81 +348,89 @@ impl RuntimeActivities {
                     Err(retryable(format!("redis: {err}")))
                 }
             }
-        }
-            .await;
-            if result.is_ok() {
-                fault::point("after", "PublishHealth").await;
-            }
-            result
-        }
-        .instrument(span)
+        })
         .await
     }
 
+    /// [`contract::AppendOperationLog`].
+    #[allow(missing_docs)]
     #[activity(definition = contract::AppendOperationLog)]
     pub async fn append_operation_log(
         self: Arc<Self>,
         ctx: ActivityContext,
         entry: OperationEntry,
     ) -> Result<(), ActivityError> {
+        // The raw game id: invalid requests are audited too.
+        self.step(&ctx, &entry.game_id, async {
+            let result = self.deps.store.append_operation(&entry).await;
+            let last_attempt = ctx
+                .info()
+                .retry_policy
+                .as_ref()
+                .map(|policy| policy.maximum_attempts())
+                .is_some_and(|max| max > 0 && ctx.info().attempt >= max);
+            // Count each operation once: when its row is written, or when the last attempt to
+            // write it failed.
+            if matches!(result, Ok(true)) || (result.is_err() && last_attempt) {
+                self.record_outcome(&entry);
+            }
+            log_outcome(&entry);
+            result.map(|_| ()).map_err(|err| {
+                tracing::error!(
+                    op_kind = %entry.op_kind,
+                    outcome = %entry.outcome,
+                    error_code = entry.error_code.map(ErrorCode::as_str).unwrap_or(""),
+                    err = %err,
+                    "append operation log"
+                );
+                store_error(err)
+            })
+        })
+        .await
+    }
+}
+
+impl RuntimeActivities {
+    /// What every activity does around its work: a span naming the activity, workflow, game and
+    /// attempt, and the fault points `before:<Activity>` and, once the work succeeded,
+    /// `after:<Activity>` (`RTMANAGER_FAULTS`, debug builds).
+    async fn step<T>(
+        &self,
+        ctx: &ActivityContext,
+        game_id: &str,
+        work: impl std::future::Future<Output = Result<T, ActivityError>>,
+    ) -> Result<T, ActivityError> {
+        let info = ctx.info();
+        let activity = info.activity_type.as_str();
         let span = tracing::info_span!(
             "activity",
-            activity = %ctx.info().activity_type,
-            workflow_id = ctx.info().workflow_id.as_deref().unwrap_or(""),
-            game_id = %entry.game_id,
+            activity,
+            workflow_id = info.workflow_id.as_deref().unwrap_or(""),
+            game_id,
+            attempt = info.attempt,
         );
-        async move {
-            fault::point("before", "AppendOperationLog").await;
-            let result = async move {
-                let result = self.deps.store.append_operation(&entry).await;
-                let last_attempt = ctx
-                    .info()
-                    .retry_policy
-                    .as_ref()
-                    .map(|policy| policy.maximum_attempts())
-                    .is_some_and(|max| max > 0 && ctx.info().attempt >= max);
-                // Count each operation once: when its row is written, or when the last attempt to
-                // write it failed.
-                if matches!(result, Ok(true)) || (result.is_err() && last_attempt) {
-                    let telemetry = &self.deps.telemetry;
-                    let outcome = entry.outcome.as_str();
-                    telemetry.record_operation_outcome(
-                        entry.op_kind.as_str(),
-                        outcome,
-                        &entry.op_source_label,
-                    );
-                    if entry.op_kind == OpKind::Stop {
-                        telemetry.record_stop_outcome(
-                            outcome,
-                            &entry.reason_label,
-                            &entry.op_source_label,
-                        );
-                    }
-                }
-                log_outcome(&entry);
-                result.map(|_| ()).map_err(|err| {
-                    tracing::error!(
-                        op_kind = %entry.op_kind,
-                        outcome = %entry.outcome,
-                        error_code = entry.error_code.map(ErrorCode::as_str).unwrap_or(""),
-                        err = %err,
-                        "append operation log"
-                    );
-                    store_error(err)
-                })
-            }
-            .await;
+        async {
+            fault::point("before", activity).await;
+            let result = work.await;
             if result.is_ok() {
-                fault::point("after", "AppendOperationLog").await;
+                fault::point("after", activity).await;
             }
             result
         }
         .instrument(span)
         .await
     }
-}
 
-impl RuntimeActivities {
+    /// The outcome metrics of one operation, counted once per operation.
+    fn record_outcome(&self, entry: &OperationEntry) {
+        let telemetry = &self.deps.telemetry;
+        let outcome = entry.outcome.as_str();
+        telemetry.record_operation_outcome(entry.op_kind.as_str(), outcome, &entry.op_source_label);
+        if entry.op_kind == OpKind::Stop {
+            telemetry.record_stop_outcome(outcome, &entry.reason_label, &entry.op_source_label);
+        }
+    }
+
     /// The seed's `TryAcquire`, plus the takeover of a lease whose holder workflow closed:
     /// after the lock-delay (counted from the holder's close) the dead holder's exact token is
     /// swapped for this one with a higher fence. Returns the outcome and whether it took over.
@@ -650,16 +585,6 @@ fn log_outcome(entry: &OperationEntry) {
             "runtime {} failed", entry.op_kind
         ),
     }
-}
-
-fn span(ctx: &ActivityContext, game_id: &GameId) -> tracing::Span {
-    tracing::info_span!(
-        "activity",
-        activity = %ctx.info().activity_type,
-        workflow_id = ctx.info().workflow_id.as_deref().unwrap_or(""),
-        game_id = %game_id,
-        attempt = ctx.info().attempt,
-    )
 }
 
 fn retryable(message: impl Into<String>) -> ActivityError {

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 /// lease can ask Temporal whether its holder is still running.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseHolder {
+    /// The workflow Temporal is asked about before a takeover; a tool puts its own name here.
     pub workflow_id: String,
+    /// Empty when unknown: Temporal is then asked about the workflow's latest run.
     pub run_id: String,
 }
 
@@ -25,11 +27,17 @@ pub struct LeaseHolder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquire {
     /// The lease is this secret's, with its fence.
-    Acquired { fence: u64 },
+    Acquired {
+        /// Monotonic per game, never below the clock in microseconds; every record write of
+        /// this holder carries it.
+        fence: u64,
+    },
     /// Another token holds it; `holder` is `None` when the lease names no holder (taken by an
     /// older rtmanager, or by an operator tool).
     Held {
+        /// The holder's whole `<fence>:<secret>` token: a takeover replaces only this value.
         token: String,
+        /// The run to ask Temporal about, when the lease names one.
         holder: Option<LeaseHolder>,
     },
 }
@@ -133,6 +141,7 @@ pub struct RedisKeys {
 }
 
 impl RedisKeys {
+    /// `<prefix>lease:<game>`, holding the `<fence>:<secret>` token with the lease TTL.
     pub fn lease(&self, game_id: &GameId) -> String {
         format!("{}lease:{}", self.prefix, game_id)
     }
@@ -178,6 +187,8 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// Parses `url` but connects nothing: the first command does, so a worker starts while Redis
+    /// is down.
     pub fn new(url: &str, keys: RedisKeys) -> anyhow::Result<Self> {
         Ok(Self {
             client: redis_client(url)?,
@@ -191,6 +202,7 @@ impl RedisStore {
         })
     }
 
+    /// The layout this store was built with, so that code inspecting Redis uses the same keys.
     pub fn keys(&self) -> &RedisKeys {
         &self.keys
     }
@@ -206,6 +218,7 @@ impl RedisStore {
             .cloned()
     }
 
+    /// Readiness probe; on first use it also opens the shared connection.
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await?;

@@ -24,10 +24,14 @@ const MIGRATION_LOCK_KEY: i64 = 0x7274_6d61_6e61_6765; // "rtmanage"
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
+    /// No connection within the pool's timeouts: PostgreSQL is down or the pool exhausted.
     Pool(String),
     #[error("database query failed: {0}")]
+    /// A statement failed, e.g. the connection dropped mid-query.
     Query(#[from] diesel::result::Error),
     #[error("{0}")]
+    /// A row no runtime record can be (bad game id or status), or a write the store never
+    /// makes; the activity fails it as `internal`.
     Corrupt(String),
 }
 

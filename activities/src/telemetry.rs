@@ -17,6 +17,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// A fresh registry with every metric in it: each process (or test) counts on its own.
     pub fn new() -> Self {
         let registry = Registry::new();
         let stop_outcomes = IntCounterVec::new(
@@ -71,50 +72,61 @@ impl Telemetry {
         }
     }
 
+    /// Where other components (the HTTP bridge) register their metrics, so `/metrics` has all.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
+    /// Counts one stop; the caller counts each operation once, however often its audit row is
+    /// retried.
     pub fn record_stop_outcome(&self, outcome: &str, reason: &str, op_source: &str) {
         self.stop_outcomes
             .with_label_values(&[outcome, reason, op_source])
             .inc();
     }
 
+    /// The current count for one label set, for tests.
     pub fn stop_outcome_count(&self, outcome: &str, reason: &str, op_source: &str) -> u64 {
         self.stop_outcomes
             .with_label_values(&[outcome, reason, op_source])
             .get()
     }
 
+    /// Counts one operation of any verb, under the same once-per-operation rule.
     pub fn record_operation_outcome(&self, op_kind: &str, outcome: &str, op_source: &str) {
         self.operation_outcomes
             .with_label_values(&[op_kind, outcome, op_source])
             .inc();
     }
 
+    /// The current count for one label set, for tests.
     pub fn operation_outcome_count(&self, op_kind: &str, outcome: &str, op_source: &str) -> u64 {
         self.operation_outcomes
             .with_label_values(&[op_kind, outcome, op_source])
             .get()
     }
 
+    /// `result`: `acquired`, `taken_over`, `held_by_other` or `error`; `elapsed` covers the whole
+    /// attempt, a takeover's lock-delay included.
     pub fn record_lease_acquire(&self, result: &str, elapsed: Duration) {
         self.lease_acquire_seconds
             .with_label_values(&[result])
             .observe(elapsed.as_secs_f64());
     }
 
+    /// How many attempts ended with `result`, for tests.
     pub fn lease_acquire_count(&self, result: &str) -> u64 {
         self.lease_acquire_seconds
             .with_label_values(&[result])
             .get_sample_count()
     }
 
+    /// Counts an event actually added to the stream, never a deduplicated re-publish.
     pub fn record_health_event(&self, event_type: &str) {
         self.health_events.with_label_values(&[event_type]).inc();
     }
 
+    /// How many events of `event_type` were added, for tests.
     pub fn health_event_count(&self, event_type: &str) -> u64 {
         self.health_events.with_label_values(&[event_type]).get()
     }

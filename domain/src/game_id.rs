@@ -17,12 +17,16 @@ pub struct GameId(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GameIdError {
     #[error("game_id must not be empty")]
+    /// Nothing to key on: an empty id would yield keys such as `lease:`.
     Empty,
     #[error("game_id is longer than {GAME_ID_MAX_LEN} characters")]
+    /// Over [`GAME_ID_MAX_LEN`]; the cap keeps Redis keys and container names bounded.
     TooLong,
     #[error("game_id must start with a letter or digit")]
+    /// Starts with `.`, `_` or `-`, which Docker refuses in names and CLIs read as flags.
     BadFirstChar,
     #[error("game_id may only contain letters, digits, '.', '_' and '-'")]
+    /// A character outside `[A-Za-z0-9._-]`; separators such as `:` or `/` could forge keys.
     BadChar,
 }
 
@@ -45,6 +49,7 @@ impl GameId {
         Ok(Self(raw.to_owned()))
     }
 
+    /// Safe to splice unescaped into Redis keys, workflow ids and container names.
     pub fn as_str(&self) -> &str {
         &self.0
     }

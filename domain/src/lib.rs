@@ -4,13 +4,17 @@
 //! Everything that crosses an edge is parsed once into a type that cannot hold an invalid value
 //! ([`GameId`], the enums in [`vocabulary`]) — the rest of the code never re-validates.
 
+#![warn(missing_docs)]
+
 pub mod game_id;
+pub mod lifecycle;
 pub mod output;
 pub mod record;
 pub mod request;
 pub mod vocabulary;
 
 pub use game_id::{GameId, GameIdError};
+pub use lifecycle::LifecycleRequest;
 pub use output::OperationOutput;
 pub use record::RuntimeRecord;
 pub use request::{

@@ -9,9 +9,13 @@ use crate::{ErrorCode, Outcome, RuntimeRecord};
 /// replay, null on failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationOutput {
+    /// A failure still completes the workflow; only this field says it failed.
     pub outcome: Outcome,
+    /// `None` on a fresh success, `replay_no_op` on an idempotent one, always set on failure.
     pub error_code: Option<ErrorCode>,
+    /// Human-readable cause; set only on failure.
     pub error_message: Option<String>,
+    /// As the operation left it (on a replay, as it was found).
     pub record: Option<RuntimeRecord>,
 }
 
@@ -46,6 +50,8 @@ impl OperationOutput {
         }
     }
 
+    /// True for replays too: a caller that needs to know whether anything changed checks
+    /// `error_code`.
     pub fn is_success(&self) -> bool {
         self.outcome == Outcome::Success
     }

@@ -26,6 +26,8 @@ pub const REQUEST_MAX_BYTES: usize = 16 * 1024;
 pub struct SourceRef(String);
 
 impl SourceRef {
+    /// Rejects empty, over-long and control-character values: the reference is echoed into logs
+    /// and audit rows.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() || raw.chars().count() > SOURCE_REF_MAX_LEN {
             return Err(format!(
@@ -38,6 +40,7 @@ impl SourceRef {
         Ok(Self(raw.to_owned()))
     }
 
+    /// As the caller gave it; stored verbatim in the audit row's `source_ref`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -50,6 +53,8 @@ impl SourceRef {
 pub struct LeaseToken(String);
 
 impl LeaseToken {
+    /// Checks the shape only (any printable ASCII, issued by rtmanager or not); whether Redis
+    /// holds it is `CheckLease`'s question.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty()
             || raw.len() > LEASE_TOKEN_MAX_LEN
@@ -62,6 +67,7 @@ impl LeaseToken {
         Ok(Self(raw.to_owned()))
     }
 
+    /// The whole token, as stored in the lease key: a capability, so keep it out of logs.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -103,6 +109,7 @@ pub const IMAGE_REF_MAX_LEN: usize = 512;
 pub struct ImageRef(String);
 
 impl ImageRef {
+    /// A conservative character check only; whether the engine has the image is Docker's answer.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() || raw.len() > IMAGE_REF_MAX_LEN {
             return Err(format!(
@@ -124,6 +131,7 @@ impl ImageRef {
         Ok(Self(raw.to_owned()))
     }
 
+    /// Handed to Docker verbatim.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -154,16 +162,22 @@ pub struct RequestEcho {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InvalidRequest {
+    /// Every problem found, `; `-separated; becomes the output's `error_message`.
     pub message: String,
+    /// What could be read; boxed so that `Result<_, InvalidRequest>` stays small.
     pub echo: Box<RequestEcho>,
 }
 
 /// A parsed `StopRuntime` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopRequest {
+    /// Keys the lease, the record and the container label the stop checks.
     pub game_id: GameId,
+    /// An audit and metric label only: every reason stops the same way.
     pub reason: StopReason,
+    /// Who asked; recorded on the audit row and as a metric label.
     pub op_source: OpSource,
+    /// The caller's correlation id, copied to the audit row; `None` when it gave none.
     pub source_ref: Option<SourceRef>,
     /// Set only by a parent workflow that already holds the game's lease (the seed's `Run`).
     pub lease_token: Option<LeaseToken>,
@@ -214,9 +228,14 @@ impl StopRequest {
 /// A parsed `StartRuntime` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartRequest {
+    /// Keys the lease and the record, and labels the container the start creates.
     pub game_id: GameId,
+    /// A record already running this image makes the start a `replay_no_op`; another image is a
+    /// `conflict` (patch instead).
     pub image_ref: ImageRef,
+    /// Who asked; recorded on the audit row and as a metric label.
     pub op_source: OpSource,
+    /// The caller's correlation id, copied to the audit row; `None` when it gave none.
     pub source_ref: Option<SourceRef>,
     /// Set only by a parent workflow that already holds the game's lease.
     pub lease_token: Option<LeaseToken>,
@@ -247,6 +266,7 @@ impl StartRequest {
         })
     }
 
+    /// The JSON a client sends to start the workflow; [`Self::from_json`] reads it back.
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();
         map.insert("game_id".into(), self.game_id.as_str().into());
@@ -269,10 +289,13 @@ impl StartRequest {
 /// A parsed `RestartRuntime` (no `image_ref`) or `PatchRuntime` (with `image_ref`) input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplaceRequest {
+    /// Keys the lease the parent holds across both children.
     pub game_id: GameId,
     /// The image to run afterwards: `None` for a restart (the current image).
     pub image_ref: Option<ImageRef>,
+    /// Who asked; handed to the children, so all three audit rows carry it.
     pub op_source: OpSource,
+    /// Shared by all three audit rows; when `None`, the workflow uses its own workflow id.
     pub source_ref: Option<SourceRef>,
 }
 
@@ -311,6 +334,7 @@ impl ReplaceRequest {
         })
     }
 
+    /// The JSON a client sends to start the workflow; the `*_from_json` parsers read it back.
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();
         map.insert("game_id".into(), self.game_id.as_str().into());

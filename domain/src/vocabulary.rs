@@ -9,17 +9,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} {value:?} is unsupported (expected one of: {expected})")]
 pub struct UnknownValue {
+    /// The contract field's name, e.g. `reason`.
     pub field: &'static str,
+    /// The rejected input, truncated to 64 characters: it may be hostile and is logged.
     pub value: String,
+    /// Every accepted spelling, comma-separated, so the caller can fix the request.
     pub expected: String,
 }
 
 macro_rules! vocabulary {
-    ($(#[$meta:meta])* $name:ident, $field:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+    (
+        $(#[$meta:meta])* $name:ident, $field:literal,
+        { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }
+    ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
             /// Every value, in contract order.
@@ -56,11 +62,17 @@ macro_rules! vocabulary {
 vocabulary!(
     /// Why a stop was asked for.
     StopReason, "reason", {
+        /// The game ended normally.
         Finished => "finished",
+        /// The game was called off before it ended.
         Cancelled => "cancelled",
+        /// An operator asked for it.
         Admin => "admin",
+        /// The game overran its time limit.
         Timeout => "timeout",
+        /// Set by `RestartRuntime` on its child stop.
         Restart => "restart",
+        /// Set by `PatchRuntime` on its child stop.
         Patch => "patch",
     }
 );
@@ -68,9 +80,13 @@ vocabulary!(
 vocabulary!(
     /// How a request entered rtmanager. Every operation_log row carries one.
     OpSource, "op_source", {
+        /// The `runtime:stop_jobs` consumer; `source_ref` is the stream entry id.
         Stream => "stream",
+        /// The HTTP bridge; `source_ref` is the request id.
         Rest => "rest",
+        /// An operator, through the `rtmanager` CLI or a direct workflow start.
         Admin => "admin",
+        /// Reserved for a drift reconciler; nothing in rtmanager sends it yet.
         Reconciler => "reconciler",
     }
 );
@@ -78,9 +94,13 @@ vocabulary!(
 vocabulary!(
     /// The lifecycle verb an operation_log row records.
     OpKind, "op_kind", {
+        /// `StartRuntime`, run alone or as the child of a restart or patch.
         Start => "start",
+        /// `StopRuntime`, run alone or as the child of a restart or patch.
         Stop => "stop",
+        /// The parent row of `RestartRuntime`; its children write `stop` and `start` rows.
         Restart => "restart",
+        /// The parent row of `PatchRuntime`; its children write `stop` and `start` rows.
         Patch => "patch",
     }
 );
@@ -88,7 +108,9 @@ vocabulary!(
 vocabulary!(
     /// Whether an operation reached its goal.
     Outcome, "outcome", {
+        /// The desired state holds, freshly reached or already there (`replay_no_op`).
         Success => "success",
+        /// The desired state was not reached; `error_code` says why.
         Failure => "failure",
     }
 );
@@ -96,8 +118,11 @@ vocabulary!(
 vocabulary!(
     /// The durable status of a runtime record.
     RuntimeStatus, "status", {
+        /// A container was started and recorded; the record is trusted, not re-checked.
         Running => "running",
+        /// The container is stopped but kept; the next start removes it.
         Stopped => "stopped",
+        /// The container is gone; the record keeps no container id.
         Removed => "removed",
     }
 );
@@ -105,11 +130,18 @@ vocabulary!(
 vocabulary!(
     /// Stable error codes. On a success the code is absent or [`ErrorCode::ReplayNoOp`].
     ErrorCode, "error_code", {
+        /// Unparsable input, or an image the engine rejects or that exits at once (400).
         InvalidRequest => "invalid_request",
+        /// No runtime record, or an image the engine does not have (404).
         NotFound => "not_found",
+        /// Another operation holds the lease, or the record's state forbids the verb (409).
         Conflict => "conflict",
+        /// Redis, PostgreSQL or Docker stayed unreachable through the retries, or the
+        /// workflow was cancelled (503).
         ServiceUnavailable => "service_unavailable",
+        /// Needs an operator, e.g. a container without the game's labels (500).
         Internal => "internal",
+        /// Success without a change: the desired state already held (200).
         ReplayNoOp => "replay_no_op",
     }
 );

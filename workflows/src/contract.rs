@@ -90,6 +90,7 @@ activity_contract!(
 /// Input of [`AcquireLease`]. The TTL is the worker's configuration, applied by the activity.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AcquireLeaseInput {
+    /// The game whose lease key (`<prefix>lease:<game>`) is taken.
     pub game_id: GameId,
     /// The holder's secret; the issued token is `<fence>:<secret>`.
     pub secret: String,
@@ -98,7 +99,9 @@ pub struct AcquireLeaseInput {
 /// Input of [`CheckLease`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckLeaseInput {
+    /// The game whose lease key is read.
     pub game_id: GameId,
+    /// The inherited token; only an exact match of the key's value passes.
     pub token: LeaseToken,
 }
 
@@ -108,21 +111,27 @@ pub struct CheckLeaseInput {
 pub enum LeaseOutcome {
     /// Held, with the monotonic fence every record write of this holder carries.
     Acquired {
+        /// Monotonic per game; the holder's token is `<fence>:<secret>`.
         fence: u64,
     },
+    /// Another holder keeps it (running, unnamed, or Temporal could not say): the workflow
+    /// answers `conflict`.
     HeldByOther,
 }
 
 /// Input of [`LoadRecord`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadRecordInput {
+    /// The record's primary key.
     pub game_id: GameId,
+    /// Compared with the row's last writer to set [`LoadedRecord::written_by_this_operation`].
     pub operation_id: String,
 }
 
 /// Result of [`LoadRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadedRecord {
+    /// The row as stored now.
     pub record: RuntimeRecord,
     /// This very operation wrote the row last: the step is re-running after a crash (local
     /// activities re-run whole) and must continue from its own write, not mistake it for
@@ -137,14 +146,18 @@ pub struct LoadedRecord {
 /// Input of [`ReleaseLease`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseLeaseInput {
+    /// The game whose lease key is deleted.
     pub game_id: GameId,
+    /// The releasing holder's token; a lease another holder took since stays untouched.
     pub token: LeaseToken,
 }
 
 /// Input of [`StopContainer`]. The graceful timeout is the worker's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StopContainerInput {
+    /// Must match the container's `rtmanager.game_id` label, or the stop is refused.
     pub game_id: GameId,
+    /// The record's current container.
     pub container_id: String,
     /// The lease to keep alive while Docker works (a stop may outlast the lease TTL).
     pub lease: LeaseToken,
@@ -153,24 +166,32 @@ pub struct StopContainerInput {
 /// Input of [`EnsureContainer`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnsureContainerInput {
+    /// Set as the new container's `rtmanager.game_id` label; an adopted one must carry it.
     pub game_id: GameId,
+    /// Used only when the container is created; an adopted container keeps its image.
     pub image_ref: ImageRef,
     /// Derived from the operation id: a retry after a crash finds and adopts the container its
     /// first attempt created instead of creating a second one.
     pub name: String,
+    /// The lease to keep alive while Docker creates, starts and watches the container.
     pub lease: LeaseToken,
 }
 
 /// Input of [`RecordRunning`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordRunningInput {
+    /// The record's primary key; the row is inserted when the game has none.
     pub game_id: GameId,
+    /// Stamped as the row's last writer, so a retry whose first try committed reads `Updated`.
     pub operation_id: String,
+    /// The writer's lease fence: a row written under a higher fence is not overwritten.
     pub fence: u64,
     /// The writer's lease: the write happens only while Redis holds exactly this token.
     #[serde(default)]
     pub lease: Option<LeaseToken>,
+    /// The container [`EnsureContainer`] returned: the record's new current container.
     pub container_id: String,
+    /// Becomes the record's `current_image_ref`.
     pub image_ref: ImageRef,
 }
 
@@ -178,7 +199,10 @@ pub struct RecordRunningInput {
 /// one to keep).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoveContainerInput {
+    /// Only containers labelled for this game are removed.
     pub game_id: GameId,
+    /// The one to remove, or the one to keep: a prefix of its id suffices, and an empty value
+    /// makes [`RemoveStaleContainers`] remove nothing.
     pub container_id: String,
 }
 
@@ -190,20 +214,27 @@ pub struct RemoveContainerInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerStopOutcome {
+    /// It was running and Docker stopped it within the graceful timeout (or killed it after).
     Stopped,
+    /// It was not running: counts as stopped.
     AlreadyStopped,
+    /// No such container: the stop records `removed` and publishes [`CONTAINER_DISAPPEARED`].
     Vanished,
 }
 
 /// Input of [`UpdateStatus`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpdateStatusInput {
+    /// The record's primary key.
     pub game_id: GameId,
     /// Makes the update idempotent: a retried attempt whose first try committed finds its own
     /// operation id on the row and reports `Updated` instead of a lost race.
     pub operation_id: String,
+    /// The status the workflow read; the swap fails if the row moved on since.
     pub expected_from: RuntimeStatus,
+    /// Must match too (`None` matches only `None`); kept as the row's last container.
     pub expected_container_id: Option<String>,
+    /// `stopped` or `removed`: the store refuses `running`, which is [`RecordRunning`]'s job.
     pub to: RuntimeStatus,
     /// The writer's lease fence: a row written under a higher fence is not overwritten.
     pub fence: u64,
@@ -218,11 +249,20 @@ pub struct UpdateStatusInput {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum UpdateStatusOutcome {
     /// The row moved; carries it as written.
-    Updated { record: RuntimeRecord },
+    Updated {
+        /// As written (on a retry, as the first attempt wrote it).
+        record: RuntimeRecord,
+    },
     /// Another path moved the row first; carries the row as it is now.
-    Conflict { current: RuntimeRecord },
+    Conflict {
+        /// The row as the other path left it.
+        current: RuntimeRecord,
+    },
     /// A newer lease holder wrote the row: this holder's lease had expired.
-    Fenced { current: RuntimeRecord },
+    Fenced {
+        /// The row as the newer holder left it.
+        current: RuntimeRecord,
+    },
     /// The row is gone.
     NotFound,
     /// Redis no longer holds the writer's lease (it expired and was taken, or the token was
@@ -235,10 +275,16 @@ pub enum UpdateStatusOutcome {
 pub struct HealthEvent {
     /// Deduplicates re-published events: one event per operation and event type.
     pub operation_id: String,
+    /// The stream entry's `game_id` and the `health_snapshots` key.
     pub game_id: GameId,
+    /// The container the event concerns; `None` is published as an empty string.
     pub container_id: Option<String>,
+    /// E.g. [`CONTAINER_DISAPPEARED`]; also the health-event metric's label.
     pub event_type: String,
+    /// When it happened, not when it was published: an older event never replaces a newer
+    /// snapshot.
     pub occurred_at: DateTime<Utc>,
+    /// Free-form; stored as `jsonb`, published as JSON text.
     pub details: serde_json::Value,
 }
 
@@ -252,15 +298,23 @@ pub struct OperationEntry {
     pub operation_id: String,
     /// Raw (possibly invalid, truncated) game id: invalid requests are audited too.
     pub game_id: String,
+    /// Stop rows also feed the stop-outcome metric.
     pub op_kind: OpKind,
     /// Raw (possibly invalid, truncated) op source.
     pub op_source: String,
+    /// The caller's correlation id (truncated when the request did not parse).
     pub source_ref: Option<String>,
+    /// The image the operation ran or found on the record; `None` when it touched none.
     pub image_ref: Option<String>,
+    /// The container the operation acted on or found; `None` when it touched none.
     pub container_id: Option<String>,
+    /// Mirrors the workflow's output.
     pub outcome: Outcome,
+    /// Mirrors the workflow's output: `None` on a fresh success.
     pub error_code: Option<ErrorCode>,
+    /// Mirrors the workflow's output: set on failure only.
     pub error_message: Option<String>,
+    /// Workflow time when the operation began (deterministic across replays).
     pub started_at: DateTime<Utc>,
     /// Telemetry label: the stop reason (`invalid` when it did not parse, `none` for verbs
     /// without a reason).

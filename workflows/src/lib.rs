@@ -9,6 +9,8 @@
 //! Callers: the worker (`rtmanager worker`) registers the workflows; clients start them by the
 //! names pinned in `#[run(name = ...)]`.
 
+#![warn(missing_docs)]
+
 pub mod contract;
 pub mod operation;
 pub mod replace;

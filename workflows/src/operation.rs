@@ -1,7 +1,9 @@
 //! What every lifecycle operation shares, whatever its verb: its identity (operation id, start
-//! time), its audit row, and the game's lease. Each workflow builds one [`Op`] and ends through
-//! exactly one of [`Op::success`], [`Op::replay_no_op`], [`Op::failure`] or [`Op::invalid`],
-//! which append the operation's single operation_log row.
+//! time), its steps, its audit row, and the game's lease. Each workflow builds one [`Op`], runs
+//! every step through it ([`Op::step`], [`Op::best_effort`], [`Op::docker`], and the shared
+//! steps [`Op::load_record`], [`Op::acquire_lease`], [`Op::inherited_lease`]) and ends through
+//! exactly one of [`Op::success`], [`Op::replay_no_op`] or [`Op::failure`] (also reached from
+//! [`Op::parse`]), which append the operation's single operation_log row.
 
 use chrono::{DateTime, Utc};
 use temporalio_workflow::{
@@ -13,17 +15,24 @@ use rtmanager_domain::{
     OpSource, OperationOutput, Outcome, RuntimeRecord, SourceRef,
 };
 
+use temporalio_workflow::common::{data_converters::TemporalDeserializable, ActivityDefinition};
+
 use crate::{
     contract::{
-        AcquireLease, AcquireLeaseInput, AppendOperationLog, LeaseOutcome, OperationEntry,
-        ReleaseLease, ReleaseLeaseInput,
+        AcquireLease, AcquireLeaseInput, AppendOperationLog, CheckLease, CheckLeaseInput,
+        LeaseOutcome, LoadRecord, LoadRecordInput, LoadedRecord, OperationEntry, ReleaseLease,
+        ReleaseLeaseInput,
     },
     support::{
-        fast_step, fast_step_within, operation_id, request_bytes, workflow_now, Cancel,
-        StepFailure, FAST_STEP_TIMEOUT,
+        docker_step, fast_step, operation_id, request_bytes, workflow_now, Cancel, StepFailure,
+        FAST_STEP_TIMEOUT,
     },
     StepSettings,
 };
+
+/// The patch id that marks histories in which an inherited lease token is checked against
+/// Redis: histories recorded before the check replay without it.
+pub const INHERITED_LEASE_CHECK: &str = "check-inherited-lease";
 
 /// Best-effort steps (audit row, health event, cleanup) get few attempts: their failure is
 /// logged by the activity and never changes the outcome.
@@ -32,11 +41,14 @@ pub const BEST_EFFORT_ATTEMPTS: u32 = 3;
 /// The container and image an audit row refers to.
 #[derive(Debug, Default, Clone)]
 pub struct Touched {
+    /// The container the operation acted on (or found), if any.
     pub container_id: Option<String>,
+    /// The image that container runs, or the one a start asked for.
     pub image_ref: Option<String>,
 }
 
 impl Touched {
+    /// What a record names: its current container and image.
     pub fn of(record: &RuntimeRecord) -> Self {
         Self {
             container_id: record.current_container_id.clone(),
@@ -48,10 +60,15 @@ impl Touched {
 /// The fields of the audit row that come from the request.
 #[derive(Debug, Clone, Default)]
 pub struct Audit {
+    /// Raw and truncated when the request did not parse: invalid requests are audited too.
     pub game_id: String,
+    /// Raw and truncated, like `game_id`.
     pub op_source: String,
+    /// The caller's reference, shared by a restart's or patch's three rows.
     pub source_ref: Option<String>,
+    /// Metric label: the stop reason, `none` for other verbs, `invalid` when unparsable.
     pub reason_label: String,
+    /// Metric label: the op source, or `invalid`.
     pub op_source_label: String,
 }
 
@@ -96,10 +113,15 @@ impl Audit {
 
 /// One lifecycle operation in flight.
 pub struct Op<'a, W> {
+    /// The workflow's context: its time, random stream and commands.
     pub ctx: &'a WorkflowContext<W>,
+    /// The worker's step options (local or normal activities, retries, timeouts).
     pub settings: &'a StepSettings,
+    /// The verb, for the audit row.
     pub kind: OpKind,
+    /// `workflow_id/run_id`: the idempotency key of everything the operation writes once.
     pub operation_id: String,
+    /// The workflow task's time when the operation began (deterministic on replay).
     pub started_at: DateTime<Utc>,
     audit: Audit,
     /// The lease this operation took, released together with the audit row (the two steps are
@@ -108,6 +130,7 @@ pub struct Op<'a, W> {
 }
 
 impl<'a, W> Op<'a, W> {
+    /// An operation of `kind` in the workflow of `ctx`; nothing is audited until it ends.
     pub fn new(ctx: &'a WorkflowContext<W>, settings: &'a StepSettings, kind: OpKind) -> Self {
         Self {
             ctx,
@@ -145,11 +168,127 @@ impl<'a, W> Op<'a, W> {
         }
     }
 
+    /// Runs a sub-millisecond step (Redis, PostgreSQL) with the worker's fast-step options.
+    pub async fn step<AD>(
+        &self,
+        activity: AD,
+        input: AD::Input,
+        cancel: Cancel,
+    ) -> Result<AD::Output, ActivityExecutionError>
+    where
+        AD: ActivityDefinition,
+        AD::Output: TemporalDeserializable,
+    {
+        let attempts = self.settings.fast_step_attempts;
+        fast_step(
+            self.ctx,
+            self.settings,
+            activity,
+            input,
+            attempts,
+            cancel,
+            FAST_STEP_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Runs a best-effort step (audit row, health event): few attempts, detached from a
+    /// cancellation; its failure is logged by the activity and never changes the outcome.
+    pub async fn best_effort<AD>(&self, activity: AD, input: AD::Input)
+    where
+        AD: ActivityDefinition,
+        AD::Output: TemporalDeserializable,
+    {
+        let _ = fast_step(
+            self.ctx,
+            self.settings,
+            activity,
+            input,
+            BEST_EFFORT_ATTEMPTS,
+            Cancel::Detached,
+            FAST_STEP_TIMEOUT,
+        )
+        .await;
+    }
+
+    /// Runs a Docker step with the worker's Docker-step options.
+    pub async fn docker<AD>(
+        &self,
+        activity: AD,
+        input: AD::Input,
+        cancel: Cancel,
+    ) -> Result<AD::Output, ActivityExecutionError>
+    where
+        AD: ActivityDefinition,
+        AD::Output: TemporalDeserializable,
+    {
+        docker_step(self.ctx, self.settings, activity, input, cancel).await
+    }
+
+    /// Loads the game's record (`LoadRecord`), telling whether this operation wrote it last.
+    pub async fn load_record(
+        &self,
+        game_id: &GameId,
+    ) -> Result<Option<LoadedRecord>, ActivityExecutionError> {
+        let input = LoadRecordInput {
+            game_id: game_id.clone(),
+            operation_id: self.operation_id.clone(),
+        };
+        self.step(LoadRecord, input, Cancel::WithWorkflow).await
+    }
+
+    /// Checks a lease token handed down by a parent (the seed's `Run`): it must have the shape
+    /// of a token rtmanager issues (it carries the fence every record write needs), and Redis
+    /// must hold exactly this token as the game's lease right now. Anything else (a forged
+    /// token, a parent's token after its lease expired) is a `conflict` and the operation does
+    /// nothing.
+    pub async fn inherited_lease(
+        &self,
+        game_id: &GameId,
+        token: &LeaseToken,
+    ) -> Result<LeaseToken, OperationOutput> {
+        if token.fence().is_none() {
+            let message = "lease_token is not a token rtmanager issued (expected <fence>:<secret>)";
+            return Err(self
+                .failure(
+                    ErrorCode::InvalidRequest,
+                    message.into(),
+                    Touched::default(),
+                )
+                .await);
+        }
+        if !self.ctx.patched(INHERITED_LEASE_CHECK) {
+            return Ok(token.clone());
+        }
+        let input = CheckLeaseInput {
+            game_id: game_id.clone(),
+            token: token.clone(),
+        };
+        let (code, message) = match self.step(CheckLease, input, Cancel::WithWorkflow).await {
+            Ok(true) => return Ok(token.clone()),
+            Ok(false) => (
+                ErrorCode::Conflict,
+                "lease_token is not the game's current lease (Redis holds another token or \
+                 none): only the operation holding the lease may act under it; nothing was done"
+                    .to_owned(),
+            ),
+            Err(err) => {
+                let failure = StepFailure::from(err);
+                (
+                    failure.code_or(ErrorCode::ServiceUnavailable),
+                    format!("check inherited lease: {}", failure.message),
+                )
+            }
+        };
+        Err(self.failure(code, message, Touched::default()).await)
+    }
+
     /// Sets the audit fields once the request parsed.
     pub fn audit(&mut self, audit: Audit) {
         self.audit = audit;
     }
 
+    /// The `source_ref` the audit row carries (and a restart's children inherit).
     pub fn source_ref(&self) -> Option<&str> {
         self.audit.source_ref.as_deref()
     }
@@ -160,7 +299,7 @@ impl<'a, W> Op<'a, W> {
         // From the workflow's seeded random stream: deterministic on replay, so a retried
         // acquire recognises its own lease; unpredictable to anyone without the history.
         let secret = format!("{}{}", self.ctx.uuid4(), self.ctx.uuid4()).replace('-', "");
-        let acquired = fast_step_within(
+        let acquired = fast_step(
             self.ctx,
             self.settings,
             AcquireLease,
@@ -219,25 +358,25 @@ impl<'a, W> Op<'a, W> {
 
     /// Releases the lease even when the workflow was cancelled (the seed's fresh context).
     pub async fn release_lease(&self, game_id: &GameId, token: LeaseToken) {
-        let _ = fast_step(
-            self.ctx,
-            self.settings,
-            ReleaseLease,
-            ReleaseLeaseInput {
-                game_id: game_id.clone(),
-                token,
-            },
-            self.settings.fast_step_attempts,
-            Cancel::Detached,
-        )
-        .await;
+        let _ = self
+            .step(
+                ReleaseLease,
+                ReleaseLeaseInput {
+                    game_id: game_id.clone(),
+                    token,
+                },
+                Cancel::Detached,
+            )
+            .await;
     }
 
+    /// Ends the operation: it changed what it was asked to change.
     pub async fn success(&self, record: RuntimeRecord, touched: Touched) -> OperationOutput {
         self.append(Outcome::Success, None, None, touched).await;
         OperationOutput::success(record)
     }
 
+    /// Ends the operation: nothing had to change (the seed's `recordReplayNoOp`).
     pub async fn replay_no_op(&self, record: RuntimeRecord) -> OperationOutput {
         let touched = Touched::of(&record);
         self.append(Outcome::Success, Some(ErrorCode::ReplayNoOp), None, touched)
@@ -245,6 +384,7 @@ impl<'a, W> Op<'a, W> {
         OperationOutput::replay_no_op(record)
     }
 
+    /// Ends the operation with a business failure: a value, never a workflow failure.
     pub async fn failure(
         &self,
         code: ErrorCode,
@@ -301,14 +441,7 @@ impl<'a, W> Op<'a, W> {
             reason_label: self.audit.reason_label.clone(),
             op_source_label: self.audit.op_source_label.clone(),
         };
-        let append = fast_step(
-            self.ctx,
-            self.settings,
-            AppendOperationLog,
-            entry,
-            BEST_EFFORT_ATTEMPTS,
-            Cancel::Detached,
-        );
+        let append = self.best_effort(AppendOperationLog, entry);
         let held = self.held.borrow_mut().take();
         match held {
             Some((game_id, token)) => {

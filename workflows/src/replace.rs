@@ -25,7 +25,7 @@ use crate::{
     operation::{Audit, Op, Touched},
     start::StartRuntimeWorkflow,
     stop::StopRuntimeWorkflow,
-    support::{json_input, load_record},
+    support::json_input,
     StepSettings,
 };
 
@@ -37,14 +37,18 @@ pub struct RestartRuntimeWorkflow {
 }
 
 impl RestartRuntimeWorkflow {
+    /// The workflow as the worker's factory builds it, with the worker's step options.
     pub fn new(settings: StepSettings) -> Self {
         Self { settings }
     }
 }
 
+// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
+// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
 #[workflow_methods]
 impl RestartRuntimeWorkflow {
     /// Input: `{"game_id", "op_source", "source_ref"?}`.
+    #[allow(missing_docs)]
     #[run(name = "RestartRuntime")]
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,
@@ -69,14 +73,18 @@ pub struct PatchRuntimeWorkflow {
 }
 
 impl PatchRuntimeWorkflow {
+    /// The workflow as the worker's factory builds it, with the worker's step options.
     pub fn new(settings: StepSettings) -> Self {
         Self { settings }
     }
 }
 
+// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
+// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
 #[workflow_methods]
 impl PatchRuntimeWorkflow {
     /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?}`.
+    #[allow(missing_docs)]
     #[run(name = "PatchRuntime")]
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,
@@ -123,7 +131,7 @@ async fn replace_under_lease<W>(
     lease: &LeaseToken,
 ) -> OperationOutput {
     let game_id = &request.game_id;
-    let loaded = load_record(op, game_id).await;
+    let loaded = op.load_record(game_id).await;
     let existing = match loaded {
         Ok(Some(loaded)) => loaded.record,
         Ok(None) => return op.record_missing(game_id).await,
@@ -169,11 +177,16 @@ async fn replace_under_lease<W>(
 
     let started = start(op, request, lease, &target, "start").await;
     if started.is_success() {
-        let record = started
-            .record
-            .clone()
-            .expect("a successful start carries its record");
-        return op.success(record.clone(), Touched::of(&record)).await;
+        // A successful start carries its record; a child that broke that contract is a fault
+        // to report, not a reason to fail the workflow task.
+        return match started.record {
+            Some(record) => op.success(record.clone(), Touched::of(&record)).await,
+            None => {
+                let message = "start child succeeded without a record".to_owned();
+                op.failure(ErrorCode::Internal, message, Touched::of(&existing))
+                    .await
+            }
+        };
     }
     let code = started.error_code.unwrap_or(ErrorCode::Internal);
     let cause = started.error_message.unwrap_or_default();

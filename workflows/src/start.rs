@@ -22,9 +22,7 @@ use crate::{
         RemoveContainerInput, RemoveStaleContainers, UpdateStatusOutcome,
     },
     operation::{Audit, Op, Touched},
-    support::{
-        docker_step, fast_step, inherited_lease, load_record, short_digest, Cancel, StepFailure,
-    },
+    support::{short_digest, Cancel, StepFailure},
     StepSettings,
 };
 
@@ -36,14 +34,18 @@ pub struct StartRuntimeWorkflow {
 }
 
 impl StartRuntimeWorkflow {
+    /// The workflow as the worker's factory builds it, with the worker's step options.
     pub fn new(settings: StepSettings) -> Self {
         Self { settings }
     }
 }
 
+// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
+// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
 #[workflow_methods]
 impl StartRuntimeWorkflow {
     /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?}`.
+    #[allow(missing_docs)]
     #[run(name = "StartRuntime")]
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,
@@ -62,7 +64,7 @@ impl StartRuntimeWorkflow {
             None,
         ));
         if let Some(token) = &request.lease_token {
-            return Ok(match inherited_lease(&op, &request.game_id, token).await {
+            return Ok(match op.inherited_lease(&request.game_id, token).await {
                 Ok(token) => start_under_lease(&op, &request, &token).await,
                 Err(output) => output,
             });
@@ -92,7 +94,7 @@ async fn start_under_lease<W>(
         container_id: container_id.map(str::to_owned),
         image_ref: Some(image.to_owned()),
     };
-    let loaded = load_record(op, game_id).await;
+    let loaded = op.load_record(game_id).await;
     let existing = match loaded {
         // Re-running after a crash that followed this operation's own write: finish it.
         Ok(Some(loaded)) if loaded.written_by_this_operation => {
@@ -112,7 +114,7 @@ async fn start_under_lease<W>(
                 return op.replay_no_op(record.clone()).await;
             }
             let message = format!(
-                "game is running image {:?}; use PatchRuntime to change its image",
+                "game is running image {:?}; patch it to change its image",
                 record.current_image_ref.as_deref().unwrap_or("")
             );
             return op
@@ -122,19 +124,18 @@ async fn start_under_lease<W>(
     }
 
     let name = format!("rtm-{}-{}", game_id, short_digest(&op.operation_id));
-    let ensured = docker_step(
-        op.ctx,
-        op.settings,
-        EnsureContainer,
-        EnsureContainerInput {
-            game_id: game_id.clone(),
-            image_ref: request.image_ref.clone(),
-            name,
-            lease: lease.clone(),
-        },
-        Cancel::WithWorkflow,
-    )
-    .await;
+    let ensured = op
+        .docker(
+            EnsureContainer,
+            EnsureContainerInput {
+                game_id: game_id.clone(),
+                image_ref: request.image_ref.clone(),
+                name,
+                lease: lease.clone(),
+            },
+            Cancel::WithWorkflow,
+        )
+        .await;
     let container_id = match ensured {
         Ok(id) => id,
         Err(err) => {
@@ -145,24 +146,22 @@ async fn start_under_lease<W>(
         }
     };
 
-    let recorded = fast_step(
-        op.ctx,
-        op.settings,
-        RecordRunning,
-        RecordRunningInput {
-            game_id: game_id.clone(),
-            operation_id: op.operation_id.clone(),
-            fence: lease.fence().unwrap_or_default(),
-            lease: Some(lease.clone()),
-            container_id: container_id.clone(),
-            image_ref: request.image_ref.clone(),
-        },
-        op.settings.fast_step_attempts,
-        // The container runs: record it even if the caller gave up meanwhile.
-        Cancel::Detached,
-    )
-    .await
-    .map_err(StepFailure::from);
+    let recorded = op
+        .step(
+            RecordRunning,
+            RecordRunningInput {
+                game_id: game_id.clone(),
+                operation_id: op.operation_id.clone(),
+                fence: lease.fence().unwrap_or_default(),
+                lease: Some(lease.clone()),
+                container_id: container_id.clone(),
+                image_ref: request.image_ref.clone(),
+            },
+            // The container runs: record it even if the caller gave up meanwhile.
+            Cancel::Detached,
+        )
+        .await
+        .map_err(StepFailure::from);
     match recorded {
         Ok(UpdateStatusOutcome::Updated { record }) => {
             // The superseded container, and any other this game may have left behind.
@@ -220,14 +219,9 @@ async fn remove_stale_containers<W>(op: &Op<'_, W>, game_id: &GameId, keep: Stri
         game_id: game_id.clone(),
         container_id: keep,
     };
-    let _ = docker_step(
-        op.ctx,
-        op.settings,
-        RemoveStaleContainers,
-        input,
-        Cancel::Detached,
-    )
-    .await;
+    let _ = op
+        .docker(RemoveStaleContainers, input, Cancel::Detached)
+        .await;
 }
 
 /// Best effort: a container left behind is logged by the activity.
@@ -236,12 +230,5 @@ async fn remove_container<W>(op: &Op<'_, W>, game_id: &GameId, container_id: Str
         game_id: game_id.clone(),
         container_id,
     };
-    let _ = docker_step(
-        op.ctx,
-        op.settings,
-        RemoveContainer,
-        input,
-        Cancel::Detached,
-    )
-    .await;
+    let _ = op.docker(RemoveContainer, input, Cancel::Detached).await;
 }

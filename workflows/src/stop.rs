@@ -21,10 +21,8 @@ use crate::{
         ContainerStopOutcome, HealthEvent, PublishHealth, StopContainer, StopContainerInput,
         UpdateStatus, UpdateStatusInput, UpdateStatusOutcome, CONTAINER_DISAPPEARED,
     },
-    operation::{Audit, Op, Touched, BEST_EFFORT_ATTEMPTS},
-    support::{
-        docker_step, fast_step, inherited_lease, load_record, workflow_now, Cancel, StepFailure,
-    },
+    operation::{Audit, Op, Touched},
+    support::{workflow_now, Cancel, StepFailure},
     StepSettings,
 };
 
@@ -37,14 +35,18 @@ pub struct StopRuntimeWorkflow {
 }
 
 impl StopRuntimeWorkflow {
+    /// The workflow as the worker's factory builds it, with the worker's step options.
     pub fn new(settings: StepSettings) -> Self {
         Self { settings }
     }
 }
 
+// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
+// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
 #[workflow_methods]
 impl StopRuntimeWorkflow {
     /// Input: `{"game_id", "reason", "op_source", "source_ref"?, "lease_token"?}` as raw JSON.
+    #[allow(missing_docs)]
     #[run(name = "StopRuntime")]
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,
@@ -70,7 +72,7 @@ impl StopRuntimeWorkflow {
 /// token: run only).
 async fn handle<W>(op: &Op<'_, W>, request: &StopRequest) -> OperationOutput {
     if let Some(token) = &request.lease_token {
-        return match inherited_lease(op, &request.game_id, token).await {
+        return match op.inherited_lease(&request.game_id, token).await {
             Ok(token) => run_under_lease(op, request, &token).await,
             Err(output) => output,
         };
@@ -92,7 +94,7 @@ async fn run_under_lease<W>(
     lease: &LeaseToken,
 ) -> OperationOutput {
     let game_id = &request.game_id;
-    let loaded = load_record(op, game_id).await;
+    let loaded = op.load_record(game_id).await;
     let existing = match loaded {
         // Re-running after a crash that followed this operation's own write: finish as the
         // first run would have (the health event is published at most once per operation).
@@ -128,18 +130,17 @@ async fn run_under_lease<W>(
             .await;
     };
 
-    let stopped = docker_step(
-        op.ctx,
-        op.settings,
-        StopContainer,
-        StopContainerInput {
-            game_id: game_id.clone(),
-            container_id: container_id.clone(),
-            lease: lease.clone(),
-        },
-        Cancel::WithWorkflow,
-    )
-    .await;
+    let stopped = op
+        .docker(
+            StopContainer,
+            StopContainerInput {
+                game_id: game_id.clone(),
+                container_id: container_id.clone(),
+                lease: lease.clone(),
+            },
+            Cancel::WithWorkflow,
+        )
+        .await;
     match stopped {
         Ok(ContainerStopOutcome::Stopped | ContainerStopOutcome::AlreadyStopped) => {}
         Ok(ContainerStopOutcome::Vanished) => {
@@ -269,15 +270,7 @@ async fn publish_disappeared<W>(
         occurred_at: record.removed_at.unwrap_or(record.last_op_at),
         details: serde_json::json!({}),
     };
-    let _ = fast_step(
-        op.ctx,
-        op.settings,
-        PublishHealth,
-        event,
-        BEST_EFFORT_ATTEMPTS,
-        Cancel::Detached,
-    )
-    .await;
+    op.best_effort(PublishHealth, event).await;
 }
 
 async fn update_status<W>(
@@ -288,9 +281,7 @@ async fn update_status<W>(
     container_id: String,
     to: RuntimeStatus,
 ) -> Result<UpdateStatusOutcome, StepFailure> {
-    fast_step(
-        op.ctx,
-        op.settings,
+    op.step(
         UpdateStatus,
         UpdateStatusInput {
             game_id: request.game_id.clone(),
@@ -301,7 +292,6 @@ async fn update_status<W>(
             fence: lease.fence().unwrap_or_default(),
             lease: Some(lease.clone()),
         },
-        op.settings.fast_step_attempts,
         // The container is already stopped: record it even if the caller gave up meanwhile.
         Cancel::Detached,
     )

@@ -1,5 +1,9 @@
-//! Small deterministic helpers shared by the lifecycle workflows: raw input, workflow time,
-//! activity options, and decoding activity failures into error codes.
+//! How a step runs, for every lifecycle workflow: raw input, workflow time, the activity options
+//! of each kind of step (local or normal, timeouts, retries, cancellation), and decoding an
+//! activity's failure into an error code. Workflows do not call these directly: [`Op`] is their
+//! one door to the steps.
+//!
+//! [`Op`]: crate::operation::Op
 
 use std::time::{Duration, SystemTime};
 
@@ -18,13 +22,9 @@ use temporalio_workflow::{
     WorkflowContext,
 };
 
-use rtmanager_domain::{ErrorCode, GameId, LeaseToken};
+use rtmanager_domain::ErrorCode;
 
-use crate::{
-    contract::{CheckLease, CheckLeaseInput},
-    operation::Op,
-    StepSettings,
-};
+use crate::StepSettings;
 
 /// The JSON bytes of a workflow's single `json/plain` input payload.
 pub fn request_bytes(input: &RawValue) -> Result<&[u8], String> {
@@ -72,38 +72,14 @@ fn retry(attempts: u32, initial: Duration, max: Duration) -> RetryPolicy {
         .build()
 }
 
-/// Runs a sub-millisecond step (Redis or PostgreSQL) as a local or a normal activity, with a
-/// short timeout and bounded retries.
-pub async fn fast_step<W, AD>(
-    ctx: &WorkflowContext<W>,
-    settings: &StepSettings,
-    activity: AD,
-    input: AD::Input,
-    attempts: u32,
-    cancel: Cancel,
-) -> Result<AD::Output, ActivityExecutionError>
-where
-    AD: ActivityDefinition,
-    AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
-{
-    fast_step_within(
-        ctx,
-        settings,
-        activity,
-        input,
-        attempts,
-        cancel,
-        FAST_STEP_TIMEOUT,
-    )
-    .await
-}
-
 /// One attempt of a fast step: Redis and PostgreSQL answer in well under a millisecond, so
 /// this only bounds a dependency that hangs.
 pub const FAST_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`fast_step`] with its own attempt timeout (the lease acquire may wait out a lock-delay).
-pub async fn fast_step_within<W, AD>(
+/// Runs a sub-millisecond step (Redis or PostgreSQL) as a local or a normal activity
+/// (`StepSettings::local_fast_steps`), with `attempt_timeout` per attempt (the lease acquire's
+/// is longer: it may wait out a lock-delay) and bounded retries.
+pub async fn fast_step<W, AD>(
     ctx: &WorkflowContext<W>,
     settings: &StepSettings,
     activity: AD,
@@ -244,64 +220,6 @@ fn innermost(failure: &Failure) -> &Failure {
     chain(failure).last().unwrap_or(failure)
 }
 
-/// The patch id that marks histories in which an inherited lease token is checked against
-/// Redis: histories recorded before the check replay without it.
-pub const INHERITED_LEASE_CHECK: &str = "check-inherited-lease";
-
-/// Checks a lease token handed down by a parent (the seed's `Run`): it must have the shape of
-/// a token rtmanager issues (it carries the fence every record write needs), and Redis must
-/// hold exactly this token as the game's lease right now. Anything else (a forged token, a
-/// parent's token after its lease expired) is a `conflict` and the operation does nothing.
-pub async fn inherited_lease<W>(
-    op: &Op<'_, W>,
-    game_id: &GameId,
-    token: &LeaseToken,
-) -> Result<LeaseToken, rtmanager_domain::OperationOutput> {
-    if token.fence().is_none() {
-        return Err(op
-            .failure(
-                ErrorCode::InvalidRequest,
-                "lease_token is not a token rtmanager issued (expected <fence>:<secret>)".into(),
-                crate::operation::Touched::default(),
-            )
-            .await);
-    }
-    if !op.ctx.patched(INHERITED_LEASE_CHECK) {
-        return Ok(token.clone());
-    }
-    let checked = fast_step(
-        op.ctx,
-        op.settings,
-        CheckLease,
-        CheckLeaseInput {
-            game_id: game_id.clone(),
-            token: token.clone(),
-        },
-        op.settings.fast_step_attempts,
-        Cancel::WithWorkflow,
-    )
-    .await;
-    let (code, message) = match checked {
-        Ok(true) => return Ok(token.clone()),
-        Ok(false) => (
-            ErrorCode::Conflict,
-            "lease_token is not the game's current lease (Redis holds another token or none): \
-             only the operation holding the lease may act under it; nothing was done"
-                .to_owned(),
-        ),
-        Err(err) => {
-            let failure = StepFailure::from(err);
-            (
-                failure.code_or(ErrorCode::ServiceUnavailable),
-                format!("check inherited lease: {}", failure.message),
-            )
-        }
-    };
-    Err(op
-        .failure(code, message, crate::operation::Touched::default())
-        .await)
-}
-
 /// A workflow input or child input: one `json/plain` payload.
 pub fn json_input(value: &serde_json::Value) -> RawValue {
     use temporalio_workflow::common::protos::temporal::api::common::v1::Payload;
@@ -321,23 +239,4 @@ pub fn short_digest(value: &str) -> String {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
-}
-
-/// Loads the game's record (`LoadRecord`), telling whether this operation wrote it last.
-pub async fn load_record<W>(
-    op: &Op<'_, W>,
-    game_id: &rtmanager_domain::GameId,
-) -> Result<Option<crate::contract::LoadedRecord>, ActivityExecutionError> {
-    fast_step(
-        op.ctx,
-        op.settings,
-        crate::contract::LoadRecord,
-        crate::contract::LoadRecordInput {
-            game_id: game_id.clone(),
-            operation_id: op.operation_id.clone(),
-        },
-        op.settings.fast_step_attempts,
-        Cancel::WithWorkflow,
-    )
-    .await
 }

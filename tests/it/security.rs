@@ -2,15 +2,13 @@
 //! where told (loopback by default), and never writes the API token to its logs, even at debug
 //! level and when a caller presents a wrong one.
 
-mod common;
-
 use std::{
     io::Read,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{unique, TestApp};
+use crate::common::{unique, TestApp};
 
 fn serve(app: &TestApp, token: Option<&str>, addr: &str) -> Command {
     let config = app.config();

@@ -1,12 +1,10 @@
 //! A worker killed with SIGKILL while a stop is in flight: a new worker finishes the operation
 //! with exactly one audit row and the lease released.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, unique, worker_process, TestApp, TestConfig};
-use rtmanager_domain::{Outcome, RuntimeStatus};
+use crate::common::{eventually, unique, worker_process, TestApp, TestConfig};
+use rtmanager_domain::{OpKind, Outcome, RuntimeStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
@@ -24,7 +22,7 @@ async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
     let mut first = worker_process(app.config());
     let handle = app
         .start_workflow(
-            "StopRuntime",
+            OpKind::Stop,
             &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
         )
         .await;

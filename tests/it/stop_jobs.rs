@@ -2,11 +2,9 @@
 //! entries, redelivery after a consumer dies mid-entry, claims of a dead consumer's entries,
 //! waiting out a held lease, and several consumers sharing the group.
 
-mod common;
-
 use std::{sync::Arc, time::Duration};
 
-use common::{eventually, unique, TestApp};
+use crate::common::{eventually, unique, TestApp};
 use redis::AsyncCommands;
 use rtmanager::stream::{Consumer, StreamSettings};
 use rtmanager_domain::RuntimeStatus;

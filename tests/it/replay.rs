@@ -3,16 +3,18 @@
 //! sequence of an existing path fails here, in CI, before it can break running workflows.
 //!
 //! Record the histories of new paths with:
-//! `scripts/dev test --test replay -- --ignored record_histories`. Histories already recorded
+//! `scripts/dev test --test it -- --ignored replay::record_histories`. Histories already recorded
 //! are kept: they are what workflows started by older code look like, and they must keep
 //! replaying (a versioned change gates its new commands behind `patched`). Set
 //! `RTMANAGER_RECORD_ALL=1` to re-record every one.
 
-mod common;
+use crate::common;
+
+use rtmanager_domain::OpKind;
 
 use std::{collections::HashMap, path::PathBuf};
 
-use common::{unique, TestApp};
+use crate::common::{unique, TestApp};
 use redis::AsyncCommands;
 use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
@@ -83,19 +85,19 @@ async fn a_history_that_does_not_match_the_code_is_rejected() {
 #[ignore = "records tests/histories from the running stack; run on purpose only"]
 async fn record_histories() {
     let mut app = TestApp::spawn().await;
-    let mut inputs: Vec<(&str, &str, String)> = Vec::new();
+    let mut inputs: Vec<(&str, OpKind, String)> = Vec::new();
 
     let running = unique("rec");
     let cid = app.game_container(&running, None).await;
     app.insert_record(&running, "running", Some(&cid)).await;
-    inputs.push(("stop_success", "StopRuntime", stop_json(&running)));
-    inputs.push(("stop_replay_no_op", "StopRuntime", stop_json(&running)));
+    inputs.push(("stop_success", OpKind::Stop, stop_json(&running)));
+    inputs.push(("stop_replay_no_op", OpKind::Stop, stop_json(&running)));
 
     let vanished = unique("rec");
     let gone = app.game_container(&vanished, None).await;
     app.insert_record(&vanished, "running", Some(&gone)).await;
     app.remove_container(&gone).await;
-    inputs.push(("stop_vanished", "StopRuntime", stop_json(&vanished)));
+    inputs.push(("stop_vanished", OpKind::Stop, stop_json(&vanished)));
 
     let busy = unique("rec");
     app.insert_record(&busy, "running", Some("x")).await;
@@ -105,9 +107,9 @@ async fn record_histories() {
         .set_ex(app.lease_key(&busy), "other", 60)
         .await
         .unwrap();
-    inputs.push(("stop_conflict", "StopRuntime", stop_json(&busy)));
+    inputs.push(("stop_conflict", OpKind::Stop, stop_json(&busy)));
 
-    inputs.push(("stop_not_found", "StopRuntime", stop_json(&unique("rec"))));
+    inputs.push(("stop_not_found", OpKind::Stop, stop_json(&unique("rec"))));
 
     // A child's stop under its parent's lease: the token is checked against Redis first.
     let child = unique("rec");
@@ -121,53 +123,53 @@ async fn record_histories() {
         .unwrap();
     inputs.push((
         "stop_inherited_lease",
-        "StopRuntime",
+        OpKind::Stop,
         format!(
             r#"{{"game_id":"{child}","reason":"restart","op_source":"admin","lease_token":"42:rec-parent"}}"#
         ),
     ));
     inputs.push((
         "stop_forged_lease",
-        "StopRuntime",
+        OpKind::Stop,
         format!(
             r#"{{"game_id":"{child}","reason":"restart","op_source":"admin","lease_token":"43:forged"}}"#
         ),
     ));
     inputs.push((
         "stop_invalid_request",
-        "StopRuntime",
+        OpKind::Stop,
         r#"{"game_id":"bad id"}"#.to_owned(),
     ));
 
     let image = common::game_image();
     let fresh = unique("rec");
     let start = format!(r#"{{"game_id":"{fresh}","image_ref":"{image}","op_source":"admin"}}"#);
-    inputs.push(("start_success", "StartRuntime", start.clone()));
-    inputs.push(("start_replay_no_op", "StartRuntime", start));
+    inputs.push(("start_success", OpKind::Start, start.clone()));
+    inputs.push(("start_replay_no_op", OpKind::Start, start));
     let replace = format!(r#"{{"game_id":"{fresh}","op_source":"admin","source_ref":"rec-1"}}"#);
-    inputs.push(("restart_success", "RestartRuntime", replace));
+    inputs.push(("restart_success", OpKind::Restart, replace));
     let patch = format!(
         r#"{{"game_id":"{fresh}","image_ref":"rtmanager-game:missing","op_source":"admin"}}"#
     );
-    inputs.push(("patch_rollback", "PatchRuntime", patch));
+    inputs.push(("patch_rollback", OpKind::Patch, patch));
     let missing = format!(
         r#"{{"game_id":"{}","image_ref":"rtmanager-game:missing","op_source":"admin"}}"#,
         unique("rec")
     );
-    inputs.push(("start_image_missing", "StartRuntime", missing));
+    inputs.push(("start_image_missing", OpKind::Start, missing));
 
     let mut written = HashMap::new();
     let all = std::env::var("RTMANAGER_RECORD_ALL").is_ok_and(|v| v == "1");
-    for (name, workflow_type, input) in inputs {
+    for (name, kind, input) in inputs {
         let path = histories_dir().join(format!("{name}.json"));
         if path.exists() && !all {
             continue;
         }
         let workflow_id = unique("rec");
-        let handle = rtmanager::client::start(
+        let handle = rtmanager::client::start_raw(
             &app.client,
             &app.config().task_queue,
-            workflow_type,
+            kind,
             &workflow_id,
             rtmanager::client::json_input(input.as_bytes()),
         )

@@ -3,15 +3,15 @@
 //! `rtmanager reset-fence`, and a lease whose holder workflow closed is taken over after the
 //! lock-delay instead of the TTL.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     eventually, rtmanager_command, worker_process, worker_process_with, TestApp, TestConfig,
 };
 use redis::AsyncCommands;
-use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
 use temporalio_client::WorkflowTerminateOptions;
 
 /// A fence near the top of the column: what a forged `"<n>:<x>"` token would carry.
@@ -35,7 +35,7 @@ async fn a_forged_inherited_token_is_a_conflict_that_writes_nothing() {
         .await;
     let start = app
         .execute(
-            "StartRuntime",
+            OpKind::Start,
             &format!(
                 r#"{{"game_id":"{game}","image_ref":"rtmanager-game:v2","op_source":"admin","lease_token":"{forged}"}}"#
             ),
@@ -198,7 +198,7 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
     );
     let handle = app
         .start_workflow(
-            "StopRuntime",
+            OpKind::Stop,
             &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
         )
         .await;
@@ -272,7 +272,7 @@ async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
     );
     let first = app
         .start_workflow(
-            "StopRuntime",
+            OpKind::Stop,
             &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
         )
         .await;

@@ -3,12 +3,12 @@
 //! activities and their retries in the Web UI. Each step is then scheduled through the server,
 //! and a crashed worker's step is retried elsewhere after its heartbeat timeout.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{worker_process, worker_process_with, TestApp, TestConfig};
-use rtmanager_domain::{Outcome, RuntimeStatus};
+use crate::common::{worker_process, worker_process_with, TestApp, TestConfig};
+use rtmanager_domain::{OpKind, Outcome, RuntimeStatus};
 
 fn normal_steps(config: &mut rtmanager::Config) {
     config.local_fast_steps = false;
@@ -65,7 +65,7 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
 
     let handle = app
         .start_workflow(
-            "StopRuntime",
+            OpKind::Stop,
             &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
         )
         .await;
@@ -92,7 +92,7 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
 
     let out = app
         .execute(
-            "RestartRuntime",
+            OpKind::Restart,
             &format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#),
         )
         .await;
@@ -103,7 +103,7 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
     );
     let out = app
         .execute(
-            "PatchRuntime",
+            OpKind::Patch,
             &format!(
                 r#"{{"game_id":"{game}","image_ref":"rtmanager-game:v2","op_source":"admin"}}"#
             ),
@@ -176,7 +176,7 @@ async fn a_crash_after_the_docker_stop_is_retried_elsewhere_with_normal_activiti
     );
     let handle = app
         .start_workflow(
-            "StopRuntime",
+            OpKind::Stop,
             &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
         )
         .await;

@@ -1,11 +1,11 @@
 //! The `rtmanager` binary's client commands against the local stack: each verb, `--json`
 //! output parsed, `status`, and a mass stop of a few dozen games.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 
-use common::TestApp;
+use crate::common::TestApp;
 use rtmanager_domain::RuntimeStatus;
 
 fn rtmanager(app: &TestApp, args: &[&str]) -> Output {

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use rtmanager::{client, worker, Config};
 use rtmanager_activities::{schema, store::Store, Telemetry};
-use rtmanager_domain::{GameId, OperationOutput, RuntimeRecord};
+use rtmanager_domain::{GameId, OpKind, OperationOutput, RuntimeRecord};
 
 /// Loads `.dev/env` into the process environment for variables not already set.
 fn load_dev_env() {
@@ -231,7 +231,8 @@ impl TestApp {
                     Some(client) => client,
                     None => worker::connect_temporal(&config).await?,
                 };
-                worker::run_worker_with(&config, telemetry, client, shutdown).await
+                let deps = worker::build_dependencies(&config, telemetry, &client)?;
+                worker::run_worker(&config, client, deps, shutdown).await
             })
         }));
         self.shutdown = Some(tx);
@@ -252,18 +253,19 @@ impl TestApp {
     /// Runs `StartRuntime` of `image` for `game` from source `admin`.
     pub async fn start(&self, game: &str, image: &str) -> OperationOutput {
         self.execute(
-            "StartRuntime",
+            OpKind::Start,
             &format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
         )
         .await
     }
 
-    /// Starts `workflow_type` with raw JSON input on this app's task queue; returns its handle.
-    pub async fn start_workflow(&self, workflow_type: &str, json: &str) -> client::Handle {
-        client::start(
+    /// Starts the workflow of `kind` with raw JSON input on this app's task queue; returns its
+    /// handle.
+    pub async fn start_workflow(&self, kind: OpKind, json: &str) -> client::Handle {
+        client::start_raw(
             &self.client,
             &self.config().task_queue,
-            workflow_type,
+            kind,
             &unique("wf"),
             client::json_input(json.as_bytes()),
         )
@@ -273,11 +275,11 @@ impl TestApp {
 
     /// Runs `StopRuntime` with raw JSON input and waits for its output.
     pub async fn stop_raw(&self, json: &str) -> OperationOutput {
-        self.execute("StopRuntime", json).await
+        self.execute(OpKind::Stop, json).await
     }
 
-    pub async fn execute(&self, workflow_type: &str, json: &str) -> OperationOutput {
-        let handle = self.start_workflow(workflow_type, json).await;
+    pub async fn execute(&self, kind: OpKind, json: &str) -> OperationOutput {
+        let handle = self.start_workflow(kind, json).await;
         client::result(&handle).await.expect("workflow result")
     }
 

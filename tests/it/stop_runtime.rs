@@ -1,15 +1,15 @@
 //! StopRuntime end to end on a real Temporal dev server, PostgreSQL, Redis and Docker: one test
 //! per branch of the seed (`stopruntime.go`), each through the workflow's public entry point.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{eventually, unique, TestApp};
+use crate::common::{eventually, unique, TestApp};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
-use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
 
 /// A container whose PID 1 ignores SIGTERM: `docker stop` waits the whole graceful timeout.
 const IGNORES_SIGTERM: &[&str] = &["sleep", "3600"];
@@ -184,15 +184,16 @@ async fn input_that_is_not_one_json_payload_is_invalid_too() {
         temporalio_common::data_converters::RawValue::new(vec![]),
         temporalio_common::data_converters::RawValue::empty(),
     ] {
-        let out = rtmanager::client::execute(
+        let handle = rtmanager::client::start_raw(
             &app.client,
             &app.config().task_queue,
-            "StopRuntime",
+            OpKind::Stop,
             &unique("wf"),
             input,
         )
         .await
         .unwrap();
+        let out = rtmanager::client::result(&handle).await.unwrap();
         assert_eq!(out.error_code, Some(ErrorCode::InvalidRequest), "{out:?}");
     }
 }
@@ -477,7 +478,7 @@ async fn cancelling_the_workflow_releases_the_lease() {
 
     let handle = app
         .start_workflow(
-            "StopRuntime",
+            OpKind::Stop,
             &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
         )
         .await;

@@ -1,11 +1,11 @@
 //! The HTTP bridge against the real stack: status codes from error codes, authentication,
 //! idempotent request ids, malformed requests, health, metrics and the OpenAPI document.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{eventually, unique, Bridge, TestApp};
+use crate::common::{eventually, unique, Bridge, TestApp};
 use proptest::{prelude::*, strategy::ValueTree};
 use redis::AsyncCommands;
 use rtmanager_domain::RuntimeStatus;
@@ -431,7 +431,7 @@ async fn metrics_and_the_openapi_document_are_served() {
     assert_eq!(doc.status, 200);
     let served = doc.json();
     let kept: serde_json::Value =
-        serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+        serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
     assert_eq!(served, kept);
     for path in ["/stop", "/start", "/restart", "/patch"] {
         assert!(served["paths"][format!("{RUNTIMES}/{{game_id}}{path}")]["post"].is_object());

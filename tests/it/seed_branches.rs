@@ -5,17 +5,15 @@
 //! outcome. Faults come from the real services (revoked privileges, a Redis key of the wrong
 //! type) or, to hit a window between two steps, from a worker process stalled at a fault point.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{eventually, worker_process_with, TestApp, TestConfig};
 use bollard::query_parameters::StopContainerOptions;
-use common::{eventually, worker_process_with, TestApp, TestConfig};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
 use rtmanager_activities::schema::runtime_records::dsl as r;
-use rtmanager_domain::{ErrorCode, OperationOutput, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, OpKind, OperationOutput, Outcome, RuntimeStatus};
 
 /// A handle on the services without an in-process worker: the test runs a worker process that
 /// stalls at a fault point.
@@ -44,7 +42,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let mut worker = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", fault)]);
-    let handle = app.start_workflow("StopRuntime", &stop_input(game)).await;
+    let handle = app.start_workflow(OpKind::Stop, &stop_input(game)).await;
     eventually(
         "the stop to hold the lease",
         Duration::from_secs(30),

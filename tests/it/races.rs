@@ -4,12 +4,12 @@
 //! free. (The audit rows cannot show lease hold times: `started_at` is when an operation's
 //! workflow started, before it tried the lease.)
 
-mod common;
+use crate::common;
 
 use std::{sync::Arc, time::Duration};
 
+use crate::common::{eventually, unique, TestApp};
 use chrono::{DateTime, Utc};
-use common::{eventually, unique, TestApp};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;

@@ -3,11 +3,11 @@
 //! both sides in ABBA order with every stop succeeding, and cleans up after itself. The figures
 //! themselves are for the benchmark run the README quotes, not for a test.
 
-mod common;
+use crate::common;
 
 use std::{net::TcpListener, process::Stdio, time::Duration};
 
-use common::{eventually, rtmanager_command, unique, TestConfig};
+use crate::common::{eventually, rtmanager_command, unique, TestConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {

@@ -2,11 +2,9 @@
 //! (valid and invalid), checking that no response is a server error and that every status code,
 //! content type and body conforms to `docs/openapi.json`.
 
-mod common;
-
 use std::process::Command;
 
-use common::TestApp;
+use crate::common::TestApp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_conforms_to_its_openapi_document_under_generated_input() {

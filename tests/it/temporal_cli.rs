@@ -1,11 +1,11 @@
 //! The `temporal` CLI as a client: `temporal workflow execute --type StopRuntime --input ...`
 //! returns the contract JSON, and bad input completes with `invalid_request` within seconds.
 
-mod common;
+use crate::common;
 
 use std::{process::Command, time::Duration};
 
-use common::{unique, TestApp};
+use crate::common::{unique, TestApp};
 
 fn execute(app: &TestApp, input: &str) -> serde_json::Value {
     execute_type(app, "StopRuntime", input)

@@ -2,13 +2,13 @@
 //! and conflicts, children under the parent's lease, patch rollback, cancellation, fencing of a
 //! stale lease holder, and leases that outlive long Docker steps.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, unique, worker_process, TestApp, TestConfig};
+use crate::common::{eventually, unique, worker_process, TestApp, TestConfig};
 use redis::AsyncCommands;
-use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
 use temporalio_client::{UntypedWorkflow, WorkflowFetchHistoryOptions};
 
 const IGNORES_SIGTERM: &[&str] = &["sleep", "3600"];
@@ -72,7 +72,7 @@ async fn start_creates_a_labelled_container_and_replays() {
         Some(ErrorCode::Conflict),
         "{conflict:?}"
     );
-    assert!(conflict.error_message.unwrap().contains("PatchRuntime"));
+    assert!(conflict.error_message.unwrap().contains("patch it"));
     assert_eq!(app.containers_of(&game).await.len(), 1);
 
     let kinds: Vec<_> = app
@@ -200,10 +200,10 @@ async fn restart_runs_stop_and_start_as_children_sharing_one_source_ref() {
     let before = app.start(&game, &image).await.record.unwrap();
 
     let workflow_id = unique("restart");
-    let handle = rtmanager::client::start(
+    let handle = rtmanager::client::start_raw(
         &app.client,
         &app.config().task_queue,
-        "RestartRuntime",
+        OpKind::Restart,
         &workflow_id,
         rtmanager::client::json_input(
             format!(r#"{{"game_id":"{game}","op_source":"rest","source_ref":"req-77"}}"#)
@@ -279,7 +279,7 @@ async fn patch_replaces_the_image_and_removes_the_old_container() {
 
     let out = app
         .execute(
-            "PatchRuntime",
+            OpKind::Patch,
             &format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#),
         )
         .await;
@@ -304,7 +304,7 @@ async fn patch_replaces_the_image_and_removes_the_old_container() {
 
     let again = app
         .execute(
-            "PatchRuntime",
+            OpKind::Patch,
             &format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#),
         )
         .await;
@@ -320,7 +320,7 @@ async fn a_patch_to_a_broken_image_rolls_back() {
 
     let out = app
         .execute(
-            "PatchRuntime",
+            OpKind::Patch,
             &format!(
                 r#"{{"game_id":"{game}","image_ref":"rtmanager-game:broken","op_source":"admin","source_ref":"p-1"}}"#
             ),
@@ -371,10 +371,10 @@ async fn a_cancelled_restart_releases_the_lease_and_leaves_nothing_running() {
     app.insert_record(&game, "running", Some(&cid)).await;
 
     let workflow_id = unique("restart");
-    let handle = rtmanager::client::start(
+    let handle = rtmanager::client::start_raw(
         &app.client,
         &app.config().task_queue,
-        "RestartRuntime",
+        OpKind::Restart,
         &workflow_id,
         rtmanager::client::json_input(
             format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#).as_bytes(),
@@ -520,10 +520,10 @@ async fn a_stale_holder_is_fenced_off() {
         &stale_config,
         &[("RTMANAGER_FAULTS", "after:EnsureContainer=sleep:9000")],
     );
-    let stale = rtmanager::client::start(
+    let stale = rtmanager::client::start_raw(
         &app.client,
         &stale_config.task_queue,
-        "StartRuntime",
+        OpKind::Start,
         &unique("stale"),
         rtmanager::client::json_input(
             format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#)
@@ -597,7 +597,7 @@ async fn a_crash_between_create_and_record_converges_to_one_container() {
     );
     let handle = app
         .start_workflow(
-            "StartRuntime",
+            OpKind::Start,
             &format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
         )
         .await;

@@ -3,12 +3,12 @@
 //! state is checked: exactly one audit row per operation, no duplicate health event, one
 //! container, the lease released.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{worker_process, worker_process_with, TestApp, TestConfig};
-use rtmanager_domain::{OperationOutput, Outcome, RuntimeStatus};
+use crate::common::{worker_process, worker_process_with, TestApp, TestConfig};
+use rtmanager_domain::{OpKind, OperationOutput, Outcome, RuntimeStatus};
 
 async fn app() -> TestApp {
     let cfg = TestConfig::new();
@@ -18,16 +18,12 @@ async fn app() -> TestApp {
     TestApp::without_worker(cfg).await
 }
 
-/// Runs `workflow_type` with `input` on a worker that aborts after `step`, then on a fresh one.
-async fn crash_after(
-    app: &TestApp,
-    step: &str,
-    workflow_type: &str,
-    input: String,
-) -> OperationOutput {
+/// Runs the workflow of `kind` with `input` on a worker that aborts after `step`, then on a
+/// fresh one.
+async fn crash_after(app: &TestApp, step: &str, kind: OpKind, input: String) -> OperationOutput {
     let fault = format!("after:{step}=abort");
     let mut doomed = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", &fault)]);
-    let handle = app.start_workflow(workflow_type, &input).await;
+    let handle = app.start_workflow(kind, &input).await;
     let exited = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::task::spawn_blocking(move || doomed.wait()),
@@ -57,7 +53,7 @@ async fn check_stop_crash(step: &str) {
     let cid = app.game_container(&game, None).await;
     app.insert_record(&game, "running", Some(&cid)).await;
 
-    let out = crash_after(&app, step, "StopRuntime", stop_input(&game)).await;
+    let out = crash_after(&app, step, OpKind::Stop, stop_input(&game)).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
     assert_eq!(
@@ -112,7 +108,7 @@ async fn a_vanished_stop_publishes_once_despite_a_crash_after_publishing() {
     app.insert_record(&game, "running", Some(&cid)).await;
     app.remove_container(&cid).await;
 
-    let out = crash_after(&app, "PublishHealth", "StopRuntime", stop_input(&game)).await;
+    let out = crash_after(&app, "PublishHealth", OpKind::Stop, stop_input(&game)).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     assert_eq!(
@@ -138,7 +134,7 @@ async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() 
     app.insert_record(&game, "running", Some(&cid)).await;
     app.remove_container(&cid).await;
 
-    let out = crash_after(&app, "UpdateStatus", "StopRuntime", stop_input(&game)).await;
+    let out = crash_after(&app, "UpdateStatus", OpKind::Stop, stop_input(&game)).await;
 
     assert_eq!(
         (out.outcome, out.error_code),
@@ -177,7 +173,7 @@ async fn check_start_crash(step: &str) {
     app.insert_record(&game, "stopped", Some(&old)).await;
     let input = format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#);
 
-    let out = crash_after(&app, step, "StartRuntime", input).await;
+    let out = crash_after(&app, step, OpKind::Start, input).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
     assert_eq!(out.error_code, None, "{step}: {out:?}");
@@ -224,7 +220,7 @@ async fn check_restart_crash(step: &str) {
     app.insert_record(&game, "running", Some(&old)).await;
     let input = format!(r#"{{"game_id":"{game}","op_source":"admin","source_ref":"r-1"}}"#);
 
-    let out = crash_after(&app, step, "RestartRuntime", input).await;
+    let out = crash_after(&app, step, OpKind::Restart, input).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
     let record = app.record(&game).await.unwrap();
@@ -265,7 +261,7 @@ async fn patch_survives_a_crash_inside_the_stop_child() {
     let target = "rtmanager-game:v2";
     let input = format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#);
 
-    let out = crash_after(&app, "StopContainer", "PatchRuntime", input).await;
+    let out = crash_after(&app, "StopContainer", OpKind::Patch, input).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     let record = app.record(&game).await.unwrap();

@@ -1,0 +1,321 @@
+//! The operator's client commands: `stop` (one game or many, with a progress bar and a summary),
+//! `start`, `restart`, `patch`, `status` and `reset-fence`. Each lifecycle command builds one
+//! [`LifecycleRequest`] and runs it through the one client call ([`crate::client::run`]);
+//! `rtmanager`'s `main` only parses the command line and dispatches here.
+
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
+
+use clap::Args;
+use futures::StreamExt;
+
+use rtmanager_activities::store::Store;
+use rtmanager_domain::{
+    GameId, ImageRef, LifecycleRequest, OpSource, OperationOutput, ReplaceRequest, RuntimeRecord,
+    SourceRef, StartRequest, StopReason, StopRequest,
+};
+
+use crate::{
+    client::{self, Operation, Origin},
+    worker, Config,
+};
+
+/// `rtmanager stop`'s arguments: which games, why, and how many at once.
+#[derive(Args)]
+pub struct StopArgs {
+    /// Games to stop.
+    game_ids: Vec<String>,
+    /// Stop every game whose record says running.
+    #[arg(long, conflicts_with_all = ["game_ids", "from_file"])]
+    all_running: bool,
+    /// Stop the games listed in a file, one id per line (`#` comments allowed).
+    #[arg(long, conflicts_with = "game_ids")]
+    from_file: Option<std::path::PathBuf>,
+    /// The stop reason recorded for every game (`admin`, `finished`, `timeout`, ...).
+    #[arg(long, default_value = "admin")]
+    reason: String,
+    /// A reference shared by every stop of this invocation (e.g. a ticket).
+    #[arg(long)]
+    source_ref: Option<String>,
+    /// Stops in flight at once during a mass stop.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+/// `rtmanager start <game> --image <ref>`, as a request from an operator.
+pub fn start_request(
+    game_id: &str,
+    image: &str,
+    source_ref: Option<String>,
+) -> anyhow::Result<LifecycleRequest> {
+    Ok(LifecycleRequest::Start(StartRequest {
+        game_id: GameId::parse(game_id)?,
+        image_ref: ImageRef::parse(image).map_err(anyhow::Error::msg)?,
+        op_source: OpSource::Admin,
+        source_ref: parse_source_ref(source_ref)?,
+        lease_token: None,
+    }))
+}
+
+/// `rtmanager restart <game>` (no image) or `rtmanager patch <game> --image <ref>`.
+pub fn replace_request(
+    game_id: &str,
+    image: Option<&str>,
+    source_ref: Option<String>,
+) -> anyhow::Result<LifecycleRequest> {
+    let request = ReplaceRequest {
+        game_id: GameId::parse(game_id)?,
+        image_ref: image
+            .map(ImageRef::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        op_source: OpSource::Admin,
+        source_ref: parse_source_ref(source_ref)?,
+    };
+    Ok(if request.image_ref.is_some() {
+        LifecycleRequest::Patch(request)
+    } else {
+        LifecycleRequest::Restart(request)
+    })
+}
+
+/// `rtmanager reset-fence`: takes the game's lease like any operation (so nothing else runs on
+/// the game meanwhile), writes that lease's fence, freshly issued by the counter, into the
+/// record, and releases the lease. Every later operation's fence is higher again.
+pub async fn reset_fence(config: &Config, game_id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use rtmanager_activities::{Acquire, LeaseHolder, RedisKeys, RedisStore};
+    let game_id = GameId::parse(game_id)?;
+    let redis = RedisStore::new(
+        config.redis_url.expose(),
+        RedisKeys {
+            prefix: config.redis_prefix.clone(),
+            health_stream: config.health_stream.clone(),
+            health_stream_maxlen: 100_000,
+        },
+    )?;
+    let store = Store::new(config.database_url.expose(), 1)?;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let holder = LeaseHolder {
+        workflow_id: "rtmanager reset-fence".to_owned(),
+        run_id: secret.clone(),
+    };
+    let fence = match redis
+        .acquire_lease(&game_id, &secret, &holder, config.lease_ttl)
+        .await?
+    {
+        Acquire::Acquired { fence } => fence,
+        Acquire::Held { holder, .. } => {
+            let by = holder.map_or_else(|| "an unnamed holder".to_owned(), |h| h.workflow_id);
+            eprintln!(
+                "rtmanager: {game_id}: the game's lease is held by {by}; try again once it ends"
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let token = rtmanager_domain::LeaseToken::issued(fence, &secret);
+    let replaced = store.reset_fence(&game_id, fence).await;
+    redis.release_lease(&game_id, &token).await?;
+    let Some(previous) = replaced? else {
+        eprintln!("rtmanager: {game_id}: no runtime record");
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        let out =
+            serde_json::json!({"game_id": game_id, "previous_fence": previous, "fence": fence});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{game_id}: record fence {previous} -> {fence}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_source_ref(raw: Option<String>) -> anyhow::Result<Option<SourceRef>> {
+    raw.as_deref()
+        .map(SourceRef::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Runs one operation and reports it.
+pub async fn operate(
+    config: &Config,
+    request: LifecycleRequest,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let temporal = worker::connect_temporal(config).await?;
+    let output = run_one(&temporal, config, &request).await?;
+    Ok(report(&[(request.game_id().clone(), output)], json))
+}
+
+async fn run_one(
+    temporal: &temporalio_client::Client,
+    config: &Config,
+    request: &LifecycleRequest,
+) -> anyhow::Result<OperationOutput> {
+    let operation = Operation::new(request, &Origin::Cli);
+    client::run(temporal, &config.task_queue, &operation).await
+}
+
+/// Stops one game or many: many run with bounded concurrency behind a progress bar, then a
+/// summary by outcome.
+pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let reason = args.reason.parse::<StopReason>()?;
+    let source_ref = parse_source_ref(args.source_ref)?;
+    let games: Vec<GameId> = if args.all_running {
+        Store::new(config.database_url.expose(), 2)?
+            .running_game_ids()
+            .await?
+    } else if let Some(path) = &args.from_file {
+        std::fs::read_to_string(path)?
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|id| GameId::parse(id).map_err(|e| anyhow::anyhow!("{id:?}: {e}")))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        args.game_ids
+            .iter()
+            .map(|id| GameId::parse(id).map_err(|e| anyhow::anyhow!("{id:?}: {e}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    anyhow::ensure!(!games.is_empty(), "no game to stop");
+    let temporal = Arc::new(worker::connect_temporal(config).await?);
+    let bar = if games.len() > 1 && !json {
+        indicatif::ProgressBar::new(games.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} stopped, {elapsed} elapsed, eta {eta}",
+            )
+            .expect("static template"),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let results: Vec<(GameId, OperationOutput)> = futures::stream::iter(games)
+        .map(|game_id| {
+            let temporal = temporal.clone();
+            let request = LifecycleRequest::Stop(StopRequest {
+                game_id: game_id.clone(),
+                reason,
+                op_source: OpSource::Admin,
+                source_ref: source_ref.clone(),
+                lease_token: None,
+            });
+            let bar = bar.clone();
+            async move {
+                let output = run_one(&temporal, config, &request)
+                    .await
+                    .unwrap_or_else(|err| {
+                        OperationOutput::failure(
+                            rtmanager_domain::ErrorCode::ServiceUnavailable,
+                            format!("{err:#}"),
+                        )
+                    });
+                bar.inc(1);
+                (game_id, output)
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+    let code = report(&results, json);
+    if results.len() > 1 && !json {
+        let mut summary: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, output) in &results {
+            let key = match output.error_code {
+                Some(code) => format!("{} ({code})", output.outcome),
+                None => output.outcome.to_string(),
+            };
+            *summary.entry(key).or_default() += 1;
+        }
+        println!();
+        for (key, count) in summary {
+            println!("{count:>6}  {key}");
+        }
+    }
+    Ok(code)
+}
+
+/// `rtmanager status`: the records of the games named.
+pub async fn status(
+    config: &Config,
+    game_ids: Vec<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::new(config.database_url.expose(), 2)?;
+    let mut found: Vec<RuntimeRecord> = Vec::new();
+    let mut missing = Vec::new();
+    for raw in game_ids {
+        let id = GameId::parse(&raw).map_err(|e| anyhow::anyhow!("{raw:?}: {e}"))?;
+        match store.get_record(&id).await? {
+            Some(record) => found.push(record),
+            None => missing.push(id),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        println!(
+            "{:<24} {:<8} {:<14} {:<28} LAST OP",
+            "GAME", "STATUS", "CONTAINER", "IMAGE"
+        );
+        for r in &found {
+            println!(
+                "{:<24} {:<8} {:<14} {:<28} {}",
+                r.game_id,
+                r.status,
+                r.current_container_id
+                    .as_deref()
+                    .map_or("-", |c| &c[..c.len().min(12)]),
+                r.current_image_ref.as_deref().unwrap_or("-"),
+                r.last_op_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+        }
+    }
+    for id in &missing {
+        eprintln!("rtmanager: no runtime record for game {id}");
+    }
+    Ok(if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Prints operation outputs (a table, or JSON: the output itself for one, an array for many);
+/// exit code 1 when any failed.
+/// Prints each output (a table, or JSON) and exits 1 when one is not a success.
+fn report(results: &[(GameId, OperationOutput)], json: bool) -> ExitCode {
+    if json {
+        let text = if let [(_, output)] = results {
+            serde_json::to_string_pretty(output)
+        } else {
+            let items: Vec<_> = results
+                .iter()
+                .map(|(game, output)| serde_json::json!({ "game_id": game, "output": output }))
+                .collect();
+            serde_json::to_string_pretty(&items)
+        };
+        println!("{}", text.expect("outputs serialise"));
+    } else {
+        println!(
+            "{:<24} {:<8} {:<20} {:<8} MESSAGE",
+            "GAME", "OUTCOME", "CODE", "STATUS"
+        );
+        for (game, output) in results {
+            println!(
+                "{:<24} {:<8} {:<20} {:<8} {}",
+                game,
+                output.outcome,
+                output.error_code.map_or("-", |c| c.as_str()),
+                output.record.as_ref().map_or("-", |r| r.status.as_str()),
+                output.error_message.as_deref().unwrap_or(""),
+            );
+        }
+    }
+    if results.iter().all(|(_, o)| o.is_success()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
