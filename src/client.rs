@@ -5,7 +5,8 @@
 //!
 //! Inputs go as raw JSON, so that exactly what a `temporal` CLI user would send can be sent here
 //! too (the tests send input the workflow must reject through [`start_raw`]). Nothing outside
-//! this module names a workflow type; the workflows pin the same names with `#[run(name)]`.
+//! this module asks for a workflow type; the names themselves are only in the workflows'
+//! `#[run(name = ...)]` pins.
 
 use std::collections::HashMap;
 
@@ -20,18 +21,21 @@ use temporalio_common::{
 };
 
 use rtmanager_domain::{GameId, LifecycleRequest, OpKind, OperationOutput, SourceRef};
+use rtmanager_workflows::{
+    PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
+};
 
 /// A started rtmanager workflow.
 pub type Handle = WorkflowHandle<Client, UntypedWorkflow>;
 
-/// The workflow type Temporal stores for each verb; the workflows pin the same names with
-/// `#[run(name = ...)]`.
+/// The workflow type Temporal stores for each verb: the name each workflow pins with
+/// `#[run(name = ...)]`, read from the workflow itself.
 pub fn workflow_type(kind: OpKind) -> &'static str {
     match kind {
-        OpKind::Start => "StartRuntime",
-        OpKind::Stop => "StopRuntime",
-        OpKind::Restart => "RestartRuntime",
-        OpKind::Patch => "PatchRuntime",
+        OpKind::Start => StartRuntimeWorkflow::name(),
+        OpKind::Stop => StopRuntimeWorkflow::name(),
+        OpKind::Restart => RestartRuntimeWorkflow::name(),
+        OpKind::Patch => PatchRuntimeWorkflow::name(),
     }
 }
 
@@ -249,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn every_verb_has_its_pinned_workflow_type() {
+    fn every_verb_has_the_workflow_type_of_the_contract() {
         let types: Vec<_> = [OpKind::Start, OpKind::Stop, OpKind::Restart, OpKind::Patch]
             .map(workflow_type)
             .to_vec();

@@ -260,6 +260,15 @@ impl Config {
         }
     }
 
+    /// The names of rtmanager's Redis keys and its health stream.
+    pub fn redis_keys(&self) -> rtmanager_activities::RedisKeys {
+        rtmanager_activities::RedisKeys {
+            prefix: self.redis_prefix.clone(),
+            health_stream: self.health_stream.clone(),
+            health_stream_maxlen: 100_000,
+        }
+    }
+
     /// The workflows' step settings derived from this configuration.
     pub fn step_settings(&self) -> StepSettings {
         StepSettings {

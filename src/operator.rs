@@ -82,16 +82,9 @@ pub fn replace_request(
 /// the game meanwhile), writes that lease's fence, freshly issued by the counter, into the
 /// record, and releases the lease. Every later operation's fence is higher again.
 pub async fn reset_fence(config: &Config, game_id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    use rtmanager_activities::{Acquire, LeaseHolder, RedisKeys, RedisStore};
+    use rtmanager_activities::{Acquire, LeaseHolder, RedisStore};
     let game_id = GameId::parse(game_id)?;
-    let redis = RedisStore::new(
-        config.redis_url.expose(),
-        RedisKeys {
-            prefix: config.redis_prefix.clone(),
-            health_stream: config.health_stream.clone(),
-            health_stream_maxlen: 100_000,
-        },
-    )?;
+    let redis = RedisStore::new(config.redis_url.expose(), config.redis_keys())?;
     let store = Store::new(config.database_url.expose(), 1)?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let holder = LeaseHolder {

@@ -12,8 +12,7 @@ use temporalio_common::worker::WorkerDeploymentOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 use rtmanager_activities::{
-    ContainerSettings, Dependencies, DockerRuntime, RedisKeys, RedisStore, RuntimeActivities,
-    Store, Telemetry,
+    ContainerSettings, Dependencies, DockerRuntime, RedisStore, RuntimeActivities, Store, Telemetry,
 };
 use rtmanager_workflows::{
     PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
@@ -45,14 +44,7 @@ pub fn build_dependencies(
     client: &Client,
 ) -> anyhow::Result<Dependencies> {
     let store = Store::new(config.database_url.expose(), config.database_pool_size)?;
-    let redis = RedisStore::new(
-        config.redis_url.expose(),
-        RedisKeys {
-            prefix: config.redis_prefix.clone(),
-            health_stream: config.health_stream.clone(),
-            health_stream_maxlen: 100_000,
-        },
-    )?;
+    let redis = RedisStore::new(config.redis_url.expose(), config.redis_keys())?;
     let settings = config.step_settings();
     let docker = DockerRuntime::connect(
         &config.docker_host,

@@ -270,26 +270,15 @@ impl RuntimeActivities {
         ctx: ActivityContext,
         input: RecordRunningInput,
     ) -> Result<UpdateStatusOutcome, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            if !self
-                .lease_still_held(&input.game_id, input.lease.as_ref())
-                .await?
-            {
-                return Ok(UpdateStatusOutcome::LeaseLost);
-            }
-            self.deps
-                .store
-                .record_running(
-                    &input.game_id,
-                    &input.operation_id,
-                    input.fence,
-                    &input.container_id,
-                    input.image_ref.as_str(),
-                )
-                .await
-                .map_err(store_error)
-        })
-        .await
+        let write = self.deps.store.record_running(
+            &input.game_id,
+            &input.operation_id,
+            input.fence,
+            &input.container_id,
+            input.image_ref.as_str(),
+        );
+        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), write);
+        self.step(&ctx, input.game_id.as_str(), guarded).await
     }
 
     /// [`contract::UpdateStatus`].
@@ -300,27 +289,16 @@ impl RuntimeActivities {
         ctx: ActivityContext,
         input: UpdateStatusInput,
     ) -> Result<UpdateStatusOutcome, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            if !self
-                .lease_still_held(&input.game_id, input.lease.as_ref())
-                .await?
-            {
-                return Ok(UpdateStatusOutcome::LeaseLost);
-            }
-            self.deps
-                .store
-                .update_status(
-                    &input.game_id,
-                    &input.operation_id,
-                    input.expected_from,
-                    input.expected_container_id.as_deref(),
-                    input.to,
-                    input.fence,
-                )
-                .await
-                .map_err(store_error)
-        })
-        .await
+        let write = self.deps.store.update_status(
+            &input.game_id,
+            &input.operation_id,
+            input.expected_from,
+            input.expected_container_id.as_deref(),
+            input.to,
+            input.fence,
+        );
+        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), write);
+        self.step(&ctx, input.game_id.as_str(), guarded).await
     }
 
     /// [`contract::PublishHealth`].
@@ -483,21 +461,26 @@ impl RuntimeActivities {
 
     /// A record write proceeds only while Redis holds the writer's exact token: a forged or
     /// stale token (and so a fence the lease counter never issued to a live holder) writes
-    /// nothing. Writers without a token (a workflow scheduled by an older worker) skip the check.
-    async fn lease_still_held(
+    /// nothing (`LeaseLost`). Writers without a token (a workflow scheduled by an older worker)
+    /// skip the check. `write` is lazy: it runs only after the check.
+    async fn write_under_lease(
         &self,
         game_id: &GameId,
         lease: Option<&LeaseToken>,
-    ) -> Result<bool, ActivityError> {
-        match lease {
-            None => Ok(true),
-            Some(token) => self
+        write: impl std::future::Future<Output = Result<UpdateStatusOutcome, StoreError>>,
+    ) -> Result<UpdateStatusOutcome, ActivityError> {
+        if let Some(token) = lease {
+            let held = self
                 .deps
                 .redis
                 .lease_is_held_by(game_id, token)
                 .await
-                .map_err(|err| retryable(format!("redis: {err}"))),
+                .map_err(|err| retryable(format!("redis: {err}")))?;
+            if !held {
+                return Ok(UpdateStatusOutcome::LeaseLost);
+            }
         }
+        write.await.map_err(store_error)
     }
 
     /// Runs a Docker call while heartbeating (so a dead worker is noticed and a cancellation

@@ -88,9 +88,7 @@ async fn a_mass_stop_stops_every_running_game() {
     let mut app = TestApp::spawn().await;
     let mut games = Vec::new();
     for _ in 0..30 {
-        let game = app.new_game("mass");
-        let cid = app.game_container(&game, None).await;
-        app.insert_record(&game, "running", Some(&cid)).await;
+        let (game, _) = app.running_game("mass").await;
         games.push(game);
     }
     let from_file = std::env::temp_dir().join(format!("{}.txt", common::unique("games")));

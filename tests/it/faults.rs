@@ -49,9 +49,7 @@ fn stop_input(game: &str) -> String {
 
 async fn check_stop_crash(step: &str) {
     let mut app = app().await;
-    let game = app.new_game("crash-stop");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("crash-stop").await;
 
     let out = crash_after(&app, step, OpKind::Stop, stop_input(&game)).await;
 
@@ -103,9 +101,7 @@ async fn stop_survives_a_crash_after_releasing_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_stop_publishes_once_despite_a_crash_after_publishing() {
     let mut app = app().await;
-    let game = app.new_game("crash-vanish");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("crash-vanish").await;
     app.remove_container(&cid).await;
 
     let out = crash_after(&app, "PublishHealth", OpKind::Stop, stop_input(&game)).await;
@@ -129,9 +125,7 @@ async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() 
     // The removal CAS clears the record's container; the re-run after a crash right after it
     // must still name the container in its health event and audit row.
     let mut app = app().await;
-    let game = app.new_game("crash-vanish-cas");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("crash-vanish-cas").await;
     app.remove_container(&cid).await;
 
     let out = crash_after(&app, "UpdateStatus", OpKind::Stop, stop_input(&game)).await;
@@ -215,9 +209,7 @@ async fn start_survives_a_crash_after_the_audit_row() {
 
 async fn check_restart_crash(step: &str) {
     let mut app = app().await;
-    let game = app.new_game("crash-restart");
-    let old = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&old)).await;
+    let (game, _) = app.running_game("crash-restart").await;
     let input = format!(r#"{{"game_id":"{game}","op_source":"admin","source_ref":"r-1"}}"#);
 
     let out = crash_after(&app, step, OpKind::Restart, input).await;
@@ -255,9 +247,7 @@ async fn restart_survives_a_crash_inside_the_start_child() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_survives_a_crash_inside_the_stop_child() {
     let mut app = app().await;
-    let game = app.new_game("crash-patch");
-    let old = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&old)).await;
+    let (game, _) = app.running_game("crash-patch").await;
     let target = "rtmanager-game:v2";
     let input = format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#);
 

@@ -25,9 +25,7 @@ async fn stop_as_admin(bridge: &Bridge, game: &str) -> common::HttpResponse {
 }
 
 async fn running_game(app: &mut TestApp) -> (String, String) {
-    let game = app.new_game("http");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("http").await;
     (game, cid)
 }
 

@@ -89,9 +89,7 @@ async fn a_forged_inherited_token_is_a_conflict_that_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_inherited_token_is_a_conflict() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("stale");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("stale").await;
     // A token that was real once: issued, then replaced by a newer holder's.
     let key = app.lease_key(&game);
     let _: () = app
@@ -187,9 +185,7 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
         .await
         .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
-    let game = app.new_game("orphan");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("orphan").await;
 
     // A stop that takes the lease, then stalls before Docker; the operator terminates it.
     let mut stalled = worker_process_with(
@@ -263,9 +259,7 @@ async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
         .await
         .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
-    let game = app.new_game("alive");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.running_game("alive").await;
     let mut worker = worker_process_with(
         app.config(),
         &[("RTMANAGER_FAULTS", "before:StopContainer=sleep:4000")],

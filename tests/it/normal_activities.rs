@@ -136,9 +136,7 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_runs_with_normal_activities() {
     let mut app = TestApp::spawn_with(normal_steps).await;
-    let game = app.new_game("normal-vanish");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("normal-vanish").await;
     app.remove_container(&cid).await;
 
     let out = app.stop(&game).await;
@@ -166,9 +164,7 @@ async fn a_crash_after_the_docker_stop_is_retried_elsewhere_with_normal_activiti
         .await
         .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
-    let game = app.new_game("normal-crash");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("normal-crash").await;
 
     let mut doomed = worker_process_with(
         app.config(),

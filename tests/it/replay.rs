@@ -87,15 +87,11 @@ async fn record_histories() {
     let mut app = TestApp::spawn().await;
     let mut inputs: Vec<(&str, OpKind, String)> = Vec::new();
 
-    let running = unique("rec");
-    let cid = app.game_container(&running, None).await;
-    app.insert_record(&running, "running", Some(&cid)).await;
+    let (running, _) = app.running_game("rec").await;
     inputs.push(("stop_success", OpKind::Stop, stop_json(&running)));
     inputs.push(("stop_replay_no_op", OpKind::Stop, stop_json(&running)));
 
-    let vanished = unique("rec");
-    let gone = app.game_container(&vanished, None).await;
-    app.insert_record(&vanished, "running", Some(&gone)).await;
+    let (vanished, gone) = app.running_game("rec").await;
     app.remove_container(&gone).await;
     inputs.push(("stop_vanished", OpKind::Stop, stop_json(&vanished)));
 
@@ -112,9 +108,7 @@ async fn record_histories() {
     inputs.push(("stop_not_found", OpKind::Stop, stop_json(&unique("rec"))));
 
     // A child's stop under its parent's lease: the token is checked against Redis first.
-    let child = unique("rec");
-    let child_cid = app.game_container(&child, None).await;
-    app.insert_record(&child, "running", Some(&child_cid)).await;
+    let (child, _) = app.running_game("rec").await;
     let _: () = app
         .redis
         .clone()

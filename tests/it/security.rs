@@ -66,9 +66,7 @@ async fn the_token_never_reaches_the_logs() {
     let mut child = serve(&app, Some(&token), &format!("127.0.0.1:{port}"))
         .spawn()
         .unwrap();
-    let game = app.new_game("sec");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.running_game("sec").await;
 
     // Wait for the bridge, then call it with the right and a wrong token.
     let mut ready = false;

@@ -69,9 +69,7 @@ async fn sql(app: &TestApp, statement: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compare_and_swap_refused_by_a_newer_fence_is_a_conflict() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("newer-fence");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("newer-fence").await;
     // A newer lease holder wrote the record (its fence is above any this stop can get).
     app.set_record_fence(&game, i64::MAX - 1).await;
 
@@ -101,9 +99,7 @@ async fn a_compare_and_swap_refused_by_a_newer_fence_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
     let mut app = app().await;
-    let game = app.new_game("vanish-moved");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("vanish-moved").await;
     app.remove_container(&cid).await;
 
     let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:2500", || async {
@@ -139,9 +135,7 @@ async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() {
     let mut app = app().await;
-    let game = app.new_game("vanish-deleted");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("vanish-deleted").await;
     app.remove_container(&cid).await;
 
     let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:2500", || async {
@@ -171,9 +165,7 @@ async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_store_error_is_internal() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("vanish-store");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("vanish-store").await;
     app.remove_container(&cid).await;
     sql(&app, "REVOKE UPDATE ON runtime_records FROM CURRENT_USER").await;
 
@@ -206,9 +198,7 @@ async fn the_vanished_path_meeting_a_store_error_is_internal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_cannot_be_loaded_is_internal() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("load-error");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("load-error").await;
     sql(&app, "REVOKE SELECT ON runtime_records FROM CURRENT_USER").await;
 
     let out = app.stop(&game).await;
@@ -242,9 +232,7 @@ async fn a_record_that_cannot_be_loaded_is_internal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compare_and_swap_store_error_is_internal() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("cas-error");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("cas-error").await;
     sql(&app, "REVOKE UPDATE ON runtime_records FROM CURRENT_USER").await;
 
     let out = app.stop(&game).await;
@@ -274,9 +262,7 @@ async fn a_compare_and_swap_store_error_is_internal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_docker_reports_already_stopped_is_a_successful_stop() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("already-stopped");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("already-stopped").await;
     app.docker
         .stop_container(&cid, None::<StopContainerOptions>)
         .await
@@ -300,9 +286,7 @@ async fn a_container_docker_reports_already_stopped_is_a_successful_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_health_publish_does_not_change_the_outcome() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("no-health");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("no-health").await;
     app.remove_container(&cid).await;
     // XADD on a string key fails with WRONGTYPE, on every attempt.
     let stream = app.config().health_stream.clone();
@@ -337,9 +321,7 @@ async fn a_failing_health_publish_does_not_change_the_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_publish_that_failed_once_is_published_by_its_retry() {
     let mut app = app().await;
-    let game = app.new_game("health-retry");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("health-retry").await;
     app.remove_container(&cid).await;
     let stream = app.config().health_stream.clone();
     let _: () = app
@@ -389,9 +371,7 @@ async fn a_health_publish_that_failed_once_is_published_by_its_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_lease_release_does_not_change_the_outcome() {
     let mut app = app().await;
-    let game = app.new_game("no-release");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("no-release").await;
     let key = app.lease_key(&game);
 
     // While the release stalls, the lease key becomes a list: every release attempt's GET then

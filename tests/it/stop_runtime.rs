@@ -17,9 +17,7 @@ const IGNORES_SIGTERM: &[&str] = &["sleep", "3600"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stops_a_running_game() {
     let mut app = TestApp::spawn().await;
-    let game = unique("game");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("game").await;
 
     let out = app
         .stop_raw(&format!(
@@ -201,9 +199,7 @@ async fn input_that_is_not_one_json_payload_is_invalid_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_held_by_another_operation_is_a_conflict() {
     let mut app = TestApp::spawn().await;
-    let game = unique("busy");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("busy").await;
     let _: () = app
         .redis
         .clone()
@@ -233,9 +229,7 @@ async fn a_lease_held_by_another_operation_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inherited_lease_is_neither_acquired_nor_released() {
     let mut app = TestApp::spawn().await;
-    let game = unique("child");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("child").await;
     let _: () = app
         .redis
         .clone()
@@ -269,9 +263,7 @@ async fn an_inherited_lease_is_neither_acquired_nor_released() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_docker_is_service_unavailable() {
     let mut app = TestApp::spawn_with(|c| c.docker_host = "tcp://127.0.0.1:1".into()).await;
-    let game = unique("nodocker");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("nodocker").await;
 
     let out = app.stop(&game).await;
 
@@ -328,9 +320,7 @@ async fn an_unreachable_redis_is_service_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_container_removes_the_record_and_reports_it() {
     let mut app = TestApp::spawn().await;
-    let game = unique("vanished");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("vanished").await;
     app.remove_container(&cid).await;
 
     let out = app.stop(&game).await;
@@ -438,9 +428,7 @@ async fn a_record_gone_mid_stop_is_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_failure_does_not_change_the_outcome() {
     let mut app = TestApp::spawn().await;
-    let game = unique("noaudit");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.running_game("noaudit").await;
     diesel::sql_query("REVOKE INSERT ON operation_log FROM CURRENT_USER")
         .execute(&mut app.pg().await)
         .await

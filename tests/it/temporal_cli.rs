@@ -39,9 +39,7 @@ fn execute_type(app: &TestApp, workflow_type: &str, input: &str) -> serde_json::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_temporal_cli_stops_a_game_and_replays() {
     let mut app = TestApp::spawn().await;
-    let game = unique("cli");
-    let cid = app.game_container(&game, None).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.running_game("cli").await;
     let input = format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#);
 
     let first = tokio::task::block_in_place(|| execute(&app, &input));

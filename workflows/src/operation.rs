@@ -180,16 +180,7 @@ impl<'a, W> Op<'a, W> {
         AD::Output: TemporalDeserializable,
     {
         let attempts = self.settings.fast_step_attempts;
-        fast_step(
-            self.ctx,
-            self.settings,
-            activity,
-            input,
-            attempts,
-            cancel,
-            FAST_STEP_TIMEOUT,
-        )
-        .await
+        self.fast(activity, input, attempts, cancel).await
     }
 
     /// Runs a best-effort step (audit row, health event): few attempts, detached from a
@@ -199,16 +190,32 @@ impl<'a, W> Op<'a, W> {
         AD: ActivityDefinition,
         AD::Output: TemporalDeserializable,
     {
-        let _ = fast_step(
-            self.ctx,
-            self.settings,
+        let attempts = BEST_EFFORT_ATTEMPTS;
+        let _ = self.fast(activity, input, attempts, Cancel::Detached).await;
+    }
+
+    async fn fast<AD>(
+        &self,
+        activity: AD,
+        input: AD::Input,
+        attempts: u32,
+        cancel: Cancel,
+    ) -> Result<AD::Output, ActivityExecutionError>
+    where
+        AD: ActivityDefinition,
+        AD::Output: TemporalDeserializable,
+    {
+        let (ctx, settings) = (self.ctx, self.settings);
+        fast_step(
+            ctx,
+            settings,
             activity,
             input,
-            BEST_EFFORT_ATTEMPTS,
-            Cancel::Detached,
+            attempts,
+            cancel,
             FAST_STEP_TIMEOUT,
         )
-        .await;
+        .await
     }
 
     /// Runs a Docker step with the worker's Docker-step options.

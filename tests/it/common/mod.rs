@@ -245,6 +245,15 @@ impl TestApp {
         game
     }
 
+    /// A fresh game with a running labelled container and a `running` record naming it, as
+    /// StartRuntime would have left it: `(game id, container id)`.
+    pub async fn running_game(&mut self, prefix: &str) -> (String, String) {
+        let game = self.new_game(prefix);
+        let container = self.game_container(&game, None).await;
+        self.insert_record(&game, "running", Some(&container)).await;
+        (game, container)
+    }
+
     /// Every container labelled for `game`, with whether it runs.
     pub async fn containers_of(&self, game: &str) -> Vec<(String, bool)> {
         list_game_containers(&self.docker, game).await
