@@ -50,6 +50,7 @@ use bollard::{
     Docker,
 };
 use futures::{stream, StreamExt};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -194,7 +195,7 @@ pub async fn run(config: &Config, options: BenchOptions) -> anyhow::Result<Repor
     let token = config
         .api_token
         .as_ref()
-        .map(|t| t.expose().to_owned())
+        .map(|t| t.expose_secret().to_owned())
         .ok_or_else(|| anyhow::anyhow!("RTMANAGER_API_TOKEN is not set (source .dev/env)"))?;
     let docker = if config.docker_host.starts_with("unix://") {
         Docker::connect_with_unix(&config.docker_host, 300, bollard::API_DEFAULT_VERSION)?
@@ -205,7 +206,7 @@ pub async fn run(config: &Config, options: BenchOptions) -> anyhow::Result<Repor
         config: config.clone(),
         options,
         docker,
-        store: Store::new(config.database_url.expose(), 4)?,
+        store: Store::new(config.database_url.expose_secret(), 4)?,
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
         token,
     };

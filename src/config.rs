@@ -1,38 +1,12 @@
 //! Configuration from `RTMANAGER_*` environment variables, each with a documented default
 //! (see `.env.example`). Parsed once at start; a bad value stops the process with its name.
+//! Secrets (the database and Redis URLs, the API token) are `secrecy` strings: `Debug` never
+//! shows them, and reading one takes an explicit `expose_secret()`.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use rtmanager_workflows::StepSettings;
-
-/// A secret-bearing URL: `Debug` hides the password.
-#[derive(Clone)]
-pub struct SecretUrl(String);
-
-impl SecretUrl {
-    /// Wraps a URL whose password must never reach a log line.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL with its password, for the client that connects; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match url::Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                write!(f, "{url}")
-            }
-            Ok(url) => write!(f, "{url}"),
-            Err(_) => f.write_str("<unparsable url>"),
-        }
-    }
-}
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// The worker's settings.
 #[derive(Debug, Clone)]
@@ -43,12 +17,12 @@ pub struct Config {
     pub namespace: String,
     /// The worker polls it; the bridge, consumer and CLI start workflows on it. One per test.
     pub task_queue: String,
-    /// PostgreSQL; `Debug` hides its password.
-    pub database_url: SecretUrl,
+    /// PostgreSQL; it carries a password, so `Debug` shows none of it.
+    pub database_url: SecretString,
     /// PostgreSQL connections per process; must be positive.
     pub database_pool_size: usize,
     /// Leases, health events and the stop jobs stream all live in this Redis.
-    pub redis_url: SecretUrl,
+    pub redis_url: SecretString,
     /// Prefix of rtmanager's Redis keys (leases, publish markers).
     pub redis_prefix: String,
     /// `runtime:health_events` by contract; a test gets one of its own.
@@ -101,28 +75,6 @@ pub struct Config {
     pub stream_concurrency: usize,
 }
 
-/// A secret string: `Debug` never shows it.
-#[derive(Clone)]
-pub struct SecretString(String);
-
-impl SecretString {
-    /// Wraps a value that `Debug` must never show.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> anyhow::Result<Self> {
@@ -153,12 +105,12 @@ impl Config {
             temporal_address: get("RTMANAGER_TEMPORAL_ADDRESS", "http://127.0.0.1:7233"),
             namespace: get("RTMANAGER_NAMESPACE", "default"),
             task_queue: get("RTMANAGER_TASK_QUEUE", "rtmanager"),
-            database_url: SecretUrl(get(
+            database_url: SecretString::from(get(
                 "RTMANAGER_DATABASE_URL",
                 "postgres://rtmanager:rtmanager@127.0.0.1:5432/rtmanager",
             )),
             database_pool_size: num("RTMANAGER_DATABASE_POOL_SIZE", 16)? as usize,
-            redis_url: SecretUrl(get("RTMANAGER_REDIS_URL", "redis://127.0.0.1:6379")),
+            redis_url: SecretString::from(get("RTMANAGER_REDIS_URL", "redis://127.0.0.1:6379")),
             redis_prefix: get("RTMANAGER_REDIS_PREFIX", "rtmanager:"),
             health_stream: get("RTMANAGER_HEALTH_STREAM", "runtime:health_events"),
             docker_host: get("RTMANAGER_DOCKER_HOST", "unix:///var/run/docker.sock"),
@@ -185,7 +137,7 @@ impl Config {
             },
             api_token: lookup("RTMANAGER_API_TOKEN")
                 .filter(|t| !t.is_empty())
-                .map(SecretString),
+                .map(SecretString::from),
             http_wait: Duration::from_secs(num("RTMANAGER_HTTP_WAIT_SECS", 120)?),
             http_body_limit: num("RTMANAGER_HTTP_BODY_LIMIT_BYTES", 16 * 1024)? as usize,
             stop_stream: get("RTMANAGER_STOP_STREAM", "runtime:stop_jobs"),

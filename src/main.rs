@@ -2,6 +2,7 @@
 //! (`worker`, `serve`, `run`, `migrate`, `bench`); the operator's client commands live in
 //! `rtmanager::operator`.
 
+use secrecy::ExposeSecret;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -162,7 +163,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let applied =
-                rtmanager_activities::store::run_migrations(config.database_url.expose()).await?;
+                rtmanager_activities::store::run_migrations(config.database_url.expose_secret())
+                    .await?;
             println!("applied {} migration(s)", applied.len());
         }
         Command::Stop(args) => return operator::stop(&config, args, json).await,

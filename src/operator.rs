@@ -3,6 +3,7 @@
 //! [`LifecycleRequest`] and runs it through the one client call ([`crate::client::run`]);
 //! `rtmanager`'s `main` only parses the command line and dispatches here.
 
+use secrecy::ExposeSecret;
 use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use clap::Args;
@@ -84,8 +85,8 @@ pub fn replace_request(
 pub async fn reset_fence(config: &Config, game_id: &str, json: bool) -> anyhow::Result<ExitCode> {
     use rtmanager_activities::{Acquire, LeaseHolder, RedisStore};
     let game_id = GameId::parse(game_id)?;
-    let redis = RedisStore::new(config.redis_url.expose(), config.redis_keys())?;
-    let store = Store::new(config.database_url.expose(), 1)?;
+    let redis = RedisStore::new(config.redis_url.expose_secret(), config.redis_keys())?;
+    let store = Store::new(config.database_url.expose_secret(), 1)?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let holder = LeaseHolder {
         workflow_id: "rtmanager reset-fence".to_owned(),
@@ -154,7 +155,7 @@ pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result
     let reason = args.reason.parse::<StopReason>()?;
     let source_ref = parse_source_ref(args.source_ref)?;
     let games: Vec<GameId> = if args.all_running {
-        Store::new(config.database_url.expose(), 2)?
+        Store::new(config.database_url.expose_secret(), 2)?
             .running_game_ids()
             .await?
     } else if let Some(path) = &args.from_file {
@@ -234,7 +235,7 @@ pub async fn status(
     game_ids: Vec<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = Store::new(config.database_url.expose(), 2)?;
+    let store = Store::new(config.database_url.expose_secret(), 2)?;
     let mut found: Vec<RuntimeRecord> = Vec::new();
     let mut missing = Vec::new();
     for raw in game_ids {

@@ -1,6 +1,7 @@
 //! `rtmanager serve`: the two ways in that listen — the HTTP bridge and the `runtime:stop_jobs`
 //! consumer — in one process, sharing one Temporal client. `rtmanager run` adds the worker.
 
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -46,7 +47,7 @@ pub async fn serve(
         config
             .api_token
             .as_ref()
-            .map(|t| t.expose().to_owned())
+            .map(|t| t.expose_secret().to_owned())
             .unwrap_or_default(),
     )?;
     let state = Arc::new(BridgeState::new(
@@ -64,7 +65,7 @@ pub async fn serve(
         config.stream_settings(),
         client,
         config.task_queue.clone(),
-        config.redis_url.expose(),
+        config.redis_url.expose_secret(),
     )?;
     let bridge = http::serve(config.http_addr, state, shutdown.clone().cancelled_owned());
     let consume = consumer.run(shutdown.clone());

@@ -4,6 +4,7 @@
 //! Callers: `rtmanager worker` (with SIGTERM/SIGINT as `shutdown`) and the integration tests
 //! (one worker per test, on its own task queue).
 
+use secrecy::ExposeSecret;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -43,8 +44,11 @@ pub fn build_dependencies(
     telemetry: Telemetry,
     client: &Client,
 ) -> anyhow::Result<Dependencies> {
-    let store = Store::new(config.database_url.expose(), config.database_pool_size)?;
-    let redis = RedisStore::new(config.redis_url.expose(), config.redis_keys())?;
+    let store = Store::new(
+        config.database_url.expose_secret(),
+        config.database_pool_size,
+    )?;
+    let redis = RedisStore::new(config.redis_url.expose_secret(), config.redis_keys())?;
     let settings = config.step_settings();
     let docker = DockerRuntime::connect(
         &config.docker_host,
@@ -80,7 +84,7 @@ pub async fn run_worker(
     deps: Dependencies,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let applied = rtmanager_activities::store::run_migrations(config.database_url.expose())
+    let applied = rtmanager_activities::store::run_migrations(config.database_url.expose_secret())
         .await
         .context("run database migrations")?;
     if !applied.is_empty() {

@@ -8,13 +8,15 @@ use axum::{
     middleware::Next,
     response::Response,
 };
+use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 use super::{error, BridgeState};
 
-/// A bearer token: never printed.
-#[derive(Clone)]
-pub struct ApiToken(String);
+/// The bridge's bearer token: a secret (`Debug` never shows it) that is long enough to guard
+/// the API, compared in constant time.
+#[derive(Clone, Debug)]
+pub struct ApiToken(SecretString);
 
 impl ApiToken {
     /// Refuses an empty or short token: the bridge must not run open.
@@ -23,17 +25,12 @@ impl ApiToken {
             raw.len() >= 16,
             "RTMANAGER_API_TOKEN must be set (16 characters or more) to serve the HTTP bridge"
         );
-        Ok(Self(raw))
+        Ok(Self(SecretString::from(raw)))
     }
 
     fn matches(&self, presented: &str) -> bool {
-        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
-    }
-}
-
-impl std::fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiToken(***)")
+        let expected = self.0.expose_secret().as_bytes();
+        expected.ct_eq(presented.as_bytes()).into()
     }
 }
 

@@ -2,6 +2,7 @@
 //! output parsed, `status`, and a mass stop of a few dozen games.
 
 use crate::common;
+use rtmanager::config::ExposeSecret;
 
 use std::process::{Command, Output};
 
@@ -14,7 +15,10 @@ fn rtmanager(app: &TestApp, args: &[&str]) -> Output {
         .args(args)
         .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
         .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
-        .env("RTMANAGER_DATABASE_URL", config.database_url.expose())
+        .env(
+            "RTMANAGER_DATABASE_URL",
+            config.database_url.expose_secret(),
+        )
         .env("RTMANAGER_LOG", "error")
         .output()
         .expect("run rtmanager")

@@ -11,9 +11,6 @@ async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
     let mut cfg = TestConfig::new();
     // The container ignores SIGTERM, so each stop attempt takes the whole graceful timeout.
     cfg.config.stop_timeout = Duration::from_secs(4);
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
     let game = unique("crash");
     let cid = app.game_container(&game, Some(vec!["sleep", "3600"])).await;

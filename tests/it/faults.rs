@@ -12,9 +12,6 @@ use rtmanager_domain::{OpKind, OperationOutput, Outcome, RuntimeStatus};
 
 async fn app() -> TestApp {
     let cfg = TestConfig::new();
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     TestApp::without_worker(cfg).await
 }
 

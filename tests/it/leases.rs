@@ -181,9 +181,6 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
     let mut cfg = TestConfig::new();
     cfg.config.lease_ttl = Duration::from_secs(120);
     cfg.config.lease_lock_delay = Duration::from_millis(1500);
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
     let (game, cid) = app.running_game("orphan").await;
 
@@ -255,9 +252,6 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
 async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
     let mut cfg = TestConfig::new();
     cfg.config.lease_lock_delay = Duration::from_millis(200);
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
     let (game, _) = app.running_game("alive").await;
     let mut worker = worker_process_with(

@@ -508,9 +508,6 @@ async fn a_stale_holder_is_fenced_off() {
     cfg.config.lease_ttl = Duration::from_secs(5);
     // A worker process refuses a lease TTL within the graceful stop timeout.
     cfg.config.stop_timeout = Duration::from_secs(2);
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     let stale_config = cfg.config.clone();
     let mut app = TestApp::without_worker(cfg).await;
     let game = app.new_game("fenced");
@@ -584,9 +581,6 @@ async fn a_stale_holder_is_fenced_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_create_and_record_converges_to_one_container() {
     let cfg = TestConfig::new();
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
     let game = app.new_game("crash-start");
     let image = common::game_image();

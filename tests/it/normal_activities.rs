@@ -160,9 +160,6 @@ async fn the_vanished_path_runs_with_normal_activities() {
 async fn a_crash_after_the_docker_stop_is_retried_elsewhere_with_normal_activities() {
     let mut cfg = TestConfig::new();
     normal_steps(&mut cfg.config);
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     let mut app = TestApp::without_worker(cfg).await;
     let (game, cid) = app.running_game("normal-crash").await;
 

@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::common::{unique, TestApp};
+use rtmanager::config::ExposeSecret;
 
 fn serve(app: &TestApp, token: Option<&str>, addr: &str) -> Command {
     let config = app.config();
@@ -17,8 +18,11 @@ fn serve(app: &TestApp, token: Option<&str>, addr: &str) -> Command {
         .arg("serve")
         .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
         .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
-        .env("RTMANAGER_DATABASE_URL", config.database_url.expose())
-        .env("RTMANAGER_REDIS_URL", config.redis_url.expose())
+        .env(
+            "RTMANAGER_DATABASE_URL",
+            config.database_url.expose_secret(),
+        )
+        .env("RTMANAGER_REDIS_URL", config.redis_url.expose_secret())
         .env(
             "RTMANAGER_STOP_STREAM",
             format!("{}:stop_jobs", unique("rtm-sec")),

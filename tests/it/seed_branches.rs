@@ -19,9 +19,6 @@ use rtmanager_domain::{ErrorCode, OpKind, OperationOutput, Outcome, RuntimeStatu
 /// stalls at a fault point.
 async fn app() -> TestApp {
     let cfg = TestConfig::new();
-    rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-        .await
-        .unwrap();
     TestApp::without_worker(cfg).await
 }
 

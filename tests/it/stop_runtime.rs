@@ -294,7 +294,7 @@ async fn an_unreachable_docker_is_service_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_is_service_unavailable() {
     let app = TestApp::spawn_with(|c| {
-        c.redis_url = rtmanager::config::SecretUrl::new("redis://127.0.0.1:1")
+        c.redis_url = rtmanager::config::SecretString::from("redis://127.0.0.1:1")
     })
     .await;
     let game = unique("noredis");

@@ -17,6 +17,7 @@ use bollard::{
 use diesel::{prelude::*, PgConnection};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use redis::AsyncCommands;
+use rtmanager::config::ExposeSecret;
 use temporalio_client::Client;
 use tokio::sync::oneshot;
 
@@ -83,7 +84,7 @@ impl TestConfig {
         load_dev_env();
         let mut config = Config::from_env().expect("configuration from .dev/env");
         let database = unique("rtm_test").replace('-', "_");
-        let admin_url = config.database_url.expose().to_owned();
+        let admin_url = config.database_url.expose_secret().to_owned();
         let mut conn = PgConnection::establish(&admin_url).expect("connect to PostgreSQL");
         diesel::RunQueryDsl::execute(
             diesel::sql_query(format!("CREATE DATABASE {database}")),
@@ -94,7 +95,7 @@ impl TestConfig {
         url.set_path(&database);
         let id = unique("t");
         config = Config {
-            database_url: rtmanager::config::SecretUrl::new(url.as_str()),
+            database_url: rtmanager::config::SecretString::from(url.as_str()),
             task_queue: format!("rtmanager-{id}"),
             redis_prefix: format!("rtm-{id}:"),
             health_stream: format!("rtm-{id}:health_events"),
@@ -159,29 +160,30 @@ impl TestApp {
 
     /// Logging, migrations and every handle, no worker yet.
     async fn prepared(cfg: TestConfig) -> Self {
-        init_test_logging();
-        rtmanager_activities::store::run_migrations(cfg.config.database_url.expose())
-            .await
-            .expect("migrations");
         Self::without_worker(cfg).await
     }
 
-    /// Handles on every service but no worker (for tests that run the worker binary).
+    /// The test's database migrated and handles on every service, but no worker (for tests
+    /// that run the worker binary).
     pub async fn without_worker(cfg: TestConfig) -> Self {
+        init_test_logging();
+        rtmanager_activities::store::run_migrations(cfg.config.database_url.expose_secret())
+            .await
+            .expect("migrations");
         let client = worker::connect_temporal(&cfg.config)
             .await
             .expect("Temporal");
         let docker = Docker::connect_with_local_defaults().expect("docker");
         // The harness's own handle uses the real Redis even when a test breaks the worker's.
         let redis_url = std::env::var("RTMANAGER_REDIS_URL")
-            .unwrap_or_else(|_| cfg.config.redis_url.expose().to_owned());
+            .unwrap_or_else(|_| cfg.config.redis_url.expose_secret().to_owned());
         // Reconnects by itself: the restart tests take Redis down under it.
         let redis = redis::Client::open(redis_url)
             .unwrap()
             .get_connection_manager()
             .await
             .expect("redis");
-        let store = Store::new(cfg.config.database_url.expose(), 2).unwrap();
+        let store = Store::new(cfg.config.database_url.expose_secret(), 2).unwrap();
         Self {
             cfg,
             client,
@@ -367,7 +369,7 @@ impl TestApp {
     }
 
     pub async fn pg(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(self.config().database_url.expose())
+        AsyncPgConnection::establish(self.config().database_url.expose_secret())
             .await
             .expect("connect to the test database")
     }
@@ -610,9 +612,12 @@ pub fn rtmanager_command(config: &Config) -> std::process::Command {
         .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
         .env("RTMANAGER_NAMESPACE", &config.namespace)
         .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
-        .env("RTMANAGER_DATABASE_URL", config.database_url.expose())
+        .env(
+            "RTMANAGER_DATABASE_URL",
+            config.database_url.expose_secret(),
+        )
         .env("RTMANAGER_DATABASE_POOL_SIZE", "4")
-        .env("RTMANAGER_REDIS_URL", config.redis_url.expose())
+        .env("RTMANAGER_REDIS_URL", config.redis_url.expose_secret())
         .env("RTMANAGER_REDIS_PREFIX", &config.redis_prefix)
         .env("RTMANAGER_HEALTH_STREAM", &config.health_stream)
         .env("RTMANAGER_DOCKER_HOST", &config.docker_host)
