@@ -372,3 +372,32 @@ fn parse_fence(raw: &str) -> redis::RedisResult<u64> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fences_come_back_from_lua_as_whole_numbers_only() {
+        assert_eq!(
+            parse_fence("1795749216590691").unwrap(),
+            1_795_749_216_590_691
+        );
+        assert_eq!(parse_fence("0").unwrap(), 0);
+        // What Lua's default number formatting would have produced: refused, not misread.
+        assert!(parse_fence("1.7957492165907e+15").is_err());
+        assert!(parse_fence("").is_err());
+    }
+
+    #[test]
+    fn the_lease_and_its_holder_share_the_prefix_and_the_game() {
+        let keys = RedisKeys {
+            prefix: "rtmanager:".into(),
+            health_stream: "runtime:health_events".into(),
+            health_stream_maxlen: 10,
+        };
+        let game = GameId::parse("demo-1").unwrap();
+        assert_eq!(keys.lease(&game), "rtmanager:lease:demo-1");
+        assert_eq!(keys.lease_holder(&game), "rtmanager:lease_holder:demo-1");
+    }
+}

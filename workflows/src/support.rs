@@ -240,3 +240,50 @@ pub fn short_digest(value: &str) -> String {
     });
     format!("{hash:016x}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workflow_input_must_be_one_json_payload() {
+        let one = json_input(&serde_json::json!({"game_id": "g"}));
+        assert_eq!(request_bytes(&one).unwrap(), br#"{"game_id":"g"}"#);
+        assert!(request_bytes(&RawValue::new(vec![])).is_err());
+        let two = RawValue::new([one.payloads.clone(), one.payloads.clone()].concat());
+        assert!(request_bytes(&two).unwrap_err().contains("exactly one"));
+        let mut binary = one.clone();
+        binary.payloads[0].metadata.clear();
+        assert!(request_bytes(&binary).unwrap_err().contains("json/plain"));
+    }
+
+    #[test]
+    fn a_cancelled_step_is_service_unavailable_whatever_its_code() {
+        let failure = |code, cancelled| StepFailure {
+            code,
+            message: String::new(),
+            cancelled,
+        };
+        let fallback = ErrorCode::Internal;
+        assert_eq!(failure(None, false).code_or(fallback), ErrorCode::Internal);
+        let conflict = Some(ErrorCode::Conflict);
+        assert_eq!(
+            failure(conflict, false).code_or(fallback),
+            ErrorCode::Conflict
+        );
+        assert_eq!(
+            failure(conflict, true).code_or(fallback),
+            ErrorCode::ServiceUnavailable
+        );
+    }
+
+    #[test]
+    fn container_names_derive_stably_from_the_operation_id() {
+        // The start adopts its own container after a crash by this name: it must not change
+        // between builds or runs.
+        assert_eq!(short_digest("wf/run"), short_digest("wf/run"));
+        assert_ne!(short_digest("wf/run-1"), short_digest("wf/run-2"));
+        assert_eq!(short_digest(""), "cbf29ce484222325");
+        assert_eq!(short_digest("wf/run").len(), 16);
+    }
+}
