@@ -26,36 +26,9 @@ fn body_fields(kind: OpKind) -> &'static [&'static str] {
     }
 }
 
-pub(super) async fn stop(
-    state: State<Arc<BridgeState>>,
-    path: Path<String>,
-    request: Request,
-) -> Response {
-    operate(state, path, request, OpKind::Stop).await
-}
-
-pub(super) async fn start(
-    state: State<Arc<BridgeState>>,
-    path: Path<String>,
-    request: Request,
-) -> Response {
-    operate(state, path, request, OpKind::Start).await
-}
-
-pub(super) async fn restart(
-    state: State<Arc<BridgeState>>,
-    path: Path<String>,
-    request: Request,
-) -> Response {
-    operate(state, path, request, OpKind::Restart).await
-}
-
-pub(super) async fn patch(
-    state: State<Arc<BridgeState>>,
-    path: Path<String>,
-    request: Request,
-) -> Response {
-    operate(state, path, request, OpKind::Patch).await
+/// The route of each verb: `POST /api/v1/internal/runtimes/{game_id}/<verb>`.
+pub(super) fn route(kind: OpKind) -> axum::routing::MethodRouter<Arc<BridgeState>> {
+    axum::routing::post(move |state, path, request| operate(state, path, request, kind))
 }
 
 async fn operate(

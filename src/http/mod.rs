@@ -24,7 +24,7 @@ use axum::{
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::get,
     Json, Router,
 };
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
@@ -32,7 +32,7 @@ use serde_json::json;
 use temporalio_client::Client;
 
 use rtmanager_activities::{DockerRuntime, RedisStore, Store, Telemetry};
-use rtmanager_domain::{ErrorCode, OperationOutput};
+use rtmanager_domain::{ErrorCode, OpKind, OperationOutput};
 
 pub use auth::ApiToken;
 
@@ -130,23 +130,13 @@ impl HttpMetrics {
 /// The bridge's routes.
 pub fn router(state: Arc<BridgeState>) -> Router {
     let runtimes = "/api/v1/internal/runtimes";
-    Router::new()
-        .route(
-            &format!("{runtimes}/{{game_id}}/stop"),
-            post(lifecycle::stop),
-        )
-        .route(
-            &format!("{runtimes}/{{game_id}}/start"),
-            post(lifecycle::start),
-        )
-        .route(
-            &format!("{runtimes}/{{game_id}}/restart"),
-            post(lifecycle::restart),
-        )
-        .route(
-            &format!("{runtimes}/{{game_id}}/patch"),
-            post(lifecycle::patch),
-        )
+    let verbs = [OpKind::Stop, OpKind::Start, OpKind::Restart, OpKind::Patch];
+    verbs
+        .into_iter()
+        .fold(Router::new(), |router, kind| {
+            let path = format!("{runtimes}/{{game_id}}/{kind}");
+            router.route(&path, lifecycle::route(kind))
+        })
         .route(&format!("{runtimes}/{{game_id}}"), get(ops::get_record))
         .route("/api/v1/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))

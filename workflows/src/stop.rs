@@ -170,13 +170,8 @@ async fn run_under_lease<W>(
         // CAS race: a concurrent reconciler or restart moved the record first; the desired
         // terminal state was reached by another path.
         Ok(UpdateStatusOutcome::Conflict { current }) => op.replay_no_op(current).await,
-        Ok(UpdateStatusOutcome::Fenced { .. }) => {
-            let message = fenced_message();
-            op.failure(ErrorCode::Conflict, message, Touched::of(&existing))
-                .await
-        }
-        Ok(UpdateStatusOutcome::LeaseLost) => {
-            let message = lease_lost_message();
+        Ok(refused @ (UpdateStatusOutcome::Fenced { .. } | UpdateStatusOutcome::LeaseLost)) => {
+            let message = stale_write_message(&refused);
             op.failure(ErrorCode::Conflict, message, Touched::of(&existing))
                 .await
         }
@@ -218,23 +213,11 @@ async fn handle_vanished<W>(
     let record = match updated {
         Ok(UpdateStatusOutcome::Updated { record }) => record,
         Ok(UpdateStatusOutcome::Conflict { current }) => return op.replay_no_op(current).await,
-        Ok(UpdateStatusOutcome::Fenced { .. }) => {
+        Ok(refused @ (UpdateStatusOutcome::Fenced { .. } | UpdateStatusOutcome::LeaseLost)) => {
+            let message = stale_write_message(&refused);
             return op
-                .failure(
-                    ErrorCode::Conflict,
-                    fenced_message(),
-                    Touched::of(&existing),
-                )
-                .await
-        }
-        Ok(UpdateStatusOutcome::LeaseLost) => {
-            return op
-                .failure(
-                    ErrorCode::Conflict,
-                    lease_lost_message(),
-                    Touched::of(&existing),
-                )
-                .await
+                .failure(ErrorCode::Conflict, message, Touched::of(&existing))
+                .await;
         }
         // The seed goes on when the row is gone: the container is gone too.
         Ok(UpdateStatusOutcome::NotFound) => RuntimeRecord {
@@ -299,14 +282,18 @@ async fn update_status<W>(
     .map_err(StepFailure::from)
 }
 
-fn lease_lost_message() -> String {
-    "the game's lease is no longer held by this operation (it expired, and another operation \
-     may hold it); this stale write was refused"
-        .into()
-}
-
-fn fenced_message() -> String {
-    "the game's lease expired during the stop and a newer operation wrote the record; \
-     this stale write was refused"
-        .into()
+/// Why a stop's record write was refused as stale: its lease is gone from Redis, or a newer
+/// lease holder wrote the row.
+fn stale_write_message(refused: &UpdateStatusOutcome) -> String {
+    match refused {
+        UpdateStatusOutcome::LeaseLost => {
+            "the game's lease is no longer held by this operation (it expired, and another \
+             operation may hold it); this stale write was refused"
+        }
+        _ => {
+            "the game's lease expired during the stop and a newer operation wrote the record; \
+             this stale write was refused"
+        }
+    }
+    .into()
 }
