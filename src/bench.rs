@@ -72,20 +72,31 @@ const UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Containers created or removed at once while a side is prepared or cleared.
 const DOCKER_CONCURRENCY: usize = 8;
 
-/// What to measure.
-#[derive(Debug, Clone)]
+/// What to measure (`rtmanager bench`'s options).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
     /// Single stops per side (after 3 unrecorded warm-up rounds).
+    #[arg(long, default_value_t = 30)]
     pub single: usize,
-    /// Games in each mass run.
+    /// Games in each mass run (each run has exactly its own games' containers up).
+    #[arg(long, default_value_t = 200)]
     pub mass: usize,
-    /// Mass rounds, each one run per side: bollard first in odd rounds, HTTP first in even ones.
+    /// Mass rounds, each one run per side: bollard first in odd rounds, HTTP first in even ones
+    /// (an even number balances the order).
+    #[arg(long, default_value_t = 2)]
     pub mass_rounds: usize,
     /// Docker network mode of the bench containers.
+    #[arg(long, default_value = "bridge")]
     pub network: String,
     /// The game image.
+    #[arg(
+        long,
+        env = "RTMANAGER_DEMO_IMAGE",
+        default_value = "rtmanager-game:dev"
+    )]
     pub image: String,
     /// The rtmanager process to watch for RSS and CPU (`.dev/rtmanager.pid` by default).
+    #[arg(long)]
     pub worker_pid: Option<u32>,
 }
 
@@ -192,6 +203,10 @@ struct Bench {
 
 /// Runs the benchmark and returns its report; the caller prints it.
 pub async fn run(config: &Config, options: BenchOptions) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        options.single >= 1 && options.mass >= 1 && options.mass_rounds >= 1,
+        "--single, --mass and --mass-rounds must be positive"
+    );
     let token = config
         .api_token
         .as_ref()

@@ -68,27 +68,7 @@ enum Command {
     },
     /// Measure stop latency, mass-stop throughput and the worker's footprint against the running
     /// stack (`scripts/dev up`); prints a table, or JSON with --json.
-    Bench {
-        /// Single stops per side.
-        #[arg(long, default_value_t = 30)]
-        single: usize,
-        /// Games in each mass run (each run has exactly its own games' containers up).
-        #[arg(long, default_value_t = 200)]
-        mass: usize,
-        /// Mass rounds, each one run per side: bollard first in odd rounds, HTTP first in even
-        /// ones (an even number balances the order).
-        #[arg(long, default_value_t = 2)]
-        mass_rounds: usize,
-        /// Docker network mode of the bench containers.
-        #[arg(long, default_value = "bridge")]
-        network: String,
-        /// The game image (default: RTMANAGER_DEMO_IMAGE or rtmanager-game:dev).
-        #[arg(long)]
-        image: Option<String>,
-        /// The rtmanager process to watch (default: the pid in .dev/rtmanager.pid).
-        #[arg(long)]
-        worker_pid: Option<u32>,
-    },
+    Bench(rtmanager::bench::BenchOptions),
 }
 
 fn main() -> ExitCode {
@@ -195,29 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ResetFence { game_id } => {
             return operator::reset_fence(&config, &game_id, json).await
         }
-        Command::Bench {
-            single,
-            mass,
-            mass_rounds,
-            network,
-            image,
-            worker_pid,
-        } => {
-            anyhow::ensure!(
-                single >= 1 && mass >= 1 && mass_rounds >= 1,
-                "--single, --mass and --mass-rounds must be positive"
-            );
-            let image = image
-                .or_else(|| std::env::var("RTMANAGER_DEMO_IMAGE").ok())
-                .unwrap_or_else(|| "rtmanager-game:dev".to_owned());
-            let options = rtmanager::bench::BenchOptions {
-                single,
-                mass,
-                mass_rounds,
-                network,
-                image,
-                worker_pid,
-            };
+        Command::Bench(options) => {
             let report = rtmanager::bench::run(&config, options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -9,7 +9,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::TestApp;
-use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
 
 fn restart(service: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev");
@@ -27,21 +27,8 @@ fn restart(service: &str) {
 /// Starts a slow stop (the container ignores SIGTERM) and returns its handle once it holds the
 /// lease and Docker is working.
 async fn slow_stop(app: &mut TestApp) -> (String, String, rtmanager::client::Handle) {
-    let game = app.new_game("restart");
-    let cid = app.game_container(&game, Some(vec!["sleep", "3600"])).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
-    let handle = app
-        .start_workflow(
-            OpKind::Stop,
-            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
-        )
-        .await;
-    common::eventually(
-        "the stop to hold the lease",
-        Duration::from_secs(20),
-        || async { app.lease_holder(&game).await.map(|_| ()) },
-    )
-    .await;
+    let (game, cid) = app.slow_game("restart").await;
+    let handle = app.stop_holding_lease(&game).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     (game, cid, handle)
 }

@@ -195,32 +195,27 @@ impl Store {
             .filter(r::status.eq(expected_from.as_str()))
             .filter(r::current_container_id.is_not_distinct_from(expected_container_id))
             .filter(r::fence.le(fence));
+        // What every move writes: the status, who wrote it under which fence, and the container
+        // it acted on (kept after a removal clears the record's).
+        let written = (
+            r::status.eq(to.as_str()),
+            r::last_op_at.eq(now),
+            r::last_op_id.eq(operation_id),
+            r::last_container_id.eq(expected_container_id),
+            r::fence.eq(fence),
+        );
         let updated = match to {
             RuntimeStatus::Stopped => {
                 diesel::update(target)
-                    .set((
-                        r::status.eq(to.as_str()),
-                        r::stopped_at.eq(now),
-                        r::last_op_at.eq(now),
-                        r::last_op_id.eq(operation_id),
-                        r::last_container_id.eq(expected_container_id),
-                        r::fence.eq(fence),
-                    ))
+                    .set((written, r::stopped_at.eq(now)))
                     .returning(RecordRow::as_returning())
                     .get_result(&mut conn)
                     .await
             }
             RuntimeStatus::Removed => {
+                let cleared = r::current_container_id.eq(None::<String>);
                 diesel::update(target)
-                    .set((
-                        r::status.eq(to.as_str()),
-                        r::current_container_id.eq(None::<String>),
-                        r::removed_at.eq(now),
-                        r::last_op_at.eq(now),
-                        r::last_op_id.eq(operation_id),
-                        r::last_container_id.eq(expected_container_id),
-                        r::fence.eq(fence),
-                    ))
+                    .set((written, cleared, r::removed_at.eq(now)))
                     .returning(RecordRow::as_returning())
                     .get_result(&mut conn)
                     .await

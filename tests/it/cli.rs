@@ -2,23 +2,15 @@
 //! output parsed, `status`, and a mass stop of a few dozen games.
 
 use crate::common;
-use rtmanager::config::ExposeSecret;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::common::TestApp;
 use rtmanager_domain::RuntimeStatus;
 
 fn rtmanager(app: &TestApp, args: &[&str]) -> Output {
-    let config = app.config();
-    Command::new(env!("CARGO_BIN_EXE_rtmanager"))
+    common::rtmanager_command(app.config())
         .args(args)
-        .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
-        .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
-        .env(
-            "RTMANAGER_DATABASE_URL",
-            config.database_url.expose_secret(),
-        )
         .env("RTMANAGER_LOG", "error")
         .output()
         .expect("run rtmanager")

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::common::{eventually, unique, worker_process, TestApp, TestConfig};
-use rtmanager_domain::{OpKind, Outcome, RuntimeStatus};
+use crate::common::{worker_process, TestApp, TestConfig};
+use rtmanager_domain::{Outcome, RuntimeStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
@@ -12,23 +12,10 @@ async fn a_killed_worker_is_replaced_and_the_stop_completes_once() {
     // The container ignores SIGTERM, so each stop attempt takes the whole graceful timeout.
     cfg.config.stop_timeout = Duration::from_secs(4);
     let mut app = TestApp::without_worker(cfg).await;
-    let game = unique("crash");
-    let cid = app.game_container(&game, Some(vec!["sleep", "3600"])).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.slow_game("crash").await;
 
     let mut first = worker_process(app.config());
-    let handle = app
-        .start_workflow(
-            OpKind::Stop,
-            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
-        )
-        .await;
-    eventually(
-        "the stop to take the lease",
-        Duration::from_secs(30),
-        || async { app.lease_holder(&game).await.map(|_| ()) },
-    )
-    .await;
+    let handle = app.stop_holding_lease(&game).await;
     // Let the Docker stop get under way, then kill the worker mid-step.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     first.kill().expect("SIGKILL the worker");

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use crate::common::{worker_process, worker_process_with, TestApp, TestConfig};
+use crate::common::{stop_json, worker_process, worker_process_with, TestApp, TestConfig};
 use rtmanager_domain::{OpKind, OperationOutput, Outcome, RuntimeStatus};
 
 async fn app() -> TestApp {
@@ -40,15 +40,11 @@ async fn crash_after(app: &TestApp, step: &str, kind: OpKind, input: String) -> 
     out
 }
 
-fn stop_input(game: &str) -> String {
-    format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#)
-}
-
 async fn check_stop_crash(step: &str) {
     let mut app = app().await;
     let (game, cid) = app.running_game("crash-stop").await;
 
-    let out = crash_after(&app, step, OpKind::Stop, stop_input(&game)).await;
+    let out = crash_after(&app, step, OpKind::Stop, stop_json(&game)).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
     assert_eq!(
@@ -101,7 +97,7 @@ async fn a_vanished_stop_publishes_once_despite_a_crash_after_publishing() {
     let (game, cid) = app.running_game("crash-vanish").await;
     app.remove_container(&cid).await;
 
-    let out = crash_after(&app, "PublishHealth", OpKind::Stop, stop_input(&game)).await;
+    let out = crash_after(&app, "PublishHealth", OpKind::Stop, stop_json(&game)).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     assert_eq!(
@@ -125,7 +121,7 @@ async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() 
     let (game, cid) = app.running_game("crash-vanish-cas").await;
     app.remove_container(&cid).await;
 
-    let out = crash_after(&app, "UpdateStatus", OpKind::Stop, stop_input(&game)).await;
+    let out = crash_after(&app, "UpdateStatus", OpKind::Stop, stop_json(&game)).await;
 
     assert_eq!(
         (out.outcome, out.error_code),

@@ -378,9 +378,7 @@ async fn malformed_requests_get_a_json_4xx() {
 async fn a_client_that_disconnects_does_not_cancel_the_operation() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(3)).await;
     let bridge = app.spawn_bridge().await;
-    let game = app.new_game("disconnect");
-    let cid = app.game_container(&game, Some(vec!["sleep", "3600"])).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, cid) = app.slow_game("disconnect").await;
     {
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(bridge.addr).await.unwrap();

@@ -8,7 +8,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    eventually, rtmanager_command, worker_process, worker_process_with, TestApp, TestConfig,
+    eventually, rtmanager_command, stop_json, worker_process, worker_process_with, TestApp,
+    TestConfig,
 };
 use redis::AsyncCommands;
 use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
@@ -189,12 +190,7 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
         app.config(),
         &[("RTMANAGER_FAULTS", "before:StopContainer=sleep:600000")],
     );
-    let handle = app
-        .start_workflow(
-            OpKind::Stop,
-            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
-        )
-        .await;
+    let handle = app.start_workflow(OpKind::Stop, &stop_json(&game)).await;
     let dead_token = eventually(
         "the stalled stop to take the lease",
         Duration::from_secs(30),
@@ -258,18 +254,7 @@ async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
         app.config(),
         &[("RTMANAGER_FAULTS", "before:StopContainer=sleep:4000")],
     );
-    let first = app
-        .start_workflow(
-            OpKind::Stop,
-            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
-        )
-        .await;
-    eventually(
-        "the first stop to take the lease",
-        Duration::from_secs(30),
-        || async { app.lease_holder(&game).await },
-    )
-    .await;
+    let first = app.stop_holding_lease(&game).await;
 
     let second = app.stop(&game).await;
     let first = rtmanager::client::result(&first).await.unwrap();

@@ -11,8 +11,6 @@ use redis::AsyncCommands;
 use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
 use temporalio_client::{UntypedWorkflow, WorkflowFetchHistoryOptions};
 
-const IGNORES_SIGTERM: &[&str] = &["sleep", "3600"];
-
 /// A second tag of the game image, so a patch has somewhere to go.
 async fn patch_image(app: &TestApp) -> String {
     let tag = "patch-target";
@@ -364,11 +362,7 @@ async fn a_patch_to_a_broken_image_rolls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_restart_releases_the_lease_and_leaves_nothing_running() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(60)).await;
-    let game = app.new_game("cancel-restart");
-    let cid = app
-        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
-        .await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.slow_game("cancel-restart").await;
 
     let workflow_id = unique("restart");
     let handle = rtmanager::client::start_raw(
@@ -439,11 +433,7 @@ async fn a_stop_longer_than_the_lease_ttl_keeps_its_lease() {
         c.stop_timeout = Duration::from_secs(9);
     })
     .await;
-    let game = app.new_game("long-stop");
-    let cid = app
-        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
-        .await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.slow_game("long-stop").await;
 
     let stop = app.stop(&game);
     let watch = async {
@@ -467,11 +457,7 @@ async fn a_holder_that_lost_its_lease_does_not_renew_it() {
         c.stop_timeout = Duration::from_secs(20);
     })
     .await;
-    let game = app.new_game("lost-lease");
-    let cid = app
-        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
-        .await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.slow_game("lost-lease").await;
 
     let stop = app.stop(&game);
     let steal = async {

@@ -7,7 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use crate::common::{worker_process, worker_process_with, TestApp, TestConfig};
+use crate::common::{stop_json, worker_process, worker_process_with, TestApp, TestConfig};
 use rtmanager_domain::{OpKind, Outcome, RuntimeStatus};
 
 fn normal_steps(config: &mut rtmanager::Config) {
@@ -63,12 +63,7 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
         "{out:?}"
     );
 
-    let handle = app
-        .start_workflow(
-            OpKind::Stop,
-            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
-        )
-        .await;
+    let handle = app.start_workflow(OpKind::Stop, &stop_json(&game)).await;
     let out = rtmanager::client::result(&handle).await.unwrap();
     assert_eq!(
         (out.outcome, out.error_code),
@@ -167,12 +162,7 @@ async fn a_crash_after_the_docker_stop_is_retried_elsewhere_with_normal_activiti
         app.config(),
         &[("RTMANAGER_FAULTS", "after:StopContainer=abort")],
     );
-    let handle = app
-        .start_workflow(
-            OpKind::Stop,
-            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
-        )
-        .await;
+    let handle = app.start_workflow(OpKind::Stop, &stop_json(&game)).await;
     let exited = tokio::task::spawn_blocking(move || doomed.wait())
         .await
         .unwrap()

@@ -14,7 +14,7 @@ use rtmanager_domain::OpKind;
 
 use std::{collections::HashMap, path::PathBuf};
 
-use crate::common::{unique, TestApp};
+use crate::common::{stop_json, unique, TestApp};
 use redis::AsyncCommands;
 use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
@@ -180,8 +180,4 @@ async fn record_histories() {
         written.insert(name, json.len());
     }
     eprintln!("recorded {written:?}");
-}
-
-fn stop_json(game: &str) -> String {
-    format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#)
 }

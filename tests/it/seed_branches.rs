@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::common::{eventually, worker_process_with, TestApp, TestConfig};
+use crate::common::{eventually, stop_json, worker_process_with, TestApp, TestConfig};
 use bollard::query_parameters::StopContainerOptions;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -20,10 +20,6 @@ use rtmanager_domain::{ErrorCode, OpKind, OperationOutput, Outcome, RuntimeStatu
 async fn app() -> TestApp {
     let cfg = TestConfig::new();
     TestApp::without_worker(cfg).await
-}
-
-fn stop_input(game: &str) -> String {
-    format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#)
 }
 
 /// Runs a stop on a worker process stalled by `fault`; `meanwhile` runs once the stop holds
@@ -39,7 +35,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let mut worker = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", fault)]);
-    let handle = app.start_workflow(OpKind::Stop, &stop_input(game)).await;
+    let handle = app.start_workflow(OpKind::Stop, &stop_json(game)).await;
     eventually(
         "the stop to hold the lease",
         Duration::from_secs(30),

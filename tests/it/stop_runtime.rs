@@ -11,9 +11,6 @@ use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
 use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
 
-/// A container whose PID 1 ignores SIGTERM: `docker stop` waits the whole graceful timeout.
-const IGNORES_SIGTERM: &[&str] = &["sleep", "3600"];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stops_a_running_game() {
     let mut app = TestApp::spawn().await;
@@ -361,11 +358,7 @@ async fn a_lost_compare_and_swap_is_a_replay_no_op() {
     // The container ignores SIGTERM, so the stop takes the graceful timeout; meanwhile another
     // path (a reconciler) moves the record.
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(3)).await;
-    let game = unique("race");
-    let cid = app
-        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
-        .await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.slow_game("race").await;
 
     let stop = app.stop(&game);
     let race = async {
@@ -398,11 +391,7 @@ async fn a_lost_compare_and_swap_is_a_replay_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_gone_mid_stop_is_not_found() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(3)).await;
-    let game = unique("midstop");
-    let cid = app
-        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
-        .await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.slow_game("midstop").await;
 
     let stop = app.stop(&game);
     let delete = async {
@@ -458,24 +447,9 @@ async fn audit_log_failure_does_not_change_the_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_the_workflow_releases_the_lease() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(60)).await;
-    let game = unique("cancel");
-    let cid = app
-        .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
-        .await;
-    app.insert_record(&game, "running", Some(&cid)).await;
+    let (game, _) = app.slow_game("cancel").await;
 
-    let handle = app
-        .start_workflow(
-            OpKind::Stop,
-            &format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#),
-        )
-        .await;
-    eventually(
-        "the stop to hold the lease",
-        Duration::from_secs(10),
-        || async { app.lease_holder(&game).await.map(|_| ()) },
-    )
-    .await;
+    let handle = app.stop_holding_lease(&game).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     handle
         .cancel(temporalio_client::WorkflowCancelOptions::default())

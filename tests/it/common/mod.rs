@@ -256,6 +256,30 @@ impl TestApp {
         (game, container)
     }
 
+    /// [`TestApp::running_game`] whose container ignores SIGTERM, so that a stop of it takes
+    /// the whole graceful timeout: the window a test acts in while the stop is under way.
+    pub async fn slow_game(&mut self, prefix: &str) -> (String, String) {
+        let game = self.new_game(prefix);
+        let container = self
+            .game_container(&game, Some(IGNORES_SIGTERM.to_vec()))
+            .await;
+        self.insert_record(&game, "running", Some(&container)).await;
+        (game, container)
+    }
+
+    /// Starts `StopRuntime` for `game` (reason and source `admin`) and returns its handle once
+    /// the stop holds the game's lease.
+    pub async fn stop_holding_lease(&self, game: &str) -> client::Handle {
+        let handle = self.start_workflow(OpKind::Stop, &stop_json(game)).await;
+        eventually(
+            "the stop to hold the lease",
+            Duration::from_secs(30),
+            || async { self.lease_holder(game).await },
+        )
+        .await;
+        handle
+    }
+
     /// Every container labelled for `game`, with whether it runs.
     pub async fn containers_of(&self, game: &str) -> Vec<(String, bool)> {
         list_game_containers(&self.docker, game).await
@@ -571,6 +595,14 @@ pub struct OpRow {
     pub op_source: String,
     pub finished: bool,
     pub op_kind: String,
+}
+
+/// A game server that ignores SIGTERM: only the graceful timeout's SIGKILL stops it.
+pub const IGNORES_SIGTERM: &[&str] = &["sleep", "3600"];
+
+/// `StopRuntime`'s input for `game`, reason and source `admin`.
+pub fn stop_json(game: &str) -> String {
+    format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#)
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
