@@ -8,71 +8,139 @@ use std::time::Duration;
 use rtmanager_workflows::StepSettings;
 pub use secrecy::{ExposeSecret, SecretString};
 
-/// The worker's settings.
-#[derive(Debug, Clone)]
+/// The worker's settings: every field is one `RTMANAGER_*` variable, declared once here with
+/// its default and its parser (clap's `env` support reads them; `.env.example` lists them).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Temporal frontend, e.g. `http://127.0.0.1:7233`.
+    #[arg(
+        long,
+        env = "RTMANAGER_TEMPORAL_ADDRESS",
+        default_value = "http://127.0.0.1:7233"
+    )]
     pub temporal_address: String,
     /// Temporal namespace the worker polls and the bridge and consumer start workflows in.
+    #[arg(long, env = "RTMANAGER_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// The worker polls it; the bridge, consumer and CLI start workflows on it. One per test.
+    #[arg(long, env = "RTMANAGER_TASK_QUEUE", default_value = "rtmanager")]
     pub task_queue: String,
     /// PostgreSQL; it carries a password, so `Debug` shows none of it.
+    #[arg(
+        long,
+        env = "RTMANAGER_DATABASE_URL",
+        default_value = "postgres://rtmanager:rtmanager@127.0.0.1:5432/rtmanager",
+        value_parser = secret,
+        hide_env_values = true
+    )]
     pub database_url: SecretString,
     /// PostgreSQL connections per process; must be positive.
+    #[arg(long, env = "RTMANAGER_DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,
     /// Leases, health events and the stop jobs stream all live in this Redis.
+    #[arg(
+        long,
+        env = "RTMANAGER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_parser = secret,
+        hide_env_values = true
+    )]
     pub redis_url: SecretString,
     /// Prefix of rtmanager's Redis keys (leases, publish markers).
+    #[arg(long, env = "RTMANAGER_REDIS_PREFIX", default_value = "rtmanager:")]
     pub redis_prefix: String,
     /// `runtime:health_events` by contract; a test gets one of its own.
+    #[arg(
+        long,
+        env = "RTMANAGER_HEALTH_STREAM",
+        default_value = "runtime:health_events"
+    )]
     pub health_stream: String,
     /// `unix:///var/run/docker.sock` or `tcp://host:port`.
+    #[arg(
+        long,
+        env = "RTMANAGER_DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
     pub docker_host: String,
     /// Docker's graceful stop timeout (SIGTERM, then SIGKILL).
+    #[arg(long = "stop-timeout-secs", env = "RTMANAGER_STOP_TIMEOUT_SECS", default_value = "10", value_parser = secs)]
     pub stop_timeout: Duration,
     /// Per-game lease TTL; must exceed the graceful stop timeout (Docker steps renew it every
     /// 2 s while they run, but a stop must not outlive a lease that nobody renews).
+    #[arg(long = "lease-ttl-secs", env = "RTMANAGER_LEASE_TTL_SECS", default_value = "120", value_parser = secs)]
     pub lease_ttl: Duration,
     /// How long after its holder workflow closed (terminated, timed out) a lease may be taken
     /// over by the next operation, instead of waiting out the TTL.
+    #[arg(long = "lease-lock-delay-ms", env = "RTMANAGER_LEASE_LOCK_DELAY_MS", default_value = "3000", value_parser = millis)]
     pub lease_lock_delay: Duration,
     /// Run the sub-millisecond steps as local activities.
+    #[arg(long, env = "RTMANAGER_LOCAL_FAST_STEPS", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
     pub local_fast_steps: bool,
     /// Run the Docker steps as local activities too.
+    #[arg(long, env = "RTMANAGER_LOCAL_DOCKER_STEPS", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
     pub local_docker_steps: bool,
     /// Docker network mode of the game containers StartRuntime creates.
+    #[arg(long, env = "RTMANAGER_CONTAINER_NETWORK", default_value = "bridge")]
     pub container_network: String,
     /// How long a started container must stay up before the start counts.
+    #[arg(long = "start-settle-ms", env = "RTMANAGER_START_SETTLE_MS", default_value = "300", value_parser = millis)]
     pub start_settle: Duration,
-    /// Concurrent workflow-task polls: a new workflow waits in the server until a poll is open.
+    /// Concurrent workflow-task polls (at least 2): a new workflow waits in the server until a
+    /// poll is open.
+    #[arg(long, env = "RTMANAGER_WORKFLOW_POLLERS", default_value_t = 10)]
     pub workflow_pollers: usize,
     /// How long a workflow task waits on a (possibly dead) worker's sticky queue.
+    #[arg(long = "sticky-queue-timeout-ms", env = "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS", default_value = "3000", value_parser = millis)]
     pub sticky_queue_timeout: Duration,
     /// Worker build id (skips hashing the executable at start).
+    #[arg(long, env = "RTMANAGER_BUILD_ID", default_value = concat!("rtmanager-", env!("CARGO_PKG_VERSION")))]
     pub build_id: String,
-    /// Where the HTTP bridge listens.
+    /// Where the HTTP bridge listens (`host:port`).
+    #[arg(long, env = "RTMANAGER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
     /// The bridge's bearer token; the bridge refuses to start without one.
+    #[arg(long, env = "RTMANAGER_API_TOKEN", value_parser = secret, hide_env_values = true)]
     pub api_token: Option<SecretString>,
     /// How long an HTTP request waits for its workflow before answering 503.
+    #[arg(long = "http-wait-secs", env = "RTMANAGER_HTTP_WAIT_SECS", default_value = "120", value_parser = secs)]
     pub http_wait: Duration,
-    /// Largest HTTP request body accepted.
+    /// Largest HTTP request body accepted, in bytes.
+    #[arg(long = "http-body-limit-bytes", env = "RTMANAGER_HTTP_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub http_body_limit: usize,
     /// The stop jobs stream and its consumer group.
+    #[arg(
+        long,
+        env = "RTMANAGER_STOP_STREAM",
+        default_value = "runtime:stop_jobs"
+    )]
     pub stop_stream: String,
     /// Shared by every rtmanager process reading the stream; created if missing.
+    #[arg(long, env = "RTMANAGER_STOP_GROUP", default_value = "rtmanager")]
     pub stop_group: String,
-    /// This process's consumer name in the group.
+    /// This process's consumer name in the group (`<hostname>-<pid>-<random>` by default).
+    #[arg(long, env = "RTMANAGER_STREAM_CONSUMER", default_value_t = default_consumer())]
     pub stream_consumer: String,
     /// Pending entries idle this long are claimed from their (dead) consumer.
+    #[arg(long = "stream-claim-idle-ms", env = "RTMANAGER_STREAM_CLAIM_IDLE_MS", default_value = "30000", value_parser = millis)]
     pub stream_claim_idle: Duration,
     /// Retries of a stream stop that met `conflict`, and the first wait before one.
+    #[arg(long, env = "RTMANAGER_STREAM_CONFLICT_RETRIES", default_value_t = 20)]
     pub stream_conflict_retries: u32,
     /// The first of those waits; each retry doubles it, up to 10 s.
+    #[arg(long = "stream-conflict-backoff-ms", env = "RTMANAGER_STREAM_CONFLICT_BACKOFF_MS", default_value = "500", value_parser = millis)]
     pub stream_conflict_backoff: Duration,
     /// Stream entries processed at once by this process.
+    #[arg(long, env = "RTMANAGER_STREAM_CONCURRENCY", default_value_t = 64)]
     pub stream_concurrency: usize,
+}
+
+/// Only the environment (no command line): what `Config::from_env` parses.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct FromEnv {
+    #[command(flatten)]
+    config: Config,
 }
 
 impl Config {
@@ -81,79 +149,43 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads the configuration through `lookup` (tests pass a map).
+    /// Reads the configuration through `lookup` (tests pass a map): each variable `lookup`
+    /// knows is handed to clap as its flag, the process environment itself is not read, and a
+    /// bad value is reported with its variable's name.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let get = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
-        let num = |name: &str, default: u64| -> anyhow::Result<u64> {
-            match lookup(name) {
-                None => Ok(default),
-                Some(raw) => raw
-                    .trim()
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("{name}={raw:?} is not a whole number")),
+        use clap::{CommandFactory, FromArgMatches};
+        let mut argv = vec![];
+        let mut variables: Vec<(String, String)> = vec![];
+        let command = FromEnv::command().mut_args(|arg| {
+            if let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) {
+                let env = env.to_string_lossy().into_owned();
+                if let Some(value) = lookup(&env) {
+                    argv.push(format!("--{long}={value}"));
+                }
+                variables.push((format!("--{long}"), env));
             }
-        };
-        let flag = |name: &str, default: bool| -> anyhow::Result<bool> {
-            match lookup(name).as_deref().map(str::trim) {
-                None => Ok(default),
-                Some("1" | "true" | "yes") => Ok(true),
-                Some("0" | "false" | "no") => Ok(false),
-                Some(raw) => anyhow::bail!("{name}={raw:?} is not true/false"),
+            arg.env(None)
+        });
+        let matches = command.try_get_matches_from(&argv).map_err(|err| {
+            let arg = err
+                .get(clap::error::ContextKind::InvalidArg)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let flag = arg.split_whitespace().next().unwrap_or_default();
+            // The flags are how the variables reach clap, not what the operator set: say the
+            // variable instead.
+            let problem = err.to_string();
+            let problem = problem.lines().next().unwrap_or_default();
+            let problem = problem
+                .trim_start_matches("error: ")
+                .replace(&format!(" for '{arg}'"), "");
+            match variables.iter().find(|(long, _)| long == flag) {
+                Some((_, env)) => anyhow::anyhow!("{env}: {problem}"),
+                None => anyhow::anyhow!("configuration: {problem}"),
             }
-        };
-        let config = Self {
-            temporal_address: get("RTMANAGER_TEMPORAL_ADDRESS", "http://127.0.0.1:7233"),
-            namespace: get("RTMANAGER_NAMESPACE", "default"),
-            task_queue: get("RTMANAGER_TASK_QUEUE", "rtmanager"),
-            database_url: SecretString::from(get(
-                "RTMANAGER_DATABASE_URL",
-                "postgres://rtmanager:rtmanager@127.0.0.1:5432/rtmanager",
-            )),
-            database_pool_size: num("RTMANAGER_DATABASE_POOL_SIZE", 16)? as usize,
-            redis_url: SecretString::from(get("RTMANAGER_REDIS_URL", "redis://127.0.0.1:6379")),
-            redis_prefix: get("RTMANAGER_REDIS_PREFIX", "rtmanager:"),
-            health_stream: get("RTMANAGER_HEALTH_STREAM", "runtime:health_events"),
-            docker_host: get("RTMANAGER_DOCKER_HOST", "unix:///var/run/docker.sock"),
-            stop_timeout: Duration::from_secs(num("RTMANAGER_STOP_TIMEOUT_SECS", 10)?),
-            lease_ttl: Duration::from_secs(num("RTMANAGER_LEASE_TTL_SECS", 120)?),
-            lease_lock_delay: Duration::from_millis(num("RTMANAGER_LEASE_LOCK_DELAY_MS", 3000)?),
-            local_fast_steps: flag("RTMANAGER_LOCAL_FAST_STEPS", true)?,
-            local_docker_steps: flag("RTMANAGER_LOCAL_DOCKER_STEPS", true)?,
-            container_network: get("RTMANAGER_CONTAINER_NETWORK", "bridge"),
-            start_settle: Duration::from_millis(num("RTMANAGER_START_SETTLE_MS", 300)?),
-            workflow_pollers: num("RTMANAGER_WORKFLOW_POLLERS", 10)?.max(2) as usize,
-            sticky_queue_timeout: Duration::from_millis(num(
-                "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
-                3000,
-            )?),
-            build_id: get(
-                "RTMANAGER_BUILD_ID",
-                concat!("rtmanager-", env!("CARGO_PKG_VERSION")),
-            ),
-            http_addr: {
-                let raw = get("RTMANAGER_HTTP_ADDR", "127.0.0.1:8080");
-                raw.parse()
-                    .map_err(|_| anyhow::anyhow!("RTMANAGER_HTTP_ADDR={raw:?} is not host:port"))?
-            },
-            api_token: lookup("RTMANAGER_API_TOKEN")
-                .filter(|t| !t.is_empty())
-                .map(SecretString::from),
-            http_wait: Duration::from_secs(num("RTMANAGER_HTTP_WAIT_SECS", 120)?),
-            http_body_limit: num("RTMANAGER_HTTP_BODY_LIMIT_BYTES", 16 * 1024)? as usize,
-            stop_stream: get("RTMANAGER_STOP_STREAM", "runtime:stop_jobs"),
-            stop_group: get("RTMANAGER_STOP_GROUP", "rtmanager"),
-            stream_consumer: lookup("RTMANAGER_STREAM_CONSUMER").unwrap_or_else(default_consumer),
-            stream_claim_idle: Duration::from_millis(num(
-                "RTMANAGER_STREAM_CLAIM_IDLE_MS",
-                30_000,
-            )?),
-            stream_conflict_retries: num("RTMANAGER_STREAM_CONFLICT_RETRIES", 20)? as u32,
-            stream_conflict_backoff: Duration::from_millis(num(
-                "RTMANAGER_STREAM_CONFLICT_BACKOFF_MS",
-                500,
-            )?),
-            stream_concurrency: num("RTMANAGER_STREAM_CONCURRENCY", 64)? as usize,
-        };
+        })?;
+        let mut config = FromEnv::from_arg_matches(&matches)?.config;
+        config.workflow_pollers = config.workflow_pollers.max(2);
         config.validate()?;
         Ok(config)
     }
@@ -231,6 +263,36 @@ impl Config {
             ..StepSettings::default()
         }
     }
+}
+
+/// A whole number of seconds.
+fn secs(raw: &str) -> Result<Duration, String> {
+    raw.trim()
+        .parse()
+        .map(Duration::from_secs)
+        .map_err(|_| "not a whole number of seconds".to_owned())
+}
+
+/// A whole number of milliseconds.
+fn millis(raw: &str) -> Result<Duration, String> {
+    raw.trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| "not a whole number of milliseconds".to_owned())
+}
+
+/// `true`/`false`, also as `1`/`0` or `yes`/`no`.
+fn flag(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err("not true/false".to_owned()),
+    }
+}
+
+/// A secret: kept out of `Debug` and of clap's own messages (`hide_env_values`).
+fn secret(raw: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(raw))
 }
 
 /// `<hostname>-<pid>-<random>`: unique per process, recognisable in `XINFO CONSUMERS`.
