@@ -8,8 +8,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    eventually, rtmanager_command, stop_json, worker_process, worker_process_with, TestApp,
-    TestConfig,
+    rtmanager_command, stop_json, worker_process, worker_process_with, TestApp, TestConfig,
 };
 use redis::AsyncCommands;
 use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
@@ -191,12 +190,7 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
         &[("RTMANAGER_FAULTS", "before:StopContainer=sleep:600000")],
     );
     let handle = app.start_workflow(OpKind::Stop, &stop_json(&game)).await;
-    let dead_token = eventually(
-        "the stalled stop to take the lease",
-        Duration::from_secs(30),
-        || async { app.lease_holder(&game).await },
-    )
-    .await;
+    let dead_token = app.await_lease(&game).await;
     handle
         .terminate(
             WorkflowTerminateOptions::builder()

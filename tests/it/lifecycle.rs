@@ -376,12 +376,7 @@ async fn a_cancelled_restart_releases_the_lease_and_leaves_nothing_running() {
     )
     .await
     .unwrap();
-    eventually(
-        "the restart to hold the lease",
-        Duration::from_secs(10),
-        || async { app.lease_holder(&game).await.map(|_| ()) },
-    )
-    .await;
+    app.await_lease(&game).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     handle
         .cancel(temporalio_client::WorkflowCancelOptions::default())
@@ -413,12 +408,7 @@ async fn a_stop_during_a_start_is_a_conflict() {
     let image = common::game_image();
     let start = app.start(&game, &image);
     let stop = async {
-        eventually(
-            "the start to hold the lease",
-            Duration::from_secs(10),
-            || async { app.lease_holder(&game).await.map(|_| ()) },
-        )
-        .await;
+        app.await_lease(&game).await;
         app.stop(&game).await
     };
     let (started, stopped) = tokio::join!(start, stop);
@@ -437,10 +427,7 @@ async fn a_stop_longer_than_the_lease_ttl_keeps_its_lease() {
 
     let stop = app.stop(&game);
     let watch = async {
-        let holder = eventually("the lease", Duration::from_secs(10), || async {
-            app.lease_holder(&game).await
-        })
-        .await;
+        let holder = app.await_lease(&game).await;
         tokio::time::sleep(Duration::from_secs(7)).await;
         app.lease_holder(&game).await == Some(holder)
     };
@@ -461,10 +448,7 @@ async fn a_holder_that_lost_its_lease_does_not_renew_it() {
 
     let stop = app.stop(&game);
     let steal = async {
-        eventually("the lease", Duration::from_secs(10), || async {
-            app.lease_holder(&game).await
-        })
-        .await;
+        app.await_lease(&game).await;
         let _: () = app
             .redis
             .clone()

@@ -36,12 +36,7 @@ where
 {
     let mut worker = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", fault)]);
     let handle = app.start_workflow(OpKind::Stop, &stop_json(game)).await;
-    eventually(
-        "the stop to hold the lease",
-        Duration::from_secs(30),
-        || async { app.lease_holder(game).await.map(|_| ()) },
-    )
-    .await;
+    app.await_lease(game).await;
     meanwhile().await;
     let out = tokio::time::timeout(Duration::from_secs(90), rtmanager::client::result(&handle))
         .await

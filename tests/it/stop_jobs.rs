@@ -200,12 +200,7 @@ async fn an_entry_left_by_a_killed_consumer_is_finished_once() {
         &[("game_id", &game), ("reason", "cancelled")],
     )
     .await;
-    eventually(
-        "consumer a to take the entry and start the stop",
-        Duration::from_secs(10),
-        || async { app.lease_holder(&game).await.map(|_| ()) },
-    )
-    .await;
+    app.await_lease(&game).await;
     a_task.abort(); // killed mid-entry: nothing acknowledged
     assert_eq!(pending(&app, &stream).await, 1);
 

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::common::{eventually, unique, TestApp};
+use crate::common::{unique, TestApp};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
@@ -362,12 +362,7 @@ async fn a_lost_compare_and_swap_is_a_replay_no_op() {
 
     let stop = app.stop(&game);
     let race = async {
-        eventually(
-            "the stop to hold the lease",
-            Duration::from_secs(10),
-            || async { app.lease_holder(&game).await.map(|_| ()) },
-        )
-        .await;
+        app.await_lease(&game).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         use rtmanager_activities::schema::runtime_records::dsl as r;
         diesel::update(r::runtime_records.find(&game))
@@ -395,12 +390,7 @@ async fn a_record_gone_mid_stop_is_not_found() {
 
     let stop = app.stop(&game);
     let delete = async {
-        eventually(
-            "the stop to hold the lease",
-            Duration::from_secs(10),
-            || async { app.lease_holder(&game).await.map(|_| ()) },
-        )
-        .await;
+        app.await_lease(&game).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         use rtmanager_activities::schema::runtime_records::dsl as r;
         diesel::delete(r::runtime_records.find(&game))

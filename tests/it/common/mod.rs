@@ -271,13 +271,14 @@ impl TestApp {
     /// the stop holds the game's lease.
     pub async fn stop_holding_lease(&self, game: &str) -> client::Handle {
         let handle = self.start_workflow(OpKind::Stop, &stop_json(game)).await;
-        eventually(
-            "the stop to hold the lease",
-            Duration::from_secs(30),
-            || async { self.lease_holder(game).await },
-        )
-        .await;
+        self.await_lease(game).await;
         handle
+    }
+
+    /// Waits (30 s at most) until some operation holds `game`'s lease; returns its token.
+    pub async fn await_lease(&self, game: &str) -> String {
+        let what = "the game's lease to be taken";
+        eventually(what, Duration::from_secs(30), || self.lease_holder(game)).await
     }
 
     /// Every container labelled for `game`, with whether it runs.
