@@ -35,7 +35,7 @@ pub struct Config {
     )]
     pub database_url: SecretString,
     /// PostgreSQL connections per process; must be positive.
-    #[arg(long, env = "RTMANAGER_DATABASE_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "RTMANAGER_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = count)]
     pub database_pool_size: usize,
     /// Leases, health events and the stop jobs stream all live in this Redis.
     #[arg(
@@ -72,7 +72,7 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// How long after its holder workflow closed (terminated, timed out) a lease may be taken
     /// over by the next operation, instead of waiting out the TTL.
-    #[arg(long = "lease-lock-delay-ms", env = "RTMANAGER_LEASE_LOCK_DELAY_MS", default_value = "3000", value_parser = millis)]
+    #[arg(long = "lease-lock-delay-ms", env = "RTMANAGER_LEASE_LOCK_DELAY_MS", default_value = "5000", value_parser = millis)]
     pub lease_lock_delay: Duration,
     /// Run the sub-millisecond steps as local activities.
     #[arg(long, env = "RTMANAGER_LOCAL_FAST_STEPS", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
@@ -88,7 +88,7 @@ pub struct Config {
     pub start_settle: Duration,
     /// Concurrent workflow-task polls (at least 2): a new workflow waits in the server until a
     /// poll is open.
-    #[arg(long, env = "RTMANAGER_WORKFLOW_POLLERS", default_value_t = 10)]
+    #[arg(long, env = "RTMANAGER_WORKFLOW_POLLERS", default_value_t = 10, value_parser = count)]
     pub workflow_pollers: usize,
     /// How long a workflow task waits on a (possibly dead) worker's sticky queue.
     #[arg(long = "sticky-queue-timeout-ms", env = "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS", default_value = "3000", value_parser = millis)]
@@ -106,7 +106,7 @@ pub struct Config {
     #[arg(long = "http-wait-secs", env = "RTMANAGER_HTTP_WAIT_SECS", default_value = "120", value_parser = secs)]
     pub http_wait: Duration,
     /// Largest HTTP request body accepted, in bytes.
-    #[arg(long = "http-body-limit-bytes", env = "RTMANAGER_HTTP_BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long = "http-body-limit-bytes", env = "RTMANAGER_HTTP_BODY_LIMIT_BYTES", default_value_t = 16 * 1024, value_parser = count)]
     pub http_body_limit: usize,
     /// The stop jobs stream and its consumer group.
     #[arg(
@@ -125,13 +125,13 @@ pub struct Config {
     #[arg(long = "stream-claim-idle-ms", env = "RTMANAGER_STREAM_CLAIM_IDLE_MS", default_value = "30000", value_parser = millis)]
     pub stream_claim_idle: Duration,
     /// Retries of a stream stop that met `conflict`, and the first wait before one.
-    #[arg(long, env = "RTMANAGER_STREAM_CONFLICT_RETRIES", default_value_t = 20)]
+    #[arg(long, env = "RTMANAGER_STREAM_CONFLICT_RETRIES", default_value_t = 20, value_parser = count_u32)]
     pub stream_conflict_retries: u32,
     /// The first of those waits; each retry doubles it, up to 10 s.
     #[arg(long = "stream-conflict-backoff-ms", env = "RTMANAGER_STREAM_CONFLICT_BACKOFF_MS", default_value = "500", value_parser = millis)]
     pub stream_conflict_backoff: Duration,
     /// Stream entries processed at once by this process.
-    #[arg(long, env = "RTMANAGER_STREAM_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "RTMANAGER_STREAM_CONCURRENCY", default_value_t = 64, value_parser = count)]
     pub stream_concurrency: usize,
 }
 
@@ -186,6 +186,14 @@ impl Config {
         })?;
         let mut config = FromEnv::from_arg_matches(&matches)?.config;
         config.workflow_pollers = config.workflow_pollers.max(2);
+        // An empty token is no token: the bridge then refuses to start.
+        if config
+            .api_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().is_empty())
+        {
+            config.api_token = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -215,11 +223,14 @@ impl Config {
             self.lease_ttl.as_secs(),
             self.stop_timeout.as_secs()
         );
+        // A lease a live step renews (every 2 s) must never look quiet for the lock-delay.
         anyhow::ensure!(
-            self.lease_lock_delay < self.lease_ttl
+            self.lease_lock_delay > Duration::from_secs(2)
+                && self.lease_lock_delay < self.lease_ttl
                 && self.lease_lock_delay <= Duration::from_secs(60),
-            "RTMANAGER_LEASE_LOCK_DELAY_MS ({} ms) must be below the lease TTL and at most 60 s: \
-             an acquire waits it out while it holds a workflow task",
+            "RTMANAGER_LEASE_LOCK_DELAY_MS ({} ms) must exceed the 2 s lease renewal interval, \
+             stay below the lease TTL and be at most 60 s: an acquire waits it out while it holds \
+             a workflow task",
             self.lease_lock_delay.as_millis()
         );
         url::Url::parse(&self.temporal_address).map_err(|err| {
@@ -263,6 +274,20 @@ impl Config {
             ..StepSettings::default()
         }
     }
+}
+
+/// A whole number (surrounding blanks allowed, as in a hand-edited env file).
+fn count(raw: &str) -> Result<usize, String> {
+    raw.trim()
+        .parse()
+        .map_err(|_| "not a whole number".to_owned())
+}
+
+/// [`count`], for the settings that are `u32`.
+fn count_u32(raw: &str) -> Result<u32, String> {
+    raw.trim()
+        .parse()
+        .map_err(|_| "not a whole number".to_owned())
 }
 
 /// A whole number of seconds.

@@ -88,9 +88,10 @@ pub async fn reset_fence(config: &Config, game_id: &str, json: bool) -> anyhow::
     let redis = RedisStore::new(config.redis_url.expose_secret(), config.redis_keys())?;
     let store = Store::new(config.database_url.expose_secret(), 1)?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
+    // No run id: not a workflow, so no acquire takes this lease over as a closed holder's.
     let holder = LeaseHolder {
         workflow_id: "rtmanager reset-fence".to_owned(),
-        run_id: secret.clone(),
+        run_id: String::new(),
     };
     let fence = match redis
         .acquire_lease(&game_id, &secret, &holder, config.lease_ttl)
@@ -106,6 +107,11 @@ pub async fn reset_fence(config: &Config, game_id: &str, json: bool) -> anyhow::
         }
     };
     let token = rtmanager_domain::LeaseToken::issued(fence, &secret);
+    // Still ours right before the write (the lease TTL bounds how long it could have waited).
+    if !redis.lease_is_held_by(&game_id, &token).await? {
+        eprintln!("rtmanager: {game_id}: the game's lease was lost before the repair; try again");
+        return Ok(ExitCode::from(1));
+    }
     let replaced = store.reset_fence(&game_id, fence).await;
     redis.release_lease(&game_id, &token).await?;
     let Some(previous) = replaced? else {

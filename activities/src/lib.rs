@@ -31,7 +31,7 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::Instrument;
 
-use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome};
+use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome, RuntimeStatus};
 use rtmanager_workflows::contract::{
     self, failure_type, AcquireLeaseInput, CheckLeaseInput, ContainerStopOutcome,
     EnsureContainerInput, HealthEvent, LeaseOutcome, LoadRecordInput, LoadedRecord, OperationEntry,
@@ -41,7 +41,7 @@ use rtmanager_workflows::contract::{
 
 pub use docker::{ContainerSettings, DockerRuntime};
 pub use holder::{HolderLiveness, HolderState};
-pub use redis_store::{Acquire, LeaseHolder, RedisKeys, RedisStore};
+pub use redis_store::{Acquire, LeaseHolder, RedisKeys, RedisStore, TakeOver};
 pub use store::Store;
 pub use telemetry::Telemetry;
 
@@ -277,7 +277,8 @@ impl RuntimeActivities {
             &input.container_id,
             input.image_ref.as_str(),
         );
-        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), write);
+        let own = (input.operation_id.as_str(), RuntimeStatus::Running);
+        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), own, write);
         self.step(&ctx, input.game_id.as_str(), guarded).await
     }
 
@@ -297,7 +298,8 @@ impl RuntimeActivities {
             input.to,
             input.fence,
         );
-        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), write);
+        let own = (input.operation_id.as_str(), input.to);
+        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), own, write);
         self.step(&ctx, input.game_id.as_str(), guarded).await
     }
 
@@ -423,10 +425,12 @@ impl RuntimeActivities {
             .await?
         {
             Acquire::Acquired { fence } => return Ok((LeaseOutcome::Acquired { fence }, false)),
+            // A holder without a run id is an operator tool, not a workflow: its lease stands
+            // until it releases it or the TTL ends.
             Acquire::Held {
                 token,
                 holder: Some(dead),
-            } if dead != *holder => (token, dead),
+            } if dead != *holder && !dead.run_id.is_empty() => (token, dead),
             Acquire::Held { .. } => return Ok((LeaseOutcome::HeldByOther, false)),
         };
         let closed_at = match self.deps.liveness.state(&dead).await {
@@ -441,32 +445,51 @@ impl RuntimeActivities {
         let since_close = closed_at
             .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
             .unwrap_or_default();
-        tokio::time::sleep(self.deps.lease_lock_delay.saturating_sub(since_close)).await;
-        match redis
-            .take_over_lease(&input.game_id, &token, &input.secret, holder, ttl)
-            .await?
-        {
-            Some(fence) => {
-                tracing::warn!(
-                    dead_holder = %dead.workflow_id,
-                    dead_run = %dead.run_id,
-                    fence,
-                    "took over the game's lease from a closed workflow"
-                );
-                Ok((LeaseOutcome::Acquired { fence }, true))
+        let lock_delay = self.deps.lease_lock_delay;
+        tokio::time::sleep(lock_delay.saturating_sub(since_close)).await;
+        // A step of the dead holder that is still in flight (a Docker stop) keeps renewing the
+        // lease: wait until it has been quiet for the lock-delay, once, then give up.
+        for last_try in [false, true] {
+            let taken = redis
+                .take_over_lease(
+                    &input.game_id,
+                    &token,
+                    &input.secret,
+                    holder,
+                    ttl,
+                    lock_delay,
+                )
+                .await?;
+            match taken {
+                TakeOver::Taken { fence } => {
+                    tracing::warn!(
+                        dead_holder = %dead.workflow_id,
+                        dead_run = %dead.run_id,
+                        fence,
+                        "took over the game's lease from a closed workflow"
+                    );
+                    return Ok((LeaseOutcome::Acquired { fence }, true));
+                }
+                TakeOver::RenewedRecently { quiet_in } if !last_try => {
+                    tokio::time::sleep(quiet_in.min(lock_delay)).await;
+                }
+                TakeOver::RenewedRecently { .. } | TakeOver::HeldByOther => break,
             }
-            None => Ok((LeaseOutcome::HeldByOther, false)),
         }
+        Ok((LeaseOutcome::HeldByOther, false))
     }
 
     /// A record write proceeds only while Redis holds the writer's exact token: a forged or
-    /// stale token (and so a fence the lease counter never issued to a live holder) writes
-    /// nothing (`LeaseLost`). Writers without a token (a workflow scheduled by an older worker)
-    /// skip the check. `write` is lazy: it runs only after the check.
+    /// stale token writes nothing (`LeaseLost`). PostgreSQL's fence check still keeps out a
+    /// stale write that races this check. A retry whose first attempt committed is recognised
+    /// first (`Store::own_write`), so a lease lost after the commit cannot turn a done write
+    /// into a refusal. Writers without a token (scheduled by an older worker) skip the check.
+    /// `write` is lazy: it runs only after the check.
     async fn write_under_lease(
         &self,
         game_id: &GameId,
         lease: Option<&LeaseToken>,
+        own: (&str, RuntimeStatus),
         write: impl std::future::Future<Output = Result<UpdateStatusOutcome, StoreError>>,
     ) -> Result<UpdateStatusOutcome, ActivityError> {
         if let Some(token) = lease {
@@ -477,7 +500,12 @@ impl RuntimeActivities {
                 .await
                 .map_err(|err| retryable(format!("redis: {err}")))?;
             if !held {
-                return Ok(UpdateStatusOutcome::LeaseLost);
+                let (operation_id, to) = own;
+                let done = self.deps.store.own_write(game_id, operation_id, to).await;
+                return Ok(match done.map_err(store_error)? {
+                    Some(record) => UpdateStatusOutcome::Updated { record },
+                    None => UpdateStatusOutcome::LeaseLost,
+                });
             }
         }
         write.await.map_err(store_error)

@@ -23,6 +23,23 @@ pub struct LeaseHolder {
     pub run_id: String,
 }
 
+/// What a takeover did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// The lease is the new holder's.
+    Taken {
+        /// The new holder's fence, above the dead holder's.
+        fence: u64,
+    },
+    /// The dead holder's lease was renewed too recently: something still keeps it alive.
+    RenewedRecently {
+        /// How long until that renewal is old enough.
+        quiet_in: Duration,
+    },
+    /// Another token holds the lease now.
+    HeldByOther,
+}
+
 /// What an acquire found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquire {
@@ -73,10 +90,21 @@ return {string.format('%.0f', fence), token, ARGV[4]}
 ";
 
 /// Takes over a lease from a holder known to be gone: only if the key still holds exactly the
-/// dead holder's token, with a fresh fence from the counter (higher than the dead holder's).
+/// dead holder's token (or nothing any more), with a fresh fence from the counter (higher than
+/// the dead holder's). A lease renewed within the last `ARGV[6]` ms is still being kept alive
+/// by a step of the dead holder that has not noticed its workflow closed (a Docker stop in
+/// flight renews every 2 s): it is not taken, and the script answers `-<ms>`, how long until
+/// that renewal is old enough. `'0'`: another token holds the lease.
 const TAKE_OVER: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
   return '0'
+end
+if current then
+  local renewed_ago = tonumber(ARGV[3]) - redis.call('PTTL', KEYS[1])
+  if renewed_ago < tonumber(ARGV[6]) then
+    return '-' .. string.format('%.0f', tonumber(ARGV[6]) - renewed_ago)
+  end
 end
 local fence = redis.call('INCR', KEYS[2])
 if fence < tonumber(ARGV[4]) then
@@ -254,8 +282,9 @@ impl RedisStore {
         })
     }
 
-    /// Replaces a dead holder's lease (`dead_token`, which must still be the key's value) with
-    /// one for `secret` and a higher fence; `None` when the key changed meanwhile.
+    /// Replaces a dead holder's lease (`dead_token`, which must still be the key's value, or
+    /// the key must be free) with one for `secret` and a higher fence, unless the lease was
+    /// renewed within `quiet` (a step of the dead holder still works).
     pub async fn take_over_lease(
         &self,
         game_id: &GameId,
@@ -263,9 +292,10 @@ impl RedisStore {
         secret: &str,
         holder: &LeaseHolder,
         ttl: Duration,
-    ) -> redis::RedisResult<Option<u64>> {
+        quiet: Duration,
+    ) -> redis::RedisResult<TakeOver> {
         let mut conn = self.conn().await?;
-        let fence: String = self
+        let answer: String = self
             .take_over
             .key(self.keys.lease(game_id))
             .key(self.keys.fence(game_id))
@@ -275,9 +305,18 @@ impl RedisStore {
             .arg(ttl.as_millis().max(1) as u64)
             .arg(fence_floor())
             .arg(serde_json::to_string(holder).unwrap_or_default())
+            .arg(quiet.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(Some(parse_fence(&fence)?).filter(|f| *f > 0))
+        Ok(match answer.strip_prefix('-') {
+            Some(ms) => TakeOver::RenewedRecently {
+                quiet_in: Duration::from_millis(parse_fence(ms)?),
+            },
+            None => match parse_fence(&answer)? {
+                0 => TakeOver::HeldByOther,
+                fence => TakeOver::Taken { fence },
+            },
+        })
     }
 
     /// Whether the game's lease is held by exactly `token` right now: the check that makes an

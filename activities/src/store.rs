@@ -290,6 +290,29 @@ impl Store {
         .await
     }
 
+    /// The record as this operation wrote it, if its last write was this operation's move to
+    /// `to`: a retried write whose first attempt committed recognises itself by this, before
+    /// anything else (even a lease that is gone since) can call it refused.
+    pub async fn own_write(
+        &self,
+        game_id: &GameId,
+        operation_id: &str,
+        to: RuntimeStatus,
+    ) -> Result<Option<RuntimeRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = runtime_records::table
+            .find(game_id.as_str())
+            .select(RecordRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        row.filter(|row| {
+            row.last_op_id.as_deref() == Some(operation_id) && row.status == to.as_str()
+        })
+        .map(RecordRow::into_record)
+        .transpose()
+    }
+
     /// Why a guarded write touched no row: this operation already wrote it (a retry), a newer
     /// lease holder did (fenced), another path moved it (conflict), or it is gone.
     async fn explain_refusal(

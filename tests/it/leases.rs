@@ -180,7 +180,7 @@ async fn reset_fence_repairs_a_record_wedged_by_an_unreachable_fence() {
 async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
     let mut cfg = TestConfig::new();
     cfg.config.lease_ttl = Duration::from_secs(120);
-    cfg.config.lease_lock_delay = Duration::from_millis(1500);
+    cfg.config.lease_lock_delay = Duration::from_millis(2500);
     let mut app = TestApp::without_worker(cfg).await;
     let (game, cid) = app.running_game("orphan").await;
 
@@ -241,7 +241,7 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
     let mut cfg = TestConfig::new();
-    cfg.config.lease_lock_delay = Duration::from_millis(200);
+    cfg.config.lease_lock_delay = Duration::from_millis(2500);
     let mut app = TestApp::without_worker(cfg).await;
     let (game, _) = app.running_game("alive").await;
     let mut worker = worker_process_with(

@@ -476,8 +476,9 @@ async fn a_stale_holder_is_fenced_off() {
     // holder (worker B) starts and stops the game meanwhile. A's late write must be refused.
     let mut cfg = TestConfig::new();
     cfg.config.lease_ttl = Duration::from_secs(5);
-    // A worker process refuses a lease TTL within the graceful stop timeout.
+    // A worker process refuses a lease TTL within the graceful stop timeout or the lock-delay.
     cfg.config.stop_timeout = Duration::from_secs(2);
+    cfg.config.lease_lock_delay = Duration::from_millis(2500);
     let stale_config = cfg.config.clone();
     let mut app = TestApp::without_worker(cfg).await;
     let game = app.new_game("fenced");

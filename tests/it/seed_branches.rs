@@ -90,7 +90,9 @@ async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
     let (game, cid) = app.running_game("vanish-moved").await;
     app.remove_container(&cid).await;
 
-    let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:2500", || async {
+    let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:4000", || async {
+        // Well inside the stall: the record was loaded, the CAS has not run yet.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         diesel::update(r::runtime_records.find(&game))
             .set((r::status.eq("stopped"), r::last_op_id.eq("reconciler")))
             .execute(&mut app.pg().await)
@@ -126,7 +128,9 @@ async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() 
     let (game, cid) = app.running_game("vanish-deleted").await;
     app.remove_container(&cid).await;
 
-    let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:2500", || async {
+    let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:4000", || async {
+        // Well inside the stall: the record was loaded, the CAS has not run yet.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         diesel::delete(r::runtime_records.find(&game))
             .execute(&mut app.pg().await)
             .await
@@ -362,10 +366,18 @@ async fn a_failing_lease_release_does_not_change_the_outcome() {
     let (game, cid) = app.running_game("no-release").await;
     let key = app.lease_key(&game);
 
-    // While the release stalls, the lease key becomes a list: every release attempt's GET then
-    // fails with WRONGTYPE.
+    // Once the stop recorded its result, and while its release stalls, the lease key becomes a
+    // list: every release attempt's GET then fails with WRONGTYPE.
     let out = stop_with_stall(&app, &game, "before:ReleaseLease=sleep:800", || async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually(
+            "the stop to record its result",
+            Duration::from_secs(30),
+            || async {
+                let status = app.record(&game).await.map(|r| r.status);
+                (status == Some(RuntimeStatus::Stopped)).then_some(())
+            },
+        )
+        .await;
         let mut redis = app.redis.clone();
         let _: () = redis.del(&key).await.unwrap();
         let _: () = redis.rpush(&key, "not a lease").await.unwrap();

@@ -316,7 +316,9 @@ impl<'a, W> Op<'a, W> {
             },
             self.settings.fast_step_attempts,
             Cancel::WithWorkflow,
-            FAST_STEP_TIMEOUT + self.settings.lease_lock_delay,
+            // A takeover waits out the lock-delay, and once more if the dead holder's lease
+            // was still being renewed.
+            FAST_STEP_TIMEOUT + self.settings.lease_lock_delay * 2,
         )
         .await;
         match acquired {

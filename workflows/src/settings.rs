@@ -44,7 +44,7 @@ impl Default for StepSettings {
             local_docker_steps: true,
             fast_step_attempts: 5,
             docker_attempts: 4,
-            lease_lock_delay: Duration::from_secs(3),
+            lease_lock_delay: Duration::from_secs(5),
         }
     }
 }
