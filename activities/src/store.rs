@@ -299,18 +299,12 @@ impl Store {
         operation_id: &str,
         to: RuntimeStatus,
     ) -> Result<Option<RuntimeRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let row = runtime_records::table
-            .find(game_id.as_str())
-            .select(RecordRow::as_select())
-            .first(&mut conn)
-            .await
-            .optional()?;
-        row.filter(|row| {
-            row.last_op_id.as_deref() == Some(operation_id) && row.status == to.as_str()
-        })
-        .map(RecordRow::into_record)
-        .transpose()
+        let loaded = self.get_record_with_writer(game_id).await?;
+        Ok(loaded
+            .filter(|(record, writer)| {
+                writer.last_op_id.as_deref() == Some(operation_id) && record.status == to
+            })
+            .map(|(record, _)| record))
     }
 
     /// Why a guarded write touched no row: this operation already wrote it (a retry), a newer
