@@ -1,6 +1,8 @@
 //! Logging setup: `tracing` to stderr, filtered by `RTMANAGER_LOG` (or `RUST_LOG`), as text or
 //! JSON (`RTMANAGER_LOG_FORMAT=json`). `RTMANAGER_LOG_SPANS=1` also logs each activity span's
 //! busy and idle time when it closes: the cheapest profile of where a stop spends its time.
+//! Colours only on a terminal: a log file (`scripts/dev` writes `.dev/logs/rtmanager.log`) gets
+//! plain text.
 
 use tracing_subscriber::{fmt, fmt::format::FmtSpan, EnvFilter};
 
@@ -19,6 +21,7 @@ pub fn init_logging() {
     let builder = fmt()
         .with_env_filter(filter)
         .with_span_events(spans)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

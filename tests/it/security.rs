@@ -121,6 +121,10 @@ async fn the_token_never_reaches_the_logs() {
     );
     assert!(!logs.contains(&token), "the token leaked into the logs");
     assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
+    assert!(
         !logs.contains(&wrong),
         "a presented token leaked into the logs"
     );
