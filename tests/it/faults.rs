@@ -7,7 +7,9 @@ use crate::common;
 
 use std::time::Duration;
 
-use crate::common::{stop_json, worker_process, worker_process_with, TestApp, TestConfig};
+use crate::common::{
+    assert_outcome, stop_json, worker_process, worker_process_with, TestApp, TestConfig,
+};
 use rtmanager_domain::{OpKind, OperationOutput, Outcome, RuntimeStatus};
 
 async fn app() -> TestApp {
@@ -123,11 +125,7 @@ async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() 
 
     let out = crash_after(&app, "UpdateStatus", OpKind::Stop, stop_json(&game)).await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let record = app.record(&game).await.unwrap();
     assert_eq!(record.status, RuntimeStatus::Removed);
     assert_eq!(

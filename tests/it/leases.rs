@@ -8,7 +8,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    rtmanager_command, stop_json, worker_process, worker_process_with, TestApp, TestConfig,
+    assert_outcome, rtmanager_command, stop_json, worker_process, worker_process_with, TestApp,
+    TestConfig,
 };
 use redis::AsyncCommands;
 use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
@@ -73,17 +74,9 @@ async fn a_forged_inherited_token_is_a_conflict_that_writes_nothing() {
 
     // The game still stops and starts normally.
     let out = app.stop(&game).await;
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let out = app.start(&game, &image).await;
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,11 +145,7 @@ async fn reset_fence_repairs_a_record_wedged_by_an_unreachable_fence() {
     );
 
     let out = app.start(&game, &image).await;
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     assert!(
         app.record_fence(&game).await > fence,
         "the next lease fences higher"
@@ -214,11 +203,7 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
     let _ = worker.kill();
     let _ = worker.wait();
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     assert!(
         took < Duration::from_secs(30),
         "taken over in {took:?}, not after the TTL"
@@ -256,9 +241,5 @@ async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
     let _ = worker.wait();
 
     assert_eq!(second.error_code, Some(ErrorCode::Conflict), "{second:?}");
-    assert_eq!(
-        (first.outcome, first.error_code),
-        (Outcome::Success, None),
-        "{first:?}"
-    );
+    assert_outcome(&first, Outcome::Success, None);
 }

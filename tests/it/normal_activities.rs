@@ -7,7 +7,9 @@ use crate::common;
 
 use std::time::Duration;
 
-use crate::common::{stop_json, worker_process, worker_process_with, TestApp, TestConfig};
+use crate::common::{
+    assert_outcome, stop_json, worker_process, worker_process_with, TestApp, TestConfig,
+};
 use rtmanager_domain::{OpKind, Outcome, RuntimeStatus};
 
 fn normal_steps(config: &mut rtmanager::Config) {
@@ -57,19 +59,11 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
     let image = common::game_image();
 
     let out = app.start(&game, &image).await;
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
 
     let handle = app.start_workflow(OpKind::Stop, &stop_json(&game)).await;
     let out = rtmanager::client::result(&handle).await.unwrap();
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let steps = scheduled_activities(&app, &handle.info().workflow_id).await;
     for step in [
         "AcquireLease",
@@ -91,11 +85,7 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
             &format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#),
         )
         .await;
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let out = app
         .execute(
             OpKind::Patch,
@@ -104,11 +94,7 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
             ),
         )
         .await;
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let record = app.record(&game).await.unwrap();
     assert_eq!(
         record.current_image_ref.as_deref(),
@@ -136,11 +122,7 @@ async fn the_vanished_path_runs_with_normal_activities() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     assert_eq!(
         app.record(&game).await.unwrap().status,
         RuntimeStatus::Removed
@@ -179,11 +161,7 @@ async fn a_crash_after_the_docker_stop_is_retried_elsewhere_with_normal_activiti
     let _ = fresh.kill();
     let _ = fresh.wait();
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     assert_eq!(
         app.record(&game).await.unwrap().status,
         RuntimeStatus::Stopped

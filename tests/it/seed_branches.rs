@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use crate::common::{eventually, stop_json, worker_process_with, TestApp, TestConfig};
+use crate::common::{
+    assert_outcome, eventually, stop_json, worker_process_with, TestApp, TestConfig,
+};
 use bollard::query_parameters::StopContainerOptions;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -63,11 +65,7 @@ async fn a_compare_and_swap_refused_by_a_newer_fence_is_a_conflict() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Failure, Some(ErrorCode::Conflict)),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Conflict));
     assert!(out
         .error_message
         .unwrap()
@@ -101,11 +99,7 @@ async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
     })
     .await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, Some(ErrorCode::ReplayNoOp)),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, Some(ErrorCode::ReplayNoOp));
     assert_eq!(
         out.record.unwrap().status,
         RuntimeStatus::Stopped,
@@ -139,11 +133,7 @@ async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() 
     .await;
 
     // The seed goes on: the container is gone and so is the row.
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let record = out.record.unwrap();
     assert_eq!(record.status, RuntimeStatus::Removed);
     assert_eq!(record.current_container_id, None);
@@ -163,11 +153,7 @@ async fn the_vanished_path_meeting_a_store_error_is_internal() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Failure, Some(ErrorCode::Internal)),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Internal));
     assert!(out
         .error_message
         .unwrap()
@@ -195,11 +181,7 @@ async fn a_record_that_cannot_be_loaded_is_internal() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Failure, Some(ErrorCode::Internal)),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Internal));
     assert!(out
         .error_message
         .unwrap()
@@ -214,11 +196,7 @@ async fn a_record_that_cannot_be_loaded_is_internal() {
     // Once the store answers again, the same stop goes through.
     sql(&app, "GRANT SELECT ON runtime_records TO CURRENT_USER").await;
     let out = app.stop(&game).await;
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,11 +207,7 @@ async fn a_compare_and_swap_store_error_is_internal() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Failure, Some(ErrorCode::Internal)),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Internal));
     assert!(out
         .error_message
         .unwrap()
@@ -264,11 +238,7 @@ async fn a_container_docker_reports_already_stopped_is_a_successful_stop() {
     let out = app.stop(&game).await;
 
     // Docker answers 304 and the stop counts it as done (not the vanished path).
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let record = out.record.unwrap();
     assert_eq!(record.status, RuntimeStatus::Stopped);
     assert_eq!(record.current_container_id.as_deref(), Some(cid.as_str()));
@@ -291,11 +261,7 @@ async fn a_failing_health_publish_does_not_change_the_outcome() {
 
     let out = app.stop(&game).await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     assert_eq!(
         app.record(&game).await.unwrap().status,
         RuntimeStatus::Removed
@@ -350,11 +316,7 @@ async fn a_health_publish_that_failed_once_is_published_by_its_retry() {
     })
     .await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     let events = app.health_events().await;
     assert_eq!(events.len(), 1, "the retry published the event: {events:?}");
     assert_eq!(events[0]["container_id"], cid);
@@ -384,11 +346,7 @@ async fn a_failing_lease_release_does_not_change_the_outcome() {
     })
     .await;
 
-    assert_eq!(
-        (out.outcome, out.error_code),
-        (Outcome::Success, None),
-        "{out:?}"
-    );
+    assert_outcome(&out, Outcome::Success, None);
     assert_eq!(
         app.record(&game).await.unwrap().status,
         RuntimeStatus::Stopped

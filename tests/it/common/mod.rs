@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use rtmanager::{client, worker, Config};
 use rtmanager_activities::{schema, store::Store, Telemetry};
-use rtmanager_domain::{GameId, OpKind, OperationOutput, RuntimeRecord};
+use rtmanager_domain::{ErrorCode, GameId, OpKind, OperationOutput, Outcome, RuntimeRecord};
 
 /// Loads `.dev/env` into the process environment for variables not already set.
 fn load_dev_env() {
@@ -596,6 +596,16 @@ pub struct OpRow {
     pub op_source: String,
     pub finished: bool,
     pub op_kind: String,
+}
+
+/// Asserts an operation's outcome and error code, showing the whole output when they differ.
+#[track_caller]
+pub fn assert_outcome(out: &OperationOutput, outcome: Outcome, error_code: Option<ErrorCode>) {
+    assert_eq!(
+        (out.outcome, out.error_code),
+        (outcome, error_code),
+        "{out:?}"
+    );
 }
 
 /// A game server that ignores SIGTERM: only the graceful timeout's SIGKILL stops it.
