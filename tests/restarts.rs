@@ -8,7 +8,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::TestApp;
+use common::{finish_within, TestApp};
 use rtmanager_domain::{ErrorCode, Outcome, RuntimeStatus};
 
 fn restart(service: &str) {
@@ -28,16 +28,14 @@ fn restart(service: &str) {
 /// lease and Docker is working.
 async fn slow_stop(app: &mut TestApp) -> (String, String, rtmanager::client::Handle) {
     let (game, cid) = app.slow_game("restart").await;
-    let handle = app.stop_holding_lease(&game).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let handle = app.stop_under_way(&game, &cid).await;
     (game, cid, handle)
 }
 
+/// The operation's output: it must end instead of staying running.
 async fn finish(handle: &rtmanager::client::Handle) -> rtmanager_domain::OperationOutput {
-    tokio::time::timeout(Duration::from_secs(120), rtmanager::client::result(handle))
-        .await
-        .expect("the operation ends instead of staying running")
-        .expect("a workflow result")
+    let what = "the operation ends instead of staying running";
+    finish_within(handle, Duration::from_secs(120), what).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,18 +2,16 @@
 
 use std::process::Command;
 
+use crate::common::run_ok;
+
 #[test]
 fn docker_compose_file_is_valid_and_wired() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("docker-compose")
-        .args(["-f", &format!("{root}/docker-compose.yml"), "config"])
-        .env("RTMANAGER_API_TOKEN", "a-token-for-validation-only")
-        .output()
-        .expect("docker-compose (installed by scripts/dev)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("docker-compose")
+            .args(["-f", &format!("{root}/docker-compose.yml"), "config"])
+            .env("RTMANAGER_API_TOKEN", "a-token-for-validation-only"),
+        "docker-compose (installed by scripts/dev)",
     );
     let config = String::from_utf8_lossy(&out.stdout);
     for needle in [

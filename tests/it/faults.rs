@@ -5,62 +5,23 @@
 
 use crate::common;
 
-use std::time::Duration;
-
-use crate::common::{
-    assert_outcome, stop_json, worker_process, worker_process_with, TestApp, TestConfig,
-};
-use rtmanager_domain::{OpKind, OperationOutput, Outcome, RuntimeStatus};
+use crate::common::{assert_outcome, image_json, stop_json, TestApp};
+use rtmanager_domain::{OpKind, Outcome, RuntimeStatus};
 
 async fn app() -> TestApp {
-    let cfg = TestConfig::new();
-    TestApp::without_worker(cfg).await
-}
-
-/// Runs the workflow of `kind` with `input` on a worker that aborts after `step`, then on a
-/// fresh one.
-async fn crash_after(app: &TestApp, step: &str, kind: OpKind, input: String) -> OperationOutput {
-    let fault = format!("after:{step}=abort");
-    let mut doomed = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", &fault)]);
-    let handle = app.start_workflow(kind, &input).await;
-    let exited = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || doomed.wait()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the worker never reached {step}"))
-    .unwrap()
-    .unwrap();
-    assert!(!exited.success(), "the worker aborted after {step}");
-    let mut fresh = worker_process(app.config());
-    let out = tokio::time::timeout(Duration::from_secs(120), rtmanager::client::result(&handle))
-        .await
-        .unwrap_or_else(|_| panic!("the operation never finished after a crash at {step}"))
-        .unwrap();
-    let _ = fresh.kill();
-    let _ = fresh.wait();
-    out
+    TestApp::spawn_without_worker(|_| {}).await
 }
 
 async fn check_stop_crash(step: &str) {
     let mut app = app().await;
     let (game, cid) = app.running_game("crash-stop").await;
 
-    let out = crash_after(&app, step, OpKind::Stop, stop_json(&game)).await;
+    let out = app.crash_after(step, OpKind::Stop, &stop_json(&game)).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Stopped,
-        "{step}"
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Stopped, "{step}");
     assert_eq!(app.container_running(&cid).await, Some(false), "{step}");
-    assert_eq!(app.op_log(&game).await.len(), 1, "{step}: one audit row");
-    assert_eq!(
-        app.lease_holder(&game).await,
-        None,
-        "{step}: lease released"
-    );
+    app.assert_ran_once(&game, step).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,75 +54,63 @@ async fn stop_survives_a_crash_after_releasing_the_lease() {
     check_stop_crash("ReleaseLease").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vanished_stop_publishes_once_despite_a_crash_after_publishing() {
+/// A vanished stop (its container removed first) rerun after a crash at `step`: it ends
+/// `removed` with one health event and one audit row, both naming the container, and the lease
+/// released. Returns the app and the game for the caller's own checks.
+async fn check_vanished_crash(step: &str) -> (TestApp, String) {
     let mut app = app().await;
-    let (game, cid) = app.running_game("crash-vanish").await;
-    app.remove_container(&cid).await;
+    let (game, cid) = app.vanished_game("crash-vanish").await;
 
-    let out = crash_after(&app, "PublishHealth", OpKind::Stop, stop_json(&game)).await;
-
-    assert_eq!(out.outcome, Outcome::Success, "{out:?}");
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Removed
-    );
-    let events = app.health_events().await;
-    assert_eq!(events.len(), 1, "no duplicate health event");
-    assert_eq!(events[0]["container_id"], cid);
-    let rows = app.op_log(&game).await;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].container_id.as_deref(), Some(cid.as_str()));
-    assert_eq!(app.lease_holder(&game).await, None);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() {
-    // The removal CAS clears the record's container; the re-run after a crash right after it
-    // must still name the container in its health event and audit row.
-    let mut app = app().await;
-    let (game, cid) = app.running_game("crash-vanish-cas").await;
-    app.remove_container(&cid).await;
-
-    let out = crash_after(&app, "UpdateStatus", OpKind::Stop, stop_json(&game)).await;
+    let out = app.crash_after(step, OpKind::Stop, &stop_json(&game)).await;
 
     assert_outcome(&out, Outcome::Success, None);
     let record = app.record(&game).await.unwrap();
     assert_eq!(record.status, RuntimeStatus::Removed);
-    assert_eq!(
-        record.current_container_id, None,
-        "a removed record has no container"
-    );
     let events = app.health_events().await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["event_type"], "container_disappeared");
+    assert_eq!(events.len(), 1, "no duplicate health event: {events:?}");
     assert_eq!(
         events[0]["container_id"], cid,
         "the event names the container"
     );
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        rows[0].container_id.as_deref(),
-        Some(cid.as_str()),
-        "the row names it too"
-    );
+    let row_names = rows[0].container_id.as_deref();
+    assert_eq!(row_names, Some(cid.as_str()), "the row names it too");
     assert_eq!(app.lease_holder(&game).await, None);
+    (app, game)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_stop_publishes_once_despite_a_crash_after_publishing() {
+    check_vanished_crash("PublishHealth").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() {
+    // The removal CAS clears the record's container; the re-run after a crash right after it
+    // must still name the container in its health event and audit row.
+    let (app, game) = check_vanished_crash("UpdateStatus").await;
+
+    let record = app.record(&game).await.unwrap();
+    assert_eq!(
+        record.current_container_id, None,
+        "a removed record has no container"
+    );
+    let events = app.health_events().await;
+    assert_eq!(events[0]["event_type"], "container_disappeared");
 }
 
 async fn check_start_crash(step: &str) {
     let mut app = app().await;
     let game = app.new_game("crash-start");
-    let image = common::game_image();
     // A stopped game with an old container, so the start also removes a superseded one.
     let old = app.game_container(&game, None).await;
     app.insert_record(&game, "stopped", Some(&old)).await;
-    let input = format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#);
+    let input = image_json(&game, &common::game_image());
 
-    let out = crash_after(&app, step, OpKind::Start, input).await;
+    let out = app.crash_after(step, OpKind::Start, &input).await;
 
-    assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
-    assert_eq!(out.error_code, None, "{step}: {out:?}");
+    assert_outcome(&out, Outcome::Success, None);
     let record = app.record(&game).await.unwrap();
     assert_eq!(record.status, RuntimeStatus::Running, "{step}");
     let containers = app.containers_of(&game).await;
@@ -170,12 +119,7 @@ async fn check_start_crash(step: &str) {
         vec![(record.current_container_id.unwrap(), true)],
         "{step}: one container"
     );
-    assert_eq!(app.op_log(&game).await.len(), 1, "{step}: one audit row");
-    assert_eq!(
-        app.lease_holder(&game).await,
-        None,
-        "{step}: lease released"
-    );
+    app.assert_ran_once(&game, step).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +147,7 @@ async fn check_restart_crash(step: &str) {
     let (game, _) = app.running_game("crash-restart").await;
     let input = format!(r#"{{"game_id":"{game}","op_source":"admin","source_ref":"r-1"}}"#);
 
-    let out = crash_after(&app, step, OpKind::Restart, input).await;
+    let out = app.crash_after(step, OpKind::Restart, &input).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{step}: {out:?}");
     let record = app.record(&game).await.unwrap();
@@ -240,9 +184,10 @@ async fn patch_survives_a_crash_inside_the_stop_child() {
     let mut app = app().await;
     let (game, _) = app.running_game("crash-patch").await;
     let target = "rtmanager-game:v2";
-    let input = format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#);
 
-    let out = crash_after(&app, "StopContainer", OpKind::Patch, input).await;
+    let out = app
+        .crash_after("StopContainer", OpKind::Patch, &image_json(&game, target))
+        .await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     let record = app.record(&game).await.unwrap();

@@ -5,40 +5,51 @@ use crate::common;
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::common::{eventually, unique, Bridge, TestApp};
+use crate::common::{eventually, unique, Bridge, HttpResponse, TestApp};
 use proptest::{prelude::*, strategy::ValueTree};
-use redis::AsyncCommands;
 use rtmanager_domain::RuntimeStatus;
 
 const RUNTIMES: &str = "/api/v1/internal/runtimes";
 
+/// `POST .../{game}/{verb}` with an optional JSON body and no extra header: every operation's
+/// request.
+async fn post(bridge: &Bridge, game: &str, verb: &str, body: Option<&str>) -> HttpResponse {
+    let path = format!("{RUNTIMES}/{game}/{verb}");
+    bridge.call("POST", &path, &[], body).await
+}
+
 /// `POST .../stop` with `{"reason":"admin"}` and no extra header.
-async fn stop_as_admin(bridge: &Bridge, game: &str) -> common::HttpResponse {
+async fn stop_as_admin(bridge: &Bridge, game: &str) -> HttpResponse {
+    let path = stop_path(game);
     bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{game}/stop"),
-            &[],
-            Some(r#"{"reason":"admin"}"#),
-        )
+        .call("POST", &path, &[], Some(r#"{"reason":"admin"}"#))
         .await
 }
 
+/// A game for a test of the bridge: a running container and its record.
 async fn running_game(app: &mut TestApp) -> (String, String) {
-    let (game, cid) = app.running_game("http").await;
-    (game, cid)
+    app.running_game("http").await
+}
+
+/// What most bridge tests start from: a worker configured by `adjust`, its bridge, and a
+/// running game: `(app, bridge, game id, container id)`.
+async fn setup(adjust: impl FnOnce(&mut rtmanager::Config)) -> (TestApp, Bridge, String, String) {
+    let mut app = TestApp::spawn_with(adjust).await;
+    let bridge = app.spawn_bridge().await;
+    let (game, cid) = running_game(&mut app).await;
+    (app, bridge, game, cid)
+}
+
+/// The path of `game`'s stop.
+fn stop_path(game: &str) -> String {
+    format!("{RUNTIMES}/{game}/stop")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_answer_with_the_workflow_output_and_its_status() {
-    let mut app = TestApp::spawn().await;
-    let bridge = app.spawn_bridge().await;
-    let (game, cid) = running_game(&mut app).await;
-    let stop = format!("{RUNTIMES}/{game}/stop");
+    let (mut app, bridge, game, cid) = setup(|_| {}).await;
 
-    let ok = bridge
-        .call("POST", &stop, &[], Some(r#"{"reason":"admin"}"#))
-        .await;
+    let ok = stop_as_admin(&bridge, &game).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     let body = ok.json();
     assert_eq!(body["outcome"], "success");
@@ -53,9 +64,7 @@ async fn operations_answer_with_the_workflow_output_and_its_status() {
         ("rest", ok.header("x-request-id"))
     );
 
-    let replay = bridge
-        .call("POST", &stop, &[], Some(r#"{"reason":"admin"}"#))
-        .await;
+    let replay = stop_as_admin(&bridge, &game).await;
     assert_eq!(replay.status, 200);
     assert_eq!(replay.json()["error_code"], "replay_no_op");
 
@@ -65,14 +74,7 @@ async fn operations_answer_with_the_workflow_output_and_its_status() {
     assert_eq!(record.status, 200);
     assert_eq!(record.json()["current_container_id"], cid.as_str());
 
-    let missing = bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{}/stop", unique("none")),
-            &[],
-            Some(r#"{"reason":"admin"}"#),
-        )
-        .await;
+    let missing = stop_as_admin(&bridge, &unique("none")).await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error_code"], "not_found");
     assert_eq!(
@@ -83,21 +85,8 @@ async fn operations_answer_with_the_workflow_output_and_its_status() {
         404
     );
 
-    let (busy, _) = running_game(&mut app).await;
-    let _: () = app
-        .redis
-        .clone()
-        .set_ex(app.lease_key(&busy), "1:other", 60)
-        .await
-        .unwrap();
-    let conflict = bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{busy}/stop"),
-            &[],
-            Some(r#"{"reason":"admin"}"#),
-        )
-        .await;
+    let (busy, _) = app.leased_game("http", "1:other").await;
+    let conflict = stop_as_admin(&bridge, &busy).await;
     assert_eq!(conflict.status, 409);
     assert_eq!(conflict.json()["error_code"], "conflict");
 
@@ -105,40 +94,19 @@ async fn operations_answer_with_the_workflow_output_and_its_status() {
     let foreign = app.container(HashMap::new(), None).await;
     app.insert_record(&mislabelled, "running", Some(&foreign))
         .await;
-    let internal = bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{mislabelled}/stop"),
-            &[],
-            Some(r#"{"reason":"admin"}"#),
-        )
-        .await;
+    let internal = stop_as_admin(&bridge, &mislabelled).await;
     assert_eq!(internal.status, 500);
     assert_eq!(internal.json()["error_code"], "internal");
 
     let image = common::game_image();
     let fresh = app.new_game("http-start");
-    let started = bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{fresh}/start"),
-            &[],
-            Some(&format!(r#"{{"image_ref":"{image}"}}"#)),
-        )
-        .await;
+    let start_body = format!(r#"{{"image_ref":"{image}"}}"#);
+    let started = post(&bridge, &fresh, "start", Some(&start_body)).await;
     assert_eq!(started.status, 200, "{}", started.body);
-    let restarted = bridge
-        .call("POST", &format!("{RUNTIMES}/{fresh}/restart"), &[], None)
-        .await;
+    let restarted = post(&bridge, &fresh, "restart", None).await;
     assert_eq!(restarted.status, 200, "{}", restarted.body);
-    let patched = bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{fresh}/patch"),
-            &[],
-            Some(r#"{"image_ref":"rtmanager-game:absent"}"#),
-        )
-        .await;
+    let absent = Some(r#"{"image_ref":"rtmanager-game:absent"}"#);
+    let patched = post(&bridge, &fresh, "patch", absent).await;
     assert_eq!(patched.status, 404, "{}", patched.body);
     assert!(patched.json()["error_message"]
         .as_str()
@@ -148,9 +116,7 @@ async fn operations_answer_with_the_workflow_output_and_its_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_dependency_is_503() {
-    let mut app = TestApp::spawn_with(|c| c.docker_host = "tcp://127.0.0.1:1".into()).await;
-    let bridge = app.spawn_bridge().await;
-    let (game, _) = running_game(&mut app).await;
+    let (_app, bridge, game, _) = setup(|c| c.docker_host = "tcp://127.0.0.1:1".into()).await;
     let out = stop_as_admin(&bridge, &game).await;
     assert_eq!(out.status, 503, "{}", out.body);
     assert_eq!(out.json()["error_code"], "service_unavailable");
@@ -161,10 +127,8 @@ async fn an_unreachable_dependency_is_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_right_token_nothing_is_started_or_written() {
-    let mut app = TestApp::spawn().await;
-    let bridge = app.spawn_bridge().await;
-    let (game, cid) = running_game(&mut app).await;
-    let stop = format!("{RUNTIMES}/{game}/stop");
+    let (app, bridge, game, cid) = setup(|_| {}).await;
+    let stop = stop_path(&game);
     let json = ("Content-Type".to_string(), "application/json".to_string());
     for auth in [
         None,
@@ -211,10 +175,8 @@ async fn without_the_right_token_nothing_is_started_or_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_id_is_one_operation() {
-    let mut app = TestApp::spawn().await;
-    let bridge = app.spawn_bridge().await;
-    let (game, _) = running_game(&mut app).await;
-    let stop = format!("{RUNTIMES}/{game}/stop");
+    let (app, bridge, game, _) = setup(|_| {}).await;
+    let stop = stop_path(&game);
     let id = [("X-Request-Id", "req-123")];
 
     let first = bridge
@@ -239,120 +201,66 @@ async fn one_request_id_is_one_operation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_a_json_4xx() {
-    let mut app = TestApp::spawn().await;
-    let bridge = app.spawn_bridge().await;
-    let (game, cid) = running_game(&mut app).await;
-    let stop = format!("{RUNTIMES}/{game}/stop");
+    let (app, bridge, game, cid) = setup(|_| {}).await;
+    let stop = stop_path(&game);
     let auth = (
         "Authorization".to_string(),
         format!("Bearer {}", bridge.token),
     );
-    let json = ("Content-Type".to_string(), "application/json".to_string());
-    type Case = (String, Vec<(String, String)>, Vec<u8>, u16);
-    let cases: Vec<Case> = vec![
+    let (json, admin) = (
+        Some("application/json"),
+        br#"{"reason":"admin"}"#.as_slice(),
+    );
+    let long_id = format!("{RUNTIMES}/{}/stop", "a".repeat(200));
+    /// Path, Content-Type, X-Request-Id, body and the expected status.
+    type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8], u16);
+    let cases: [Case; 16] = [
+        (&stop, json, None, b"{not json", 400),
+        (&stop, json, None, b"[1]", 400),
+        (&stop, json, None, br#"{"reason":"reboot"}"#, 400),
         (
-            stop.clone(),
-            vec![auth.clone(), json.clone()],
-            b"{not json".to_vec(),
+            &stop,
+            json,
+            None,
+            br#"{"reason":"admin","force":true}"#,
+            400,
+        ),
+        (&stop, json, None, br#"{}"#, 400),
+        (&stop, json, None, br#"{"reason":7}"#, 400),
+        (&stop, None, None, admin, 415),
+        (&stop, Some("text/plain"), None, admin, 415),
+        (&stop, json, None, &[b' '; 20_000], 413),
+        (&format!("{RUNTIMES}/bad%20id/stop"), json, None, admin, 400),
+        (&format!("{RUNTIMES}/-x/stop"), json, None, admin, 400),
+        (&long_id, json, None, admin, 400),
+        (
+            &format!("{RUNTIMES}/{game}/start"),
+            json,
+            None,
+            br#"{"image_ref":"no spaces"}"#,
             400,
         ),
         (
-            stop.clone(),
-            vec![auth.clone(), json.clone()],
-            b"[1]".to_vec(),
+            &format!("{RUNTIMES}/{game}/restart"),
+            json,
+            None,
+            br#"{"image_ref":"x"}"#,
             400,
         ),
+        (&stop, json, Some("has space"), admin, 400),
         (
-            stop.clone(),
-            vec![auth.clone(), json.clone()],
-            br#"{"reason":"reboot"}"#.to_vec(),
-            400,
-        ),
-        (
-            stop.clone(),
-            vec![auth.clone(), json.clone()],
-            br#"{"reason":"admin","force":true}"#.to_vec(),
-            400,
-        ),
-        (
-            stop.clone(),
-            vec![auth.clone(), json.clone()],
-            br#"{}"#.to_vec(),
-            400,
-        ),
-        (
-            stop.clone(),
-            vec![auth.clone(), json.clone()],
-            br#"{"reason":7}"#.to_vec(),
-            400,
-        ),
-        (
-            stop.clone(),
-            vec![auth.clone()],
-            br#"{"reason":"admin"}"#.to_vec(),
-            415,
-        ),
-        (
-            stop.clone(),
-            vec![auth.clone(), ("Content-Type".into(), "text/plain".into())],
-            br#"{"reason":"admin"}"#.to_vec(),
-            415,
-        ),
-        (
-            stop.clone(),
-            vec![auth.clone(), json.clone()],
-            vec![b' '; 20_000],
-            413,
-        ),
-        (
-            format!("{RUNTIMES}/bad%20id/stop"),
-            vec![auth.clone(), json.clone()],
-            br#"{"reason":"admin"}"#.to_vec(),
-            400,
-        ),
-        (
-            format!("{RUNTIMES}/-x/stop"),
-            vec![auth.clone(), json.clone()],
-            br#"{"reason":"admin"}"#.to_vec(),
-            400,
-        ),
-        (
-            format!("{RUNTIMES}/{}/stop", "a".repeat(200)),
-            vec![auth.clone(), json.clone()],
-            br#"{"reason":"admin"}"#.to_vec(),
-            400,
-        ),
-        (
-            format!("{RUNTIMES}/{game}/start"),
-            vec![auth.clone(), json.clone()],
-            br#"{"image_ref":"no spaces"}"#.to_vec(),
-            400,
-        ),
-        (
-            format!("{RUNTIMES}/{game}/restart"),
-            vec![auth.clone(), json.clone()],
-            br#"{"image_ref":"x"}"#.to_vec(),
-            400,
-        ),
-        (
-            stop.clone(),
-            vec![
-                auth.clone(),
-                json.clone(),
-                ("X-Request-Id".into(), "has space".into()),
-            ],
-            br#"{"reason":"admin"}"#.to_vec(),
-            400,
-        ),
-        (
-            format!("{RUNTIMES}/{game}/explode"),
-            vec![auth.clone(), json.clone()],
-            b"{}".to_vec(),
+            &format!("{RUNTIMES}/{game}/explode"),
+            json,
+            None,
+            b"{}",
             404,
         ),
     ];
-    for (path, headers, body, status) in cases {
-        let out = bridge.raw("POST", &path, &headers, &body).await;
+    for (path, content_type, request_id, body, status) in cases {
+        let mut headers = vec![auth.clone()];
+        headers.extend(content_type.map(|t| ("Content-Type".to_string(), t.to_string())));
+        headers.extend(request_id.map(|id| ("X-Request-Id".to_string(), id.to_string())));
+        let out = bridge.raw("POST", path, &headers, body).await;
         assert_eq!(
             out.status,
             status,
@@ -390,7 +298,8 @@ async fn a_client_that_disconnects_does_not_cancel_the_operation() {
             body.len()
         );
         stream.write_all(request.as_bytes()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The bridge started the stop: it holds the game's lease.
+        app.await_lease(&game).await;
     } // dropped: the client hangs up mid-operation
     eventually(
         "the stop to finish anyway",
@@ -403,17 +312,8 @@ async fn a_client_that_disconnects_does_not_cancel_the_operation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_the_openapi_document_are_served() {
-    let mut app = TestApp::spawn().await;
-    let bridge = app.spawn_bridge().await;
-    let (game, _) = running_game(&mut app).await;
-    bridge
-        .call(
-            "POST",
-            &format!("{RUNTIMES}/{game}/stop"),
-            &[],
-            Some(r#"{"reason":"timeout"}"#),
-        )
-        .await;
+    let (_app, bridge, game, _) = setup(|_| {}).await;
+    post(&bridge, &game, "stop", Some(r#"{"reason":"timeout"}"#)).await;
 
     let metrics = bridge.call("GET", "/metrics", &[], None).await;
     assert_eq!(metrics.status, 200);

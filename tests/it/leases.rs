@@ -8,11 +8,10 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    assert_outcome, rtmanager_command, stop_json, worker_process, worker_process_with, TestApp,
-    TestConfig,
+    assert_outcome, image_json, rtmanager_command, run_ok, stop_json, worker_process,
+    worker_process_with, TestApp,
 };
-use redis::AsyncCommands;
-use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, OpKind, Outcome};
 use temporalio_client::WorkflowTerminateOptions;
 
 /// A fence near the top of the column: what a forged `"<n>:<x>"` token would carry.
@@ -21,31 +20,21 @@ const FORGED_FENCE: i64 = i64::MAX - 7;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_inherited_token_is_a_conflict_that_writes_nothing() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("forged");
+    let (game, _) = app.started_game("forged").await;
     let image = common::game_image();
-    assert!(app.start(&game, &image).await.is_success());
     let record = app.record(&game).await.unwrap();
     let container = record.current_container_id.clone().unwrap();
     let fence_before = app.record_fence(&game).await;
     let forged = format!("{FORGED_FENCE}:not-issued-by-rtmanager");
 
-    let stop = app
-        .stop_raw(&format!(
-            r#"{{"game_id":"{game}","reason":"admin","op_source":"admin","lease_token":"{forged}"}}"#
-        ))
-        .await;
-    let start = app
-        .execute(
-            OpKind::Start,
-            &format!(
-                r#"{{"game_id":"{game}","image_ref":"rtmanager-game:v2","op_source":"admin","lease_token":"{forged}"}}"#
-            ),
-        )
-        .await;
+    // A plain stop's and a plain start's input, each carrying the forged token.
+    let forging = |json: String| json.replace('}', &format!(r#","lease_token":"{forged}"}}"#));
+    let stop = app.stop_raw(&forging(stop_json(&game))).await;
+    let start_input = forging(image_json(&game, "rtmanager-game:v2"));
+    let start = app.execute(OpKind::Start, &start_input).await;
 
     for out in [&stop, &start] {
-        assert_eq!(out.outcome, Outcome::Failure, "{out:?}");
-        assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
+        assert_outcome(out, Outcome::Failure, Some(ErrorCode::Conflict));
         assert!(
             out.error_message
                 .as_deref()
@@ -82,32 +71,13 @@ async fn a_forged_inherited_token_is_a_conflict_that_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_inherited_token_is_a_conflict() {
     let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("stale").await;
     // A token that was real once: issued, then replaced by a newer holder's.
-    let key = app.lease_key(&game);
-    let _: () = app
-        .redis
-        .clone()
-        .set_ex(&key, "1000:newer-holder", 60)
-        .await
-        .unwrap();
+    let (game, cid) = app.leased_game("stale", "1000:newer-holder").await;
 
-    let out = app
-        .stop_raw(&format!(
-            r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"999:older-holder"}}"#
-        ))
+    let out = app.stop_inheriting(&game, "999:older-holder").await;
+
+    app.assert_refused_by_lease(&out, &game, &cid, "1000:newer-holder")
         .await;
-
-    assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
-    assert_eq!(app.container_running(&cid).await, Some(true));
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Running
-    );
-    assert_eq!(
-        app.lease_holder(&game).await.as_deref(),
-        Some("1000:newer-holder")
-    );
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "the refusal is audited");
     assert_eq!(rows[0].error_code.as_deref(), Some("conflict"));
@@ -116,23 +86,17 @@ async fn a_stale_inherited_token_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_fence_repairs_a_record_wedged_by_an_unreachable_fence() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("wedged");
+    let (game, _) = app.started_game("wedged").await;
     let image = common::game_image();
-    assert!(app.start(&game, &image).await.is_success());
     assert!(app.stop(&game).await.is_success());
     // What a forged token wrote before inherited tokens were checked.
     app.set_record_fence(&game, FORGED_FENCE).await;
     let out = app.start(&game, &image).await;
     assert_eq!(out.error_code, Some(ErrorCode::Conflict), "wedged: {out:?}");
 
-    let repaired = rtmanager_command(app.config())
-        .args(["--json", "reset-fence", &game])
-        .output()
-        .expect("run rtmanager reset-fence");
-    assert!(
-        repaired.status.success(),
-        "{}",
-        String::from_utf8_lossy(&repaired.stderr)
+    let repaired = run_ok(
+        rtmanager_command(app.config()).args(["--json", "reset-fence", &game]),
+        "rtmanager reset-fence",
     );
     let report: serde_json::Value = serde_json::from_slice(&repaired.stdout).unwrap();
     assert_eq!(report["previous_fence"], FORGED_FENCE);
@@ -167,10 +131,11 @@ async fn reset_fence_repairs_a_record_wedged_by_an_unreachable_fence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
-    let mut cfg = TestConfig::new();
-    cfg.config.lease_ttl = Duration::from_secs(120);
-    cfg.config.lease_lock_delay = Duration::from_millis(2500);
-    let mut app = TestApp::without_worker(cfg).await;
+    let mut app = TestApp::spawn_without_worker(|c| {
+        c.lease_ttl = Duration::from_secs(120);
+        c.lease_lock_delay = Duration::from_millis(2500);
+    })
+    .await;
     let (game, cid) = app.running_game("orphan").await;
 
     // A stop that takes the lease, then stalls before Docker; the operator terminates it.
@@ -189,7 +154,6 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
         .await
         .unwrap();
     let _ = stalled.kill();
-    let _ = stalled.wait();
     assert_eq!(
         app.lease_holder(&game).await.as_deref(),
         Some(dead_token.as_str()),
@@ -201,7 +165,6 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
     let out = app.stop(&game).await;
     let took = began.elapsed();
     let _ = worker.kill();
-    let _ = worker.wait();
 
     assert_outcome(&out, Outcome::Success, None);
     assert!(
@@ -225,9 +188,8 @@ async fn a_terminated_holders_lease_is_taken_over_after_the_lock_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
-    let mut cfg = TestConfig::new();
-    cfg.config.lease_lock_delay = Duration::from_millis(2500);
-    let mut app = TestApp::without_worker(cfg).await;
+    let lock_delay = Duration::from_millis(2500);
+    let mut app = TestApp::spawn_without_worker(|c| c.lease_lock_delay = lock_delay).await;
     let (game, _) = app.running_game("alive").await;
     let mut worker = worker_process_with(
         app.config(),
@@ -238,7 +200,6 @@ async fn a_lease_held_by_a_running_operation_is_not_taken_over() {
     let second = app.stop(&game).await;
     let first = rtmanager::client::result(&first).await.unwrap();
     let _ = worker.kill();
-    let _ = worker.wait();
 
     assert_eq!(second.error_code, Some(ErrorCode::Conflict), "{second:?}");
     assert_outcome(&first, Outcome::Success, None);

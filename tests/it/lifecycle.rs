@@ -6,8 +6,11 @@ use crate::common;
 
 use std::time::Duration;
 
-use crate::common::{eventually, unique, worker_process, TestApp, TestConfig};
-use redis::AsyncCommands;
+use crate::common::{
+    cancel_and_finish, eventually, finish_within, image_json, restart_json, unique, worker_process,
+    worker_process_with, TestApp,
+};
+use rtmanager::client::Handle;
 use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
 use temporalio_client::{UntypedWorkflow, WorkflowFetchHistoryOptions};
 
@@ -25,6 +28,30 @@ async fn patch_image(app: &TestApp) -> String {
         .await
         .expect("tag the game image");
     format!("rtmanager-game:{tag}")
+}
+
+/// A worker whose leases live 5 s and a slow game (its stop takes `stop_timeout`): the set-up
+/// of the tests of a lease renewed while Docker works. Returns the app and the game.
+async fn short_lease_slow_game(prefix: &str, stop_timeout: Duration) -> (TestApp, String) {
+    let mut app = TestApp::spawn_with(|c| {
+        c.lease_ttl = Duration::from_secs(5);
+        c.stop_timeout = stop_timeout;
+    })
+    .await;
+    let (game, _) = app.slow_game(prefix).await;
+    (app, game)
+}
+
+/// The child `kind` (`stop` or `start`) of the restart or patch `parent`, by its derived id.
+fn child_of(app: &TestApp, parent: &str, kind: &str) -> Handle {
+    let id = format!("{parent}/{kind}");
+    app.client.get_workflow_handle::<UntypedWorkflow>(id)
+}
+
+/// The workflow's whole history as JSON text, for tests that look for ids in it.
+async fn history_json(handle: &Handle) -> String {
+    let history = handle.fetch_history(WorkflowFetchHistoryOptions::default());
+    String::from_utf8(history.to_json().await.unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,12 +124,10 @@ async fn start_creates_a_labelled_container_and_replays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_a_stopped_game_replaces_its_old_container() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("restart-stopped");
-    let image = common::game_image();
-    let first = app.start(&game, &image).await.record.unwrap();
+    let (game, first) = app.started_game("restart-stopped").await;
     assert!(app.stop(&game).await.is_success());
 
-    let second = app.start(&game, &image).await;
+    let second = app.start(&game, &common::game_image()).await;
 
     assert!(second.is_success(), "{second:?}");
     let second = second.record.unwrap();
@@ -193,23 +218,13 @@ async fn a_container_that_dies_at_start_is_a_failure_and_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_runs_stop_and_start_as_children_sharing_one_source_ref() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("restart");
-    let image = common::game_image();
-    let before = app.start(&game, &image).await.record.unwrap();
+    let (game, before) = app.started_game("restart").await;
 
     let workflow_id = unique("restart");
-    let handle = rtmanager::client::start_raw(
-        &app.client,
-        &app.config().task_queue,
-        OpKind::Restart,
-        &workflow_id,
-        rtmanager::client::json_input(
-            format!(r#"{{"game_id":"{game}","op_source":"rest","source_ref":"req-77"}}"#)
-                .as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
+    let input = format!(r#"{{"game_id":"{game}","op_source":"rest","source_ref":"req-77"}}"#);
+    let handle = app
+        .start_workflow_as(OpKind::Restart, &workflow_id, &input)
+        .await;
     let out = rtmanager::client::result(&handle).await.unwrap();
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
@@ -231,31 +246,14 @@ async fn restart_runs_stop_and_start_as_children_sharing_one_source_ref() {
     assert_eq!(app.lease_holder(&game).await, None);
 
     // The children are children of the parent, with ids derived from the parent's.
-    let history = String::from_utf8(
-        handle
-            .fetch_history(WorkflowFetchHistoryOptions::default())
-            .to_json()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let history = history_json(&handle).await;
     for child in ["stop", "start"] {
         assert!(
             history.contains(&format!("\"{workflow_id}/{child}\"")),
             "no child {child}"
         );
     }
-    let child = app
-        .client
-        .get_workflow_handle::<UntypedWorkflow>(format!("{workflow_id}/stop"));
-    let child_history = String::from_utf8(
-        child
-            .fetch_history(WorkflowFetchHistoryOptions::default())
-            .to_json()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let child_history = history_json(&child_of(&app, &workflow_id, "stop")).await;
     let parent = child_history
         .split("\"parent_workflow_execution\":")
         .nth(1)
@@ -267,20 +265,10 @@ async fn restart_runs_stop_and_start_as_children_sharing_one_source_ref() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_replaces_the_image_and_removes_the_old_container() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("patch");
-    let before = app
-        .start(&game, &common::game_image())
-        .await
-        .record
-        .unwrap();
+    let (game, before) = app.started_game("patch").await;
     let target = patch_image(&app).await;
 
-    let out = app
-        .execute(
-            OpKind::Patch,
-            &format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#),
-        )
-        .await;
+    let out = app.patch(&game, &target).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     let after = out.record.unwrap();
@@ -300,21 +288,15 @@ async fn patch_replaces_the_image_and_removes_the_old_container() {
         "{source_refs:?}"
     );
 
-    let again = app
-        .execute(
-            OpKind::Patch,
-            &format!(r#"{{"game_id":"{game}","image_ref":"{target}","op_source":"admin"}}"#),
-        )
-        .await;
+    let again = app.patch(&game, &target).await;
     assert_eq!(again.error_code, Some(ErrorCode::ReplayNoOp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_to_a_broken_image_rolls_back() {
     let mut app = TestApp::spawn().await;
-    let game = app.new_game("rollback");
+    let (game, _) = app.started_game("rollback").await;
     let image = common::game_image();
-    assert!(app.start(&game, &image).await.is_success());
 
     let out = app
         .execute(
@@ -362,36 +344,19 @@ async fn a_patch_to_a_broken_image_rolls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_restart_releases_the_lease_and_leaves_nothing_running() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(60)).await;
-    let (game, _) = app.slow_game("cancel-restart").await;
+    let (game, cid) = app.slow_game("cancel-restart").await;
 
     let workflow_id = unique("restart");
-    let handle = rtmanager::client::start_raw(
-        &app.client,
-        &app.config().task_queue,
-        OpKind::Restart,
-        &workflow_id,
-        rtmanager::client::json_input(
-            format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#).as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
-    app.await_lease(&game).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    handle
-        .cancel(temporalio_client::WorkflowCancelOptions::default())
-        .await
-        .unwrap();
+    let handle = app
+        .start_workflow_as(OpKind::Restart, &workflow_id, &restart_json(&game))
+        .await;
+    // Cancelled while its stop child is inside the Docker stop.
+    app.await_stop_signal(&cid).await;
 
-    let out = tokio::time::timeout(Duration::from_secs(30), rtmanager::client::result(&handle))
-        .await
-        .expect("the cancelled restart completes")
-        .unwrap();
+    let out = cancel_and_finish(&handle, "the cancelled restart completes").await;
     assert_eq!(out.outcome, Outcome::Failure, "{out:?}");
     assert_eq!(app.lease_holder(&game).await, None, "lease released");
-    let child = app
-        .client
-        .get_workflow_handle::<UntypedWorkflow>(format!("{workflow_id}/stop"));
+    let child = child_of(&app, &workflow_id, "stop");
     let child_out = tokio::time::timeout(Duration::from_secs(10), async {
         child.get_result(Default::default()).await
     })
@@ -418,20 +383,16 @@ async fn a_stop_during_a_start_is_a_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_longer_than_the_lease_ttl_keeps_its_lease() {
-    let mut app = TestApp::spawn_with(|c| {
-        c.lease_ttl = Duration::from_secs(5);
-        c.stop_timeout = Duration::from_secs(9);
-    })
-    .await;
-    let (game, _) = app.slow_game("long-stop").await;
+    let (app, game) = short_lease_slow_game("long-stop", Duration::from_secs(9)).await;
 
-    let stop = app.stop(&game);
     let watch = async {
-        let holder = app.await_lease(&game).await;
+        let holder = app.lease_holder(&game).await.expect("the stop's lease");
+        // Deliberately lets time pass: the point is that the lease is still held 2 s after its
+        // 5 s TTL would have run out, which no poll can show sooner.
         tokio::time::sleep(Duration::from_secs(7)).await;
         app.lease_holder(&game).await == Some(holder)
     };
-    let (out, still_held) = tokio::join!(stop, watch);
+    let (out, still_held) = app.stop_meanwhile(&game, watch).await;
     assert!(still_held, "the lease outlived its TTL while Docker worked");
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     assert_eq!(app.lease_holder(&game).await, None);
@@ -439,24 +400,10 @@ async fn a_stop_longer_than_the_lease_ttl_keeps_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_lost_its_lease_does_not_renew_it() {
-    let mut app = TestApp::spawn_with(|c| {
-        c.lease_ttl = Duration::from_secs(5);
-        c.stop_timeout = Duration::from_secs(20);
-    })
-    .await;
-    let (game, _) = app.slow_game("lost-lease").await;
+    let (app, game) = short_lease_slow_game("lost-lease", Duration::from_secs(20)).await;
 
-    let stop = app.stop(&game);
-    let steal = async {
-        app.await_lease(&game).await;
-        let _: () = app
-            .redis
-            .clone()
-            .set_ex(app.lease_key(&game), "1:intruder", 60)
-            .await
-            .unwrap();
-    };
-    let (out, ()) = tokio::join!(stop, steal);
+    let steal = app.hold_lease(&game, "1:intruder");
+    let (out, ()) = app.stop_meanwhile(&game, steal).await;
     assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
     assert!(out.error_message.unwrap().contains("lease was lost"));
     assert_eq!(
@@ -464,42 +411,32 @@ async fn a_holder_that_lost_its_lease_does_not_renew_it() {
         Some("1:intruder"),
         "not renewed nor released"
     );
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Running
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_holder_is_fenced_off() {
     // Worker A stalls after creating its container, long enough for its lease to expire; a newer
     // holder (worker B) starts and stops the game meanwhile. A's late write must be refused.
-    let mut cfg = TestConfig::new();
-    cfg.config.lease_ttl = Duration::from_secs(5);
-    // A worker process refuses a lease TTL within the graceful stop timeout or the lock-delay.
-    cfg.config.stop_timeout = Duration::from_secs(2);
-    cfg.config.lease_lock_delay = Duration::from_millis(2500);
-    let stale_config = cfg.config.clone();
-    let mut app = TestApp::without_worker(cfg).await;
+    let mut app = TestApp::spawn_without_worker(|c| {
+        c.lease_ttl = Duration::from_secs(5);
+        // A worker process refuses a lease TTL within the graceful stop timeout or the
+        // lock-delay.
+        c.stop_timeout = Duration::from_secs(2);
+        c.lease_lock_delay = Duration::from_millis(2500);
+    })
+    .await;
+    let stale_config = app.config().clone();
     let game = app.new_game("fenced");
     let image = common::game_image();
 
-    let mut stale_worker = common::worker_process_with(
+    let mut stale_worker = worker_process_with(
         &stale_config,
         &[("RTMANAGER_FAULTS", "after:EnsureContainer=sleep:9000")],
     );
-    let stale = rtmanager::client::start_raw(
-        &app.client,
-        &stale_config.task_queue,
-        OpKind::Start,
-        &unique("stale"),
-        rtmanager::client::json_input(
-            format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#)
-                .as_bytes(),
-        ),
-    )
-    .await
-    .unwrap();
+    let stale = app
+        .start_workflow(OpKind::Start, &image_json(&game, &image))
+        .await;
     eventually(
         "the stale start's container",
         Duration::from_secs(20),
@@ -519,12 +456,8 @@ async fn a_stale_holder_is_fenced_off() {
     assert!(app.start(&game, &image).await.is_success());
     assert!(app.stop(&game).await.is_success());
 
-    let out = tokio::time::timeout(Duration::from_secs(60), rtmanager::client::result(&stale))
-        .await
-        .expect("the stale start completes")
-        .unwrap();
+    let out = finish_within(&stale, Duration::from_secs(60), "the stale start completes").await;
     let _ = stale_worker.kill();
-    let _ = stale_worker.wait();
 
     assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
     assert!(out
@@ -551,25 +484,18 @@ async fn a_stale_holder_is_fenced_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_create_and_record_converges_to_one_container() {
-    let cfg = TestConfig::new();
-    let mut app = TestApp::without_worker(cfg).await;
+    let mut app = TestApp::spawn_without_worker(|_| {}).await;
     let game = app.new_game("crash-start");
     let image = common::game_image();
 
-    let mut first = common::worker_process_with(
+    let mut first = worker_process_with(
         app.config(),
         &[("RTMANAGER_FAULTS", "after:EnsureContainer=abort")],
     );
     let handle = app
-        .start_workflow(
-            OpKind::Start,
-            &format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
-        )
+        .start_workflow(OpKind::Start, &image_json(&game, &image))
         .await;
-    let status = tokio::task::spawn_blocking(move || first.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = first.exit_status("the worker to abort").await;
     assert!(
         !status.success(),
         "the worker crashed after creating the container"
@@ -582,12 +508,9 @@ async fn a_crash_between_create_and_record_converges_to_one_container() {
     assert!(app.record(&game).await.is_none());
 
     let mut second = worker_process(app.config());
-    let out = tokio::time::timeout(Duration::from_secs(90), rtmanager::client::result(&handle))
-        .await
-        .expect("the start completes on a new worker")
-        .unwrap();
+    let what = "the start completes on a new worker";
+    let out = finish_within(&handle, Duration::from_secs(90), what).await;
     let _ = second.kill();
-    let _ = second.wait();
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     let record = out.record.unwrap();

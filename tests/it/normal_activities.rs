@@ -5,11 +5,7 @@
 
 use crate::common;
 
-use std::time::Duration;
-
-use crate::common::{
-    assert_outcome, stop_json, worker_process, worker_process_with, TestApp, TestConfig,
-};
+use crate::common::{assert_outcome, restart_json, run_ok, stop_json, TestApp};
 use rtmanager_domain::{OpKind, Outcome, RuntimeStatus};
 
 fn normal_steps(config: &mut rtmanager::Config) {
@@ -19,25 +15,21 @@ fn normal_steps(config: &mut rtmanager::Config) {
 
 /// The activity types scheduled as normal activities in a workflow's history.
 async fn scheduled_activities(app: &TestApp, workflow_id: &str) -> Vec<String> {
-    let output = std::process::Command::new(common::temporal_cli())
-        .args([
-            "workflow",
-            "show",
-            "--output",
-            "json",
-            "--address",
-            app.config().temporal_address.trim_start_matches("http://"),
-            "--namespace",
-            &app.config().namespace,
-            "--workflow-id",
-            workflow_id,
-        ])
-        .output()
-        .expect("run temporal workflow show");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let config = app.config();
+    let output = run_ok(
+        std::process::Command::new(common::temporal_cli())
+            .args(["workflow", "show", "--output", "json"])
+            .args([
+                "--address",
+                config.temporal_address.trim_start_matches("http://"),
+            ])
+            .args([
+                "--namespace",
+                &config.namespace,
+                "--workflow-id",
+                workflow_id,
+            ]),
+        "temporal workflow show",
     );
     let history: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     history["events"]
@@ -79,21 +71,9 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
         );
     }
 
-    let out = app
-        .execute(
-            OpKind::Restart,
-            &format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#),
-        )
-        .await;
+    let out = app.execute(OpKind::Restart, &restart_json(&game)).await;
     assert_outcome(&out, Outcome::Success, None);
-    let out = app
-        .execute(
-            OpKind::Patch,
-            &format!(
-                r#"{{"game_id":"{game}","image_ref":"rtmanager-game:v2","op_source":"admin"}}"#
-            ),
-        )
-        .await;
+    let out = app.patch(&game, "rtmanager-game:v2").await;
     assert_outcome(&out, Outcome::Success, None);
     let record = app.record(&game).await.unwrap();
     assert_eq!(
@@ -117,16 +97,12 @@ async fn stop_start_restart_and_patch_run_with_normal_activities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_runs_with_normal_activities() {
     let mut app = TestApp::spawn_with(normal_steps).await;
-    let (game, cid) = app.running_game("normal-vanish").await;
-    app.remove_container(&cid).await;
+    let (game, cid) = app.vanished_game("normal-vanish").await;
 
     let out = app.stop(&game).await;
 
     assert_outcome(&out, Outcome::Success, None);
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Removed
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Removed);
     let events = app.health_events().await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["container_id"], cid);
@@ -135,38 +111,15 @@ async fn the_vanished_path_runs_with_normal_activities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_docker_stop_is_retried_elsewhere_with_normal_activities() {
-    let mut cfg = TestConfig::new();
-    normal_steps(&mut cfg.config);
-    let mut app = TestApp::without_worker(cfg).await;
+    let mut app = TestApp::spawn_without_worker(normal_steps).await;
     let (game, cid) = app.running_game("normal-crash").await;
 
-    let mut doomed = worker_process_with(
-        app.config(),
-        &[("RTMANAGER_FAULTS", "after:StopContainer=abort")],
-    );
-    let handle = app.start_workflow(OpKind::Stop, &stop_json(&game)).await;
-    let exited = tokio::task::spawn_blocking(move || doomed.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        !exited.success(),
-        "the worker aborted after the Docker stop"
-    );
-    let mut fresh = worker_process(app.config());
-    let out = tokio::time::timeout(Duration::from_secs(120), rtmanager::client::result(&handle))
-        .await
-        .expect("the stop finishes on the fresh worker")
-        .unwrap();
-    let _ = fresh.kill();
-    let _ = fresh.wait();
+    let out = app
+        .crash_after("StopContainer", OpKind::Stop, &stop_json(&game))
+        .await;
 
     assert_outcome(&out, Outcome::Success, None);
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Stopped
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Stopped);
     assert_eq!(app.container_running(&cid).await, Some(false));
-    assert_eq!(app.op_log(&game).await.len(), 1, "one audit row");
-    assert_eq!(app.lease_holder(&game).await, None);
+    app.assert_ran_once(&game, "after the crash").await;
 }

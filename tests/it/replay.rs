@@ -14,8 +14,7 @@ use rtmanager_domain::OpKind;
 
 use std::{collections::HashMap, path::PathBuf};
 
-use crate::common::{stop_json, unique, TestApp};
-use redis::AsyncCommands;
+use crate::common::{image_json, inherited_stop_json, stop_json, unique, TestApp};
 use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
 use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
 
@@ -91,44 +90,22 @@ async fn record_histories() {
     inputs.push(("stop_success", OpKind::Stop, stop_json(&running)));
     inputs.push(("stop_replay_no_op", OpKind::Stop, stop_json(&running)));
 
-    let (vanished, gone) = app.running_game("rec").await;
-    app.remove_container(&gone).await;
+    let (vanished, _) = app.vanished_game("rec").await;
     inputs.push(("stop_vanished", OpKind::Stop, stop_json(&vanished)));
 
     let busy = unique("rec");
     app.insert_record(&busy, "running", Some("x")).await;
-    let _: () = app
-        .redis
-        .clone()
-        .set_ex(app.lease_key(&busy), "other", 60)
-        .await
-        .unwrap();
+    app.hold_lease(&busy, "other").await;
     inputs.push(("stop_conflict", OpKind::Stop, stop_json(&busy)));
 
     inputs.push(("stop_not_found", OpKind::Stop, stop_json(&unique("rec"))));
 
     // A child's stop under its parent's lease: the token is checked against Redis first.
-    let (child, _) = app.running_game("rec").await;
-    let _: () = app
-        .redis
-        .clone()
-        .set_ex(app.lease_key(&child), "42:rec-parent", 60)
-        .await
-        .unwrap();
-    inputs.push((
-        "stop_inherited_lease",
-        OpKind::Stop,
-        format!(
-            r#"{{"game_id":"{child}","reason":"restart","op_source":"admin","lease_token":"42:rec-parent"}}"#
-        ),
-    ));
-    inputs.push((
-        "stop_forged_lease",
-        OpKind::Stop,
-        format!(
-            r#"{{"game_id":"{child}","reason":"restart","op_source":"admin","lease_token":"43:forged"}}"#
-        ),
-    ));
+    let (child, _) = app.leased_game("rec", "42:rec-parent").await;
+    let inherited = inherited_stop_json(&child, "42:rec-parent");
+    inputs.push(("stop_inherited_lease", OpKind::Stop, inherited));
+    let forged = inherited_stop_json(&child, "43:forged");
+    inputs.push(("stop_forged_lease", OpKind::Stop, forged));
     inputs.push((
         "stop_invalid_request",
         OpKind::Stop,
@@ -137,19 +114,14 @@ async fn record_histories() {
 
     let image = common::game_image();
     let fresh = unique("rec");
-    let start = format!(r#"{{"game_id":"{fresh}","image_ref":"{image}","op_source":"admin"}}"#);
+    let start = image_json(&fresh, &image);
     inputs.push(("start_success", OpKind::Start, start.clone()));
     inputs.push(("start_replay_no_op", OpKind::Start, start));
     let replace = format!(r#"{{"game_id":"{fresh}","op_source":"admin","source_ref":"rec-1"}}"#);
     inputs.push(("restart_success", OpKind::Restart, replace));
-    let patch = format!(
-        r#"{{"game_id":"{fresh}","image_ref":"rtmanager-game:missing","op_source":"admin"}}"#
-    );
+    let patch = image_json(&fresh, "rtmanager-game:missing");
     inputs.push(("patch_rollback", OpKind::Patch, patch));
-    let missing = format!(
-        r#"{{"game_id":"{}","image_ref":"rtmanager-game:missing","op_source":"admin"}}"#,
-        unique("rec")
-    );
+    let missing = image_json(&unique("rec"), "rtmanager-game:missing");
     inputs.push(("start_image_missing", OpKind::Start, missing));
 
     let mut written = HashMap::new();
@@ -159,16 +131,7 @@ async fn record_histories() {
         if path.exists() && !all {
             continue;
         }
-        let workflow_id = unique("rec");
-        let handle = rtmanager::client::start_raw(
-            &app.client,
-            &app.config().task_queue,
-            kind,
-            &workflow_id,
-            rtmanager::client::json_input(input.as_bytes()),
-        )
-        .await
-        .unwrap();
+        let handle = app.start_workflow_as(kind, &unique("rec"), &input).await;
         let output = rtmanager::client::result(&handle).await.unwrap();
         eprintln!("{name}: {:?} {:?}", output.outcome, output.error_code);
         let json = handle

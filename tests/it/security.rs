@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{unique, TestApp};
+use crate::common::{eventually, unique, TestApp};
 use rtmanager::config::ExposeSecret;
 
 fn serve(app: &TestApp, token: Option<&str>, addr: &str) -> Command {
@@ -73,18 +73,11 @@ async fn the_token_never_reaches_the_logs() {
     let (game, _) = app.running_game("sec").await;
 
     // Wait for the bridge, then call it with the right and a wrong token.
-    let mut ready = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the bridge came up");
+    eventually("the bridge to come up", Duration::from_secs(10), || async {
+        let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        connected.ok().map(drop)
+    })
+    .await;
     for (presented, expected) in [(&token, "HTTP/1.1 200"), (&wrong, "HTTP/1.1 401")] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))

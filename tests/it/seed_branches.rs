@@ -8,52 +8,88 @@
 use std::time::Duration;
 
 use crate::common::{
-    assert_outcome, eventually, stop_json, worker_process_with, TestApp, TestConfig,
+    assert_outcome, finish_within, stop_json, worker_process_with, TestApp, STALLING,
 };
 use bollard::query_parameters::StopContainerOptions;
-use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use redis::AsyncCommands;
-use rtmanager_activities::schema::runtime_records::dsl as r;
 use rtmanager_domain::{ErrorCode, OpKind, OperationOutput, Outcome, RuntimeStatus};
 
 /// A handle on the services without an in-process worker: the test runs a worker process that
 /// stalls at a fault point.
 async fn app() -> TestApp {
-    let cfg = TestConfig::new();
-    TestApp::without_worker(cfg).await
+    TestApp::spawn_without_worker(|_| {}).await
 }
 
-/// Runs a stop on a worker process stalled by `fault`; `meanwhile` runs once the stop holds
-/// the game's lease (the stall is long enough for it to act inside the window).
-async fn stop_with_stall<F, Fut>(
+/// Runs a stop on a worker process stalled by `fault`; `meanwhile` runs once the worker has
+/// stalled `stalls` times there (each stall is long enough for it to act inside the window).
+async fn stop_with_stall(
     app: &TestApp,
     game: &str,
     fault: &str,
-    meanwhile: F,
-) -> OperationOutput
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut worker = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", fault)]);
+    stalls: usize,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> OperationOutput {
+    let worker = worker_process_with(app.config(), &[("RTMANAGER_FAULTS", fault)]);
     let handle = app.start_workflow(OpKind::Stop, &stop_json(game)).await;
-    app.await_lease(game).await;
-    meanwhile().await;
-    let out = tokio::time::timeout(Duration::from_secs(90), rtmanager::client::result(&handle))
-        .await
-        .expect("the stop completes")
-        .unwrap();
-    let _ = worker.kill();
-    let _ = worker.wait();
-    out
+    worker.await_log(STALLING, stalls).await;
+    meanwhile.await;
+    finish_within(&handle, Duration::from_secs(90), "the stop completes").await
 }
+
+/// A stall before the stop's compare-and-swap: its record is loaded, its Docker step done.
+const BEFORE_THE_CAS: &str = "before:UpdateStatus=sleep:4000";
 
 async fn sql(app: &TestApp, statement: &str) {
     diesel::sql_query(statement)
         .execute(&mut app.pg().await)
         .await
         .unwrap_or_else(|err| panic!("{statement}: {err}"));
+}
+
+/// A running game (its container gone first if `vanished`) stopped while the store refuses
+/// `privilege` on runtime_records: the three store-error tests' common part. The stop fails as
+/// `internal` at the step its message starts with, and releases the lease.
+async fn stop_refused_by_the_store(
+    privilege: &str,
+    vanished: bool,
+    step: &str,
+) -> (TestApp, String, String) {
+    let mut app = TestApp::spawn().await;
+    let (game, cid) = if vanished {
+        app.vanished_game("store-error").await
+    } else {
+        app.running_game("store-error").await
+    };
+    sql(
+        &app,
+        &format!("REVOKE {privilege} ON runtime_records FROM CURRENT_USER"),
+    )
+    .await;
+
+    let out = app.stop(&game).await;
+
+    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Internal));
+    let message = out.error_message.unwrap();
+    assert!(message.starts_with(step), "{message}");
+    assert_eq!(app.lease_holder(&game).await, None);
+    (app, game, cid)
+}
+
+/// Makes the health stream a string key: every XADD to it fails with WRONGTYPE.
+async fn break_the_health_stream(app: &TestApp) {
+    let stream = &app.config().health_stream;
+    let _: () = app.redis.clone().set(stream, "not a stream").await.unwrap();
+}
+
+/// Removes the string key [`break_the_health_stream`] left: XADD creates the stream again.
+async fn mend_the_health_stream(app: &TestApp) {
+    let _: () = app
+        .redis
+        .clone()
+        .del(&app.config().health_stream)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +107,7 @@ async fn a_compare_and_swap_refused_by_a_newer_fence_is_a_conflict() {
         .unwrap()
         .contains("stale write was refused"));
     assert_eq!(
-        app.record(&game).await.unwrap().status,
+        app.status(&game).await,
         RuntimeStatus::Running,
         "not written"
     );
@@ -85,19 +121,9 @@ async fn a_compare_and_swap_refused_by_a_newer_fence_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
     let mut app = app().await;
-    let (game, cid) = app.running_game("vanish-moved").await;
-    app.remove_container(&cid).await;
+    let (game, _) = app.vanished_game("vanish-moved").await;
 
-    let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:4000", || async {
-        // Well inside the stall: the record was loaded, the CAS has not run yet.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        diesel::update(r::runtime_records.find(&game))
-            .set((r::status.eq("stopped"), r::last_op_id.eq("reconciler")))
-            .execute(&mut app.pg().await)
-            .await
-            .unwrap();
-    })
-    .await;
+    let out = stop_with_stall(&app, &game, BEFORE_THE_CAS, 1, app.mark_stopped(&game)).await;
 
     assert_outcome(&out, Outcome::Success, Some(ErrorCode::ReplayNoOp));
     assert_eq!(
@@ -109,28 +135,17 @@ async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
         app.health_events().await.is_empty(),
         "nothing published: another path moved it"
     );
-    assert_eq!(
-        app.op_log(&game).await[0].error_code.as_deref(),
-        Some("replay_no_op")
-    );
+    let code = app.first_error_code(&game).await;
+    assert_eq!(code.as_deref(), Some("replay_no_op"));
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() {
     let mut app = app().await;
-    let (game, cid) = app.running_game("vanish-deleted").await;
-    app.remove_container(&cid).await;
+    let (game, cid) = app.vanished_game("vanish-deleted").await;
 
-    let out = stop_with_stall(&app, &game, "before:UpdateStatus=sleep:4000", || async {
-        // Well inside the stall: the record was loaded, the CAS has not run yet.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        diesel::delete(r::runtime_records.find(&game))
-            .execute(&mut app.pg().await)
-            .await
-            .unwrap();
-    })
-    .await;
+    let out = stop_with_stall(&app, &game, BEFORE_THE_CAS, 1, app.delete_record(&game)).await;
 
     // The seed goes on: the container is gone and so is the row.
     assert_outcome(&out, Outcome::Success, None);
@@ -146,52 +161,23 @@ async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_store_error_is_internal() {
-    let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("vanish-store").await;
-    app.remove_container(&cid).await;
-    sql(&app, "REVOKE UPDATE ON runtime_records FROM CURRENT_USER").await;
+    let prefix = "update runtime status to removed:";
+    let (app, game, _) = stop_refused_by_the_store("UPDATE", true, prefix).await;
 
-    let out = app.stop(&game).await;
-
-    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Internal));
-    assert!(out
-        .error_message
-        .unwrap()
-        .starts_with("update runtime status to removed:"));
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Running
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Running);
     assert!(
         app.health_events().await.is_empty(),
         "no event for a removal not recorded"
     );
-    assert_eq!(
-        app.op_log(&game).await[0].error_code.as_deref(),
-        Some("internal")
-    );
-    assert_eq!(app.lease_holder(&game).await, None);
+    let code = app.first_error_code(&game).await;
+    assert_eq!(code.as_deref(), Some("internal"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_cannot_be_loaded_is_internal() {
-    let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("load-error").await;
-    sql(&app, "REVOKE SELECT ON runtime_records FROM CURRENT_USER").await;
-
-    let out = app.stop(&game).await;
-
-    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Internal));
-    assert!(out
-        .error_message
-        .unwrap()
-        .starts_with("load runtime record:"));
-    assert_eq!(
-        app.container_running(&cid).await,
-        Some(true),
-        "Docker untouched"
-    );
-    assert_eq!(app.lease_holder(&game).await, None);
+    let (app, game, cid) = stop_refused_by_the_store("SELECT", false, "load runtime record:").await;
+    let docker_untouched = app.container_running(&cid).await;
+    assert_eq!(docker_untouched, Some(true), "Docker untouched");
 
     // Once the store answers again, the same stop goes through.
     sql(&app, "GRANT SELECT ON runtime_records TO CURRENT_USER").await;
@@ -201,28 +187,16 @@ async fn a_record_that_cannot_be_loaded_is_internal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compare_and_swap_store_error_is_internal() {
-    let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("cas-error").await;
-    sql(&app, "REVOKE UPDATE ON runtime_records FROM CURRENT_USER").await;
+    let prefix = "update runtime status:";
+    let (app, game, cid) = stop_refused_by_the_store("UPDATE", false, prefix).await;
 
-    let out = app.stop(&game).await;
-
-    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::Internal));
-    assert!(out
-        .error_message
-        .unwrap()
-        .starts_with("update runtime status:"));
+    let docker_stopped = app.container_running(&cid).await;
+    assert_eq!(docker_stopped, Some(false), "Docker stopped it");
     assert_eq!(
-        app.container_running(&cid).await,
-        Some(false),
-        "Docker stopped it"
-    );
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
+        app.status(&game).await,
         RuntimeStatus::Running,
         "not recorded"
     );
-    assert_eq!(app.lease_holder(&game).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,24 +222,14 @@ async fn a_container_docker_reports_already_stopped_is_a_successful_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_health_publish_does_not_change_the_outcome() {
     let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("no-health").await;
-    app.remove_container(&cid).await;
-    // XADD on a string key fails with WRONGTYPE, on every attempt.
-    let stream = app.config().health_stream.clone();
-    let _: () = app
-        .redis
-        .clone()
-        .set(&stream, "not a stream")
-        .await
-        .unwrap();
+    let (game, _) = app.vanished_game("no-health").await;
+    // XADD fails on every attempt.
+    break_the_health_stream(&app).await;
 
     let out = app.stop(&game).await;
 
     assert_outcome(&out, Outcome::Success, None);
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Removed
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Removed);
     assert_eq!(app.op_log(&game).await[0].outcome, "success");
     assert_eq!(
         app.telemetry.health_event_count("container_disappeared"),
@@ -273,48 +237,20 @@ async fn a_failing_health_publish_does_not_change_the_outcome() {
         "never published"
     );
     assert_eq!(app.lease_holder(&game).await, None);
-    let _: () = app.redis.clone().del(&stream).await.unwrap();
+    mend_the_health_stream(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_publish_that_failed_once_is_published_by_its_retry() {
     let mut app = app().await;
-    let (game, cid) = app.running_game("health-retry").await;
-    app.remove_container(&cid).await;
-    let stream = app.config().health_stream.clone();
-    let _: () = app
-        .redis
-        .clone()
-        .set(&stream, "not a stream")
-        .await
-        .unwrap();
+    let (game, cid) = app.vanished_game("health-retry").await;
+    break_the_health_stream(&app).await;
 
-    // Each attempt stalls 1 s, upserts the snapshot, then XADDs: once the first attempt's
-    // snapshot is there its XADD has failed (or is about to), and the stream is mended before
-    // the second attempt's.
-    let out = stop_with_stall(&app, &game, "before:PublishHealth=sleep:1000", || async {
-        eventually(
-            "the first publish attempt",
-            Duration::from_secs(30),
-            || async {
-                let found: Option<String> = {
-                    use rtmanager_activities::schema::health_snapshots::dsl as h;
-                    h::health_snapshots
-                        .find(&game)
-                        .select(h::event_type)
-                        .first(&mut app.pg().await)
-                        .await
-                        .optional()
-                        .unwrap()
-                };
-                found.map(|_| ())
-            },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _: () = app.redis.clone().del(&stream).await.unwrap();
-    })
-    .await;
+    // Each attempt stalls 1 s, upserts the snapshot, then XADDs: the first attempt's XADD fails
+    // on the broken stream, and once the second attempt stalls the stream is mended before its
+    // XADD.
+    let fault = "before:PublishHealth=sleep:1000";
+    let out = stop_with_stall(&app, &game, fault, 2, mend_the_health_stream(&app)).await;
 
     assert_outcome(&out, Outcome::Success, None);
     let events = app.health_events().await;
@@ -330,16 +266,9 @@ async fn a_failing_lease_release_does_not_change_the_outcome() {
 
     // Once the stop recorded its result, and while its release stalls, the lease key becomes a
     // list: every release attempt's GET then fails with WRONGTYPE.
-    let out = stop_with_stall(&app, &game, "before:ReleaseLease=sleep:800", || async {
-        eventually(
-            "the stop to record its result",
-            Duration::from_secs(30),
-            || async {
-                let status = app.record(&game).await.map(|r| r.status);
-                (status == Some(RuntimeStatus::Stopped)).then_some(())
-            },
-        )
-        .await;
+    let fault = "before:ReleaseLease=sleep:800";
+    let out = stop_with_stall(&app, &game, fault, 1, async {
+        assert_eq!(app.status(&game).await, RuntimeStatus::Stopped, "recorded");
         let mut redis = app.redis.clone();
         let _: () = redis.del(&key).await.unwrap();
         let _: () = redis.rpush(&key, "not a lease").await.unwrap();
@@ -347,10 +276,7 @@ async fn a_failing_lease_release_does_not_change_the_outcome() {
     .await;
 
     assert_outcome(&out, Outcome::Success, None);
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Stopped
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Stopped);
     assert_eq!(app.container_running(&cid).await, Some(false));
     let rows = app.op_log(&game).await;
     assert_eq!((rows.len(), rows[0].outcome.as_str()), (1, "success"));

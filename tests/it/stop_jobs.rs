@@ -57,6 +57,16 @@ fn new_stream() -> Stream {
     }
 }
 
+/// A fresh stream with consumer `c1` already on it: most tests' set-up. Keep the consumer's
+/// handles for as long as it should run.
+fn stream_with_consumer(
+    app: &TestApp,
+) -> (Stream, (CancellationToken, tokio::task::JoinHandle<()>)) {
+    let stream = new_stream();
+    let consumer = consume(app, &stream, "c1");
+    (stream, consumer)
+}
+
 async fn xadd(app: &TestApp, stream: &Stream, fields: &[(&str, &str)]) -> String {
     app.redis
         .clone()
@@ -75,19 +85,32 @@ async fn pending(app: &TestApp, stream: &Stream) -> usize {
     reply.count()
 }
 
-async fn running_game(app: &mut TestApp, cmd: Option<Vec<&str>>) -> (String, String) {
-    let game = app.new_game("job");
-    let cid = app.game_container(&game, cmd).await;
-    app.insert_record(&game, "running", Some(&cid)).await;
-    (game, cid)
+/// Waits until the group has no pending entry left: every entry so far acknowledged.
+async fn await_acknowledged(app: &TestApp, stream: &Stream, what: &str, timeout: Duration) {
+    eventually(what, timeout, || async {
+        (pending(app, stream).await == 0).then_some(())
+    })
+    .await
+}
+
+/// Waits until every game in `games` has a `stopped` record.
+async fn await_stopped(app: &TestApp, games: &[impl AsRef<str>], timeout: Duration) {
+    eventually("the games to stop", timeout, || async {
+        for game in games {
+            if app.record(game.as_ref()).await?.status != RuntimeStatus::Stopped {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_stops_its_game_and_is_acknowledged() {
     let mut app = TestApp::spawn().await;
-    let stream = new_stream();
-    let (_token, _task) = consume(&app, &stream, "c1");
-    let (game, cid) = running_game(&mut app, None).await;
+    let (stream, _c1) = stream_with_consumer(&app);
+    let (game, cid) = app.running_game("job").await;
 
     let entry = xadd(
         &app,
@@ -100,33 +123,24 @@ async fn an_entry_stops_its_game_and_is_acknowledged() {
     )
     .await;
 
-    eventually("the game to stop", Duration::from_secs(20), || async {
-        (app.record(&game).await?.status == RuntimeStatus::Stopped).then_some(())
-    })
-    .await;
-    eventually(
-        "the entry to be acknowledged",
-        Duration::from_secs(10),
-        || async { (pending(&app, &stream).await == 0).then_some(()) },
-    )
-    .await;
+    await_stopped(&app, &[&game], Duration::from_secs(20)).await;
+    let what = "the entry to be acknowledged";
+    await_acknowledged(&app, &stream, what, Duration::from_secs(10)).await;
     assert_eq!(app.container_running(&cid).await, Some(false));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].op_source, "stream");
     assert_eq!(rows[0].source_ref.as_deref(), Some(entry.as_str()));
-    assert_eq!(
-        app.telemetry
-            .stop_outcome_count("success", "finished", "stream"),
-        1
-    );
+    let stops = app
+        .telemetry
+        .stop_outcome_count("success", "finished", "stream");
+    assert_eq!(stops, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_are_recorded_and_acknowledged() {
     let app = TestApp::spawn().await;
-    let stream = new_stream();
-    let (_token, _task) = consume(&app, &stream, "c1");
+    let (stream, _c1) = stream_with_consumer(&app);
     let long = "x".repeat(5000);
     let entries = [
         xadd(&app, &stream, &[("reason", "finished")]).await,
@@ -156,12 +170,8 @@ async fn malformed_entries_are_recorded_and_acknowledged() {
         || async { (app.op_log_count().await == entries.len() as i64).then_some(()) },
     )
     .await;
-    eventually(
-        "every entry to be acknowledged",
-        Duration::from_secs(10),
-        || async { (pending(&app, &stream).await == 0).then_some(()) },
-    )
-    .await;
+    let what = "every entry to be acknowledged";
+    await_acknowledged(&app, &stream, what, Duration::from_secs(10)).await;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
     use rtmanager_activities::schema::operation_log::dsl as o;
@@ -183,6 +193,9 @@ async fn malformed_entries_are_recorded_and_acknowledged() {
     }
     // Nothing is redelivered: a fresh consumer finds no work.
     let (_t2, _task2) = consume(&app, &stream, "c2");
+    // Deliberately lets time pass: c2 claims (anything idle over 2 s) and reads on its first
+    // pass, and a workflow it started would then write its row; a row that must never appear
+    // cannot be polled for, and an empty blocking read leaves no trace in Redis to wait on.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.op_log_count().await, entries.len() as i64);
 }
@@ -192,7 +205,7 @@ async fn an_entry_left_by_a_killed_consumer_is_finished_once() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(4)).await;
     let stream = new_stream();
     // Slow stop: the container ignores SIGTERM.
-    let (game, cid) = running_game(&mut app, Some(vec!["sleep", "3600"])).await;
+    let (game, cid) = app.slow_game("job").await;
     let (_a_token, a_task) = consume(&app, &stream, "a");
     let entry = xadd(
         &app,
@@ -205,16 +218,9 @@ async fn an_entry_left_by_a_killed_consumer_is_finished_once() {
     assert_eq!(pending(&app, &stream).await, 1);
 
     let (_b_token, _b_task) = consume(&app, &stream, "b");
-    eventually(
-        "consumer b to finish the entry",
-        Duration::from_secs(40),
-        || async { (pending(&app, &stream).await == 0).then_some(()) },
-    )
-    .await;
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Stopped
-    );
+    let what = "consumer b to finish the entry";
+    await_acknowledged(&app, &stream, what, Duration::from_secs(40)).await;
+    assert_eq!(app.status(&game).await, RuntimeStatus::Stopped);
     assert_eq!(app.container_running(&cid).await, Some(false));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "joined the same workflow: {rows:?}");
@@ -225,7 +231,7 @@ async fn an_entry_left_by_a_killed_consumer_is_finished_once() {
 async fn a_dead_consumers_pending_entry_is_claimed() {
     let mut app = TestApp::spawn().await;
     let stream = new_stream();
-    let (game, _) = running_game(&mut app, None).await;
+    let (game, _) = app.running_game("job").await;
     let _: () = app
         .redis
         .clone()
@@ -249,30 +255,16 @@ async fn a_dead_consumers_pending_entry_is_claimed() {
     assert_eq!(pending(&app, &stream).await, 1);
 
     let (_token, _task) = consume(&app, &stream, "survivor");
-    eventually(
-        "the survivor to claim and finish it",
-        Duration::from_secs(30),
-        || async { (pending(&app, &stream).await == 0).then_some(()) },
-    )
-    .await;
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Stopped
-    );
+    let what = "the survivor to claim and finish it";
+    await_acknowledged(&app, &stream, what, Duration::from_secs(30)).await;
+    assert_eq!(app.status(&game).await, RuntimeStatus::Stopped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_a_held_lease_waits_for_it() {
     let mut app = TestApp::spawn().await;
-    let stream = new_stream();
-    let (_token, _task) = consume(&app, &stream, "c1");
-    let (game, _) = running_game(&mut app, None).await;
-    let _: () = app
-        .redis
-        .clone()
-        .set_ex(app.lease_key(&game), "1:another-operation", 60)
-        .await
-        .unwrap();
+    let (game, _) = app.leased_game("job", "1:another-operation").await;
+    let (stream, _c1) = stream_with_consumer(&app);
 
     xadd(&app, &stream, &[("game_id", &game), ("reason", "finished")]).await;
     eventually(
@@ -283,21 +275,13 @@ async fn a_stop_during_a_held_lease_waits_for_it() {
     .await;
     let _: () = app.redis.clone().del(app.lease_key(&game)).await.unwrap();
 
-    eventually(
-        "the stop once the lease is free",
-        Duration::from_secs(30),
-        || async { (app.record(&game).await?.status == RuntimeStatus::Stopped).then_some(()) },
-    )
-    .await;
+    await_stopped(&app, &[&game], Duration::from_secs(30)).await;
     let rows = app.op_log(&game).await;
     assert!(rows[..rows.len() - 1]
         .iter()
         .all(|r| r.error_code.as_deref() == Some("conflict")));
     assert_eq!(rows.last().unwrap().outcome, "success");
-    eventually("acknowledged", Duration::from_secs(10), || async {
-        (pending(&app, &stream).await == 0).then_some(())
-    })
-    .await;
+    await_acknowledged(&app, &stream, "acknowledged", Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +294,7 @@ async fn consumers_share_the_group_and_each_entry_runs_once() {
         .collect();
     let mut games = Vec::new();
     for _ in 0..12 {
-        games.push(running_game(&mut app, None).await.0);
+        games.push(app.running_game("job").await.0);
     }
     for game in &games {
         xadd(
@@ -320,15 +304,7 @@ async fn consumers_share_the_group_and_each_entry_runs_once() {
         )
         .await;
     }
-    eventually("every game to stop", Duration::from_secs(60), || async {
-        for game in &games {
-            if app.record(game).await?.status != RuntimeStatus::Stopped {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    await_stopped(&app, &games, Duration::from_secs(60)).await;
     for game in &games {
         assert_eq!(app.op_log(game).await.len(), 1, "{game} ran once");
     }

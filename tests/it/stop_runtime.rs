@@ -5,11 +5,25 @@ use crate::common;
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::common::{unique, TestApp};
+use crate::common::{assert_outcome, cancel_and_finish, unique, TestApp};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use redis::AsyncCommands;
-use rtmanager_domain::{ErrorCode, OpKind, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, OpKind, OperationOutput, Outcome, RuntimeStatus};
+
+/// Stops a slow game's `cid` and runs `write` once Docker is stopping it: the stop has loaded
+/// the record, and `write` changes it before the stop's compare-and-swap.
+async fn stop_racing_a_write(
+    app: &TestApp,
+    game: &str,
+    cid: &str,
+    write: impl std::future::Future<Output = ()>,
+) -> OperationOutput {
+    let in_the_docker_step = async {
+        app.await_stop_signal(cid).await;
+        write.await
+    };
+    app.stop_meanwhile(game, in_the_docker_step).await.0
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stops_a_running_game() {
@@ -43,11 +57,10 @@ async fn stops_a_running_game() {
     assert_eq!(rows[0].op_source, "stream");
     assert!(rows[0].finished);
     assert_eq!(app.lease_holder(&game).await, None, "lease released");
-    assert_eq!(
-        app.telemetry
-            .stop_outcome_count("success", "finished", "stream"),
-        1
-    );
+    let stops = app
+        .telemetry
+        .stop_outcome_count("success", "finished", "stream");
+    assert_eq!(stops, 1);
     assert_eq!(app.telemetry.lease_acquire_count("acquired"), 1);
     assert!(app
         .telemetry
@@ -69,8 +82,7 @@ async fn stopped_and_removed_records_replay_as_no_op() {
         (&removed, RuntimeStatus::Removed),
     ] {
         let out = app.stop(game).await;
-        assert_eq!(out.outcome, Outcome::Success);
-        assert_eq!(out.error_code, Some(ErrorCode::ReplayNoOp));
+        assert_outcome(&out, Outcome::Success, Some(ErrorCode::ReplayNoOp));
         assert_eq!(out.record.unwrap().status, status);
         let rows = app.op_log(game).await;
         assert_eq!(rows.len(), 1);
@@ -89,14 +101,11 @@ async fn a_game_without_record_is_not_found() {
     let app = TestApp::spawn().await;
     let game = unique("ghost");
     let out = app.stop(&game).await;
-    assert_eq!(out.outcome, Outcome::Failure);
-    assert_eq!(out.error_code, Some(ErrorCode::NotFound));
+    assert_outcome(&out, Outcome::Failure, Some(ErrorCode::NotFound));
     assert!(out.record.is_none());
     assert!(out.error_message.unwrap().contains("does not exist"));
-    assert_eq!(
-        app.op_log(&game).await[0].error_code.as_deref(),
-        Some("not_found")
-    );
+    let code = app.first_error_code(&game).await;
+    assert_eq!(code.as_deref(), Some("not_found"));
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
@@ -161,15 +170,12 @@ async fn invalid_and_malformed_input_completes_with_invalid_request() {
         cases.len() as i64,
         "each is audited once"
     );
-    assert_eq!(
-        app.op_log("bad id").await[0].error_code.as_deref(),
-        Some("invalid_request")
-    );
-    assert_eq!(
-        app.telemetry
-            .stop_outcome_count("failure", "admin", "admin"),
-        6
-    );
+    let code = app.first_error_code("bad id").await;
+    assert_eq!(code.as_deref(), Some("invalid_request"));
+    let stops = app
+        .telemetry
+        .stop_outcome_count("failure", "admin", "admin");
+    assert_eq!(stops, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,15 +185,10 @@ async fn input_that_is_not_one_json_payload_is_invalid_too() {
         temporalio_common::data_converters::RawValue::new(vec![]),
         temporalio_common::data_converters::RawValue::empty(),
     ] {
-        let handle = rtmanager::client::start_raw(
-            &app.client,
-            &app.config().task_queue,
-            OpKind::Stop,
-            &unique("wf"),
-            input,
-        )
-        .await
-        .unwrap();
+        let (queue, id) = (&app.config().task_queue, unique("wf"));
+        let handle = rtmanager::client::start_raw(&app.client, queue, OpKind::Stop, &id, input)
+            .await
+            .unwrap();
         let out = rtmanager::client::result(&handle).await.unwrap();
         assert_eq!(out.error_code, Some(ErrorCode::InvalidRequest), "{out:?}");
     }
@@ -196,49 +197,22 @@ async fn input_that_is_not_one_json_payload_is_invalid_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_held_by_another_operation_is_a_conflict() {
     let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("busy").await;
-    let _: () = app
-        .redis
-        .clone()
-        .set_ex(app.lease_key(&game), "someone-else", 60)
-        .await
-        .unwrap();
+    let (game, cid) = app.leased_game("busy", "someone-else").await;
 
     let out = app.stop(&game).await;
 
-    assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
-    assert_eq!(app.container_running(&cid).await, Some(true));
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Running
-    );
-    assert_eq!(
-        app.lease_holder(&game).await.as_deref(),
-        Some("someone-else"),
-        "the other holder's lease is not touched"
-    );
-    assert_eq!(
-        app.op_log(&game).await[0].error_code.as_deref(),
-        Some("conflict")
-    );
+    app.assert_refused_by_lease(&out, &game, &cid, "someone-else")
+        .await;
+    let code = app.first_error_code(&game).await;
+    assert_eq!(code.as_deref(), Some("conflict"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inherited_lease_is_neither_acquired_nor_released() {
     let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("child").await;
-    let _: () = app
-        .redis
-        .clone()
-        .set_ex(app.lease_key(&game), "42:parent-secret", 60)
-        .await
-        .unwrap();
+    let (game, cid) = app.leased_game("child", "42:parent-secret").await;
 
-    let out = app
-        .stop_raw(&format!(
-            r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"42:parent-secret"}}"#
-        ))
-        .await;
+    let out = app.stop_inheriting(&game, "42:parent-secret").await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
     assert_eq!(app.container_running(&cid).await, Some(false));
@@ -249,11 +223,7 @@ async fn an_inherited_lease_is_neither_acquired_nor_released() {
     assert_eq!(app.telemetry.lease_acquire_count("acquired"), 0);
 
     // Only tokens rtmanager issued (`<fence>:<secret>`) can be inherited: they carry the fence.
-    let out = app
-        .stop_raw(&format!(
-            r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"opaque"}}"#
-        ))
-        .await;
+    let out = app.stop_inheriting(&game, "opaque").await;
     assert_eq!(out.error_code, Some(ErrorCode::InvalidRequest), "{out:?}");
 }
 
@@ -281,10 +251,7 @@ async fn an_unreachable_docker_is_service_unavailable() {
         rows[0].image_ref.as_deref(),
         Some(common::game_image().as_str())
     );
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Running
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Running);
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
@@ -308,22 +275,17 @@ async fn an_unreachable_redis_is_service_unavailable() {
         .error_message
         .unwrap()
         .starts_with("acquire game lease:"));
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Running
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_container_removes_the_record_and_reports_it() {
     let mut app = TestApp::spawn().await;
-    let (game, cid) = app.running_game("vanished").await;
-    app.remove_container(&cid).await;
+    let (game, cid) = app.vanished_game("vanished").await;
 
     let out = app.stop(&game).await;
 
-    assert_eq!(out.outcome, Outcome::Success, "{out:?}");
-    assert_eq!(out.error_code, None);
+    assert_outcome(&out, Outcome::Success, None);
     let record = out.record.unwrap();
     assert_eq!(record.status, RuntimeStatus::Removed);
     assert_eq!(record.current_container_id, None);
@@ -358,47 +320,23 @@ async fn a_lost_compare_and_swap_is_a_replay_no_op() {
     // The container ignores SIGTERM, so the stop takes the graceful timeout; meanwhile another
     // path (a reconciler) moves the record.
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(3)).await;
-    let (game, _) = app.slow_game("race").await;
+    let (game, cid) = app.slow_game("race").await;
 
-    let stop = app.stop(&game);
-    let race = async {
-        app.await_lease(&game).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        use rtmanager_activities::schema::runtime_records::dsl as r;
-        diesel::update(r::runtime_records.find(&game))
-            .set((r::status.eq("stopped"), r::last_op_id.eq("reconciler")))
-            .execute(&mut app.pg().await)
-            .await
-            .unwrap();
-    };
-    let (out, ()) = tokio::join!(stop, race);
+    let out = stop_racing_a_write(&app, &game, &cid, app.mark_stopped(&game)).await;
 
-    assert_eq!(out.outcome, Outcome::Success, "{out:?}");
-    assert_eq!(out.error_code, Some(ErrorCode::ReplayNoOp));
+    assert_outcome(&out, Outcome::Success, Some(ErrorCode::ReplayNoOp));
     assert_eq!(out.record.unwrap().status, RuntimeStatus::Stopped);
-    assert_eq!(
-        app.op_log(&game).await[0].error_code.as_deref(),
-        Some("replay_no_op")
-    );
+    let code = app.first_error_code(&game).await;
+    assert_eq!(code.as_deref(), Some("replay_no_op"));
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_gone_mid_stop_is_not_found() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(3)).await;
-    let (game, _) = app.slow_game("midstop").await;
+    let (game, cid) = app.slow_game("midstop").await;
 
-    let stop = app.stop(&game);
-    let delete = async {
-        app.await_lease(&game).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        use rtmanager_activities::schema::runtime_records::dsl as r;
-        diesel::delete(r::runtime_records.find(&game))
-            .execute(&mut app.pg().await)
-            .await
-            .unwrap();
-    };
-    let (out, ()) = tokio::join!(stop, delete);
+    let out = stop_racing_a_write(&app, &game, &cid, app.delete_record(&game)).await;
 
     assert_eq!(out.error_code, Some(ErrorCode::NotFound), "{out:?}");
     assert!(out.error_message.unwrap().contains("vanished mid-stop"));
@@ -416,40 +354,27 @@ async fn audit_log_failure_does_not_change_the_outcome() {
     let out = app.stop(&game).await;
 
     assert_eq!(out.outcome, Outcome::Success, "{out:?}");
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Stopped
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Stopped);
     assert_eq!(app.container_running(&cid).await, Some(false));
     assert!(
         app.op_log(&game).await.is_empty(),
         "the insert really failed"
     );
     assert_eq!(app.lease_holder(&game).await, None);
-    assert_eq!(
-        app.telemetry
-            .stop_outcome_count("success", "admin", "admin"),
-        1,
-        "the outcome is still counted"
-    );
+    let stops = app
+        .telemetry
+        .stop_outcome_count("success", "admin", "admin");
+    assert_eq!(stops, 1, "the outcome is still counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_the_workflow_releases_the_lease() {
     let mut app = TestApp::spawn_with(|c| c.stop_timeout = Duration::from_secs(60)).await;
-    let (game, _) = app.slow_game("cancel").await;
+    let (game, cid) = app.slow_game("cancel").await;
 
-    let handle = app.stop_holding_lease(&game).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    handle
-        .cancel(temporalio_client::WorkflowCancelOptions::default())
-        .await
-        .unwrap();
+    let handle = app.stop_under_way(&game, &cid).await;
 
-    let out = tokio::time::timeout(Duration::from_secs(30), rtmanager::client::result(&handle))
-        .await
-        .expect("the cancelled workflow completes promptly")
-        .unwrap();
+    let out = cancel_and_finish(&handle, "the cancelled workflow completes promptly").await;
     assert_eq!(
         out.error_code,
         Some(ErrorCode::ServiceUnavailable),
@@ -460,10 +385,7 @@ async fn cancelling_the_workflow_releases_the_lease() {
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].outcome, "failure");
-    assert_eq!(
-        app.record(&game).await.unwrap().status,
-        RuntimeStatus::Running
-    );
+    assert_eq!(app.status(&game).await, RuntimeStatus::Running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,11 +403,7 @@ async fn a_container_without_the_game_label_is_left_untouched() {
         .await;
     let unlabelled = app.container(HashMap::new(), None).await;
     for cid in [&other, &unlabelled] {
-        use rtmanager_activities::schema::runtime_records::dsl as r;
-        diesel::delete(r::runtime_records.find(&game))
-            .execute(&mut app.pg().await)
-            .await
-            .unwrap();
+        app.delete_record(&game).await;
         app.insert_record(&game, "running", Some(cid)).await;
 
         let out = app.stop(&game).await;
@@ -493,10 +411,7 @@ async fn a_container_without_the_game_label_is_left_untouched() {
         assert_eq!(out.error_code, Some(ErrorCode::Internal), "{out:?}");
         assert!(out.error_message.unwrap().contains("refusing to stop"));
         assert_eq!(app.container_running(cid).await, Some(true), "not stopped");
-        assert_eq!(
-            app.record(&game).await.unwrap().status,
-            RuntimeStatus::Running
-        );
+        assert_eq!(app.status(&game).await, RuntimeStatus::Running);
         assert_eq!(app.lease_holder(&game).await, None);
     }
 }

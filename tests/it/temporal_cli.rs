@@ -5,7 +5,7 @@ use crate::common;
 
 use std::{process::Command, time::Duration};
 
-use crate::common::{unique, TestApp};
+use crate::common::{image_json, restart_json, run_ok, stop_json, unique, TestApp};
 
 fn execute(app: &TestApp, input: &str) -> serde_json::Value {
     execute_type(app, "StopRuntime", input)
@@ -19,17 +19,13 @@ fn execute_type(app: &TestApp, workflow_type: &str, input: &str) -> serde_json::
         .temporal_address
         .trim_start_matches("http://")
         .to_owned();
-    let out = Command::new(common::temporal_cli())
-        .args(["workflow", "execute", "--address", &address])
-        .args(["--task-queue", &app.config().task_queue])
-        .args(["--type", workflow_type, "--workflow-id", &unique("cli")])
-        .args(["--input", input, "--output", "json"])
-        .output()
-        .expect("run the temporal CLI");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(common::temporal_cli())
+            .args(["workflow", "execute", "--address", &address])
+            .args(["--task-queue", &app.config().task_queue])
+            .args(["--type", workflow_type, "--workflow-id", &unique("cli")])
+            .args(["--input", input, "--output", "json"]),
+        "the temporal CLI",
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(doc["status"], "COMPLETED", "{doc}");
@@ -40,7 +36,7 @@ fn execute_type(app: &TestApp, workflow_type: &str, input: &str) -> serde_json::
 async fn the_temporal_cli_stops_a_game_and_replays() {
     let mut app = TestApp::spawn().await;
     let (game, _) = app.running_game("cli").await;
-    let input = format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#);
+    let input = stop_json(&game);
 
     let first = tokio::task::block_in_place(|| execute(&app, &input));
     assert_eq!(first["outcome"], "success", "{first}");
@@ -90,32 +86,16 @@ async fn the_temporal_cli_starts_restarts_and_patches() {
     let image = common::game_image();
     let exec = |workflow_type: &str, input: String| execute_type(&app, workflow_type, &input);
 
-    let started = tokio::task::block_in_place(|| {
-        exec(
-            "StartRuntime",
-            format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
-        )
-    });
+    let started = tokio::task::block_in_place(|| exec("StartRuntime", image_json(&game, &image)));
     assert_eq!(started["outcome"], "success", "{started}");
-    let restarted = tokio::task::block_in_place(|| {
-        exec(
-            "RestartRuntime",
-            format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#),
-        )
-    });
+    let restarted = tokio::task::block_in_place(|| exec("RestartRuntime", restart_json(&game)));
     assert_eq!(restarted["outcome"], "success", "{restarted}");
     assert_ne!(
         restarted["record"]["current_container_id"],
         started["record"]["current_container_id"]
     );
-    let patched = tokio::task::block_in_place(|| {
-        exec(
-            "PatchRuntime",
-            format!(
-                r#"{{"game_id":"{game}","image_ref":"rtmanager-game:nope","op_source":"admin"}}"#
-            ),
-        )
-    });
+    let nope = image_json(&game, "rtmanager-game:nope");
+    let patched = tokio::task::block_in_place(|| exec("PatchRuntime", nope));
     assert_eq!(patched["outcome"], "failure", "{patched}");
     assert!(patched["error_message"]
         .as_str()

@@ -5,7 +5,10 @@
 
 use std::{
     collections::HashMap,
+    io::{BufRead, BufReader},
     path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -23,7 +26,9 @@ use tokio::sync::oneshot;
 
 use rtmanager::{client, worker, Config};
 use rtmanager_activities::{schema, store::Store, Telemetry};
-use rtmanager_domain::{ErrorCode, GameId, OpKind, OperationOutput, Outcome, RuntimeRecord};
+use rtmanager_domain::{
+    ErrorCode, GameId, OpKind, OperationOutput, Outcome, RuntimeRecord, RuntimeStatus,
+};
 
 /// Loads `.dev/env` into the process environment for variables not already set.
 fn load_dev_env() {
@@ -163,6 +168,14 @@ impl TestApp {
         Self::without_worker(cfg).await
     }
 
+    /// [`TestApp::without_worker`] on a fresh configuration that `adjust` may change first: the
+    /// set-up of every test that runs worker processes.
+    pub async fn spawn_without_worker(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = TestConfig::new();
+        adjust(&mut cfg.config);
+        Self::without_worker(cfg).await
+    }
+
     /// The test's database migrated and handles on every service, but no worker (for tests
     /// that run the worker binary).
     pub async fn without_worker(cfg: TestConfig) -> Self {
@@ -256,6 +269,30 @@ impl TestApp {
         (game, container)
     }
 
+    /// A fresh game started through `StartRuntime` of the game image (the real path, where
+    /// [`TestApp::running_game`] inserts a record): `(game id, the started record)`.
+    pub async fn started_game(&mut self, prefix: &str) -> (String, RuntimeRecord) {
+        let game = self.new_game(prefix);
+        let out = self.start(&game, &game_image()).await;
+        assert_outcome(&out, Outcome::Success, None);
+        (game, out.record.expect("the started record"))
+    }
+
+    /// [`TestApp::running_game`] whose lease `token` holds: another operation's, or a parent's
+    /// that a child inherits.
+    pub async fn leased_game(&mut self, prefix: &str, token: &str) -> (String, String) {
+        let (game, container) = self.running_game(prefix).await;
+        self.hold_lease(&game, token).await;
+        (game, container)
+    }
+
+    /// [`TestApp::running_game`] whose container is already gone: the stop's vanished path.
+    pub async fn vanished_game(&mut self, prefix: &str) -> (String, String) {
+        let (game, container) = self.running_game(prefix).await;
+        self.remove_container(&container).await;
+        (game, container)
+    }
+
     /// [`TestApp::running_game`] whose container ignores SIGTERM, so that a stop of it takes
     /// the whole graceful timeout: the window a test acts in while the stop is under way.
     pub async fn slow_game(&mut self, prefix: &str) -> (String, String) {
@@ -275,10 +312,102 @@ impl TestApp {
         handle
     }
 
+    /// Starts `StopRuntime` for `game` and returns its handle once Docker is stopping `container`:
+    /// the window (a slow game's whole graceful timeout) in which a test crashes, cancels or
+    /// restarts something under a stop.
+    pub async fn stop_under_way(&self, game: &str, container: &str) -> client::Handle {
+        let handle = self.stop_holding_lease(game).await;
+        self.await_stop_signal(container).await;
+        handle
+    }
+
+    /// Runs the workflow of `kind` with `json` on a worker process that aborts after `step`,
+    /// then on a fresh one: the crash tests' common part. Returns the operation's output.
+    pub async fn crash_after(&self, step: &str, kind: OpKind, json: &str) -> OperationOutput {
+        let fault = format!("after:{step}=abort");
+        let mut doomed = worker_process_with(self.config(), &[("RTMANAGER_FAULTS", &fault)]);
+        let handle = self.start_workflow(kind, json).await;
+        let exited = doomed
+            .exit_status(&format!("the worker to reach {step}"))
+            .await;
+        assert!(!exited.success(), "the worker aborted after {step}");
+        let mut fresh = worker_process(self.config());
+        let what = format!("the operation finishes after a crash at {step}");
+        let out = finish_within(&handle, Duration::from_secs(120), &what).await;
+        let _ = fresh.kill();
+        out
+    }
+
+    /// Runs `StopRuntime` for `game` (as [`TestApp::stop`]) and, once it holds the game's lease,
+    /// `meanwhile`: a stop racing another actor. Returns both results.
+    pub async fn stop_meanwhile<T>(
+        &self,
+        game: &str,
+        meanwhile: impl std::future::Future<Output = T>,
+    ) -> (OperationOutput, T) {
+        let once_leased = async {
+            self.await_lease(game).await;
+            meanwhile.await
+        };
+        tokio::join!(self.stop(game), once_leased)
+    }
+
+    /// Asserts that `out`, a stop of `game` (container `cid`) that met `holder`'s lease, was
+    /// refused as a conflict that touched nothing: the container runs, the record still says
+    /// `running`, and the lease is still `holder`'s.
+    pub async fn assert_refused_by_lease(
+        &self,
+        out: &OperationOutput,
+        game: &str,
+        cid: &str,
+        holder: &str,
+    ) {
+        assert_eq!(out.error_code, Some(ErrorCode::Conflict), "{out:?}");
+        assert_eq!(self.container_running(cid).await, Some(true));
+        assert_eq!(self.status(game).await, RuntimeStatus::Running);
+        let lease = self.lease_holder(game).await;
+        assert_eq!(
+            lease.as_deref(),
+            Some(holder),
+            "the holder's lease is not touched"
+        );
+    }
+
+    /// Asserts the end state of an operation that must have run exactly once: one audit row for
+    /// `game`, and its lease released (`context` names the case in a failure).
+    pub async fn assert_ran_once(&self, game: &str, context: &str) {
+        let rows = self.op_log(game).await;
+        assert_eq!(rows.len(), 1, "{context}: exactly one audit row: {rows:?}");
+        let holder = self.lease_holder(game).await;
+        assert_eq!(holder, None, "{context}: lease released");
+    }
+
     /// Waits (30 s at most) until some operation holds `game`'s lease; returns its token.
     pub async fn await_lease(&self, game: &str) -> String {
         let what = "the game's lease to be taken";
         eventually(what, Duration::from_secs(30), || self.lease_holder(game)).await
+    }
+
+    /// Waits (30 s at most) until Docker has sent `container` its stop signal, as its event log
+    /// shows: the operation stopping it loaded its record and is inside its Docker step.
+    pub async fn await_stop_signal(&self, container: &str) {
+        use futures::StreamExt;
+        let options = bollard::query_parameters::EventsOptions {
+            // Docker keeps recent events: one sent before this call is found too.
+            since: Some("0".into()),
+            until: None,
+            filters: Some(HashMap::from([
+                ("container".to_owned(), vec![container.to_owned()]),
+                ("event".to_owned(), vec!["kill".to_owned()]),
+            ])),
+        };
+        let mut events = self.docker.events(Some(options));
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for Docker to signal {container}"));
+        event
+            .expect("the event stream ended")
+            .expect("read Docker's events");
     }
 
     /// Every container labelled for `game`, with whether it runs.
@@ -288,25 +417,33 @@ impl TestApp {
 
     /// Runs `StartRuntime` of `image` for `game` from source `admin`.
     pub async fn start(&self, game: &str, image: &str) -> OperationOutput {
-        self.execute(
-            OpKind::Start,
-            &format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#),
-        )
-        .await
+        self.execute(OpKind::Start, &image_json(game, image)).await
+    }
+
+    /// Runs `PatchRuntime` of `game` to `image` from source `admin`.
+    pub async fn patch(&self, game: &str, image: &str) -> OperationOutput {
+        self.execute(OpKind::Patch, &image_json(game, image)).await
     }
 
     /// Starts the workflow of `kind` with raw JSON input on this app's task queue; returns its
     /// handle.
     pub async fn start_workflow(&self, kind: OpKind, json: &str) -> client::Handle {
-        client::start_raw(
-            &self.client,
-            &self.config().task_queue,
-            kind,
-            &unique("wf"),
-            client::json_input(json.as_bytes()),
-        )
-        .await
-        .expect("start the workflow")
+        self.start_workflow_as(kind, &unique("wf"), json).await
+    }
+
+    /// [`TestApp::start_workflow`] with the workflow id `workflow_id`, for tests that look up
+    /// its children by the ids derived from it.
+    pub async fn start_workflow_as(
+        &self,
+        kind: OpKind,
+        workflow_id: &str,
+        json: &str,
+    ) -> client::Handle {
+        let queue = &self.config().task_queue;
+        let input = client::json_input(json.as_bytes());
+        client::start_raw(&self.client, queue, kind, workflow_id, input)
+            .await
+            .expect("start the workflow")
     }
 
     /// Runs `StopRuntime` with raw JSON input and waits for its output.
@@ -321,10 +458,12 @@ impl TestApp {
 
     /// Runs `StopRuntime` for `game_id` with reason `admin` from source `admin`.
     pub async fn stop(&self, game_id: &str) -> OperationOutput {
-        self.stop_raw(&format!(
-            r#"{{"game_id":"{game_id}","reason":"admin","op_source":"admin"}}"#
-        ))
-        .await
+        self.stop_raw(&stop_json(game_id)).await
+    }
+
+    /// Runs a child's `StopRuntime` for `game_id` (reason `restart`) under the inherited `token`.
+    pub async fn stop_inheriting(&self, game_id: &str, token: &str) -> OperationOutput {
+        self.stop_raw(&inherited_stop_json(game_id, token)).await
     }
 
     /// Creates and starts a container labelled for `game_id` (`cmd` overrides the image's).
@@ -424,6 +563,30 @@ impl TestApp {
             .expect("load record")
     }
 
+    /// The stored record's status: what most end-state checks look at (the record must exist).
+    pub async fn status(&self, game_id: &str) -> RuntimeStatus {
+        self.record(game_id).await.expect("a record").status
+    }
+
+    /// Deletes the record behind the operations' backs, as an operator or another path would.
+    pub async fn delete_record(&self, game_id: &str) {
+        use schema::runtime_records::dsl as r;
+        diesel::delete(r::runtime_records.find(game_id))
+            .execute(&mut self.pg().await)
+            .await
+            .expect("delete the record");
+    }
+
+    /// Moves the record to `stopped` as a reconciler would, behind a running operation's back.
+    pub async fn mark_stopped(&self, game_id: &str) {
+        use schema::runtime_records::dsl as r;
+        diesel::update(r::runtime_records.find(game_id))
+            .set((r::status.eq("stopped"), r::last_op_id.eq("reconciler")))
+            .execute(&mut self.pg().await)
+            .await
+            .expect("move the record");
+    }
+
     /// `(outcome, error_code, container_id, image_ref, source_ref, op_source)` of each row.
     pub async fn op_log(&self, game_id: &str) -> Vec<OpRow> {
         use schema::operation_log::dsl as o;
@@ -444,6 +607,11 @@ impl TestApp {
             .load::<OpRow>(&mut self.pg().await)
             .await
             .expect("read operation_log")
+    }
+
+    /// The error code of `game_id`'s first audit row (the row must exist).
+    pub async fn first_error_code(&self, game_id: &str) -> Option<String> {
+        self.op_log(game_id).await[0].error_code.clone()
     }
 
     pub async fn op_log_count(&self) -> i64 {
@@ -482,13 +650,21 @@ impl TestApp {
 
     pub async fn lease_holder(&self, game_id: &str) -> Option<String> {
         // Retried: right after a Redis restart the first call reports the broken connection.
-        for _ in 0..20 {
-            match self.redis.clone().get(self.lease_key(game_id)).await {
-                Ok(holder) => return holder,
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        panic!("redis unreachable");
+        let key = self.lease_key(game_id);
+        eventually("Redis to answer", Duration::from_secs(4), || async {
+            self.redis.clone().get::<_, Option<String>>(&key).await.ok()
+        })
+        .await
+    }
+
+    /// Sets `game_id`'s lease to `token` for 60 s, as another operation holding it would.
+    pub async fn hold_lease(&self, game_id: &str, token: &str) {
+        let _: () = self
+            .redis
+            .clone()
+            .set_ex(self.lease_key(game_id), token, 60)
+            .await
+            .expect("set the lease");
     }
 
     /// Every entry of this test's health stream, as field maps.
@@ -616,6 +792,44 @@ pub fn stop_json(game: &str) -> String {
     format!(r#"{{"game_id":"{game}","reason":"admin","op_source":"admin"}}"#)
 }
 
+/// A child's `StopRuntime` input for `game`: reason `restart`, under the parent's lease `token`.
+pub fn inherited_stop_json(game: &str, token: &str) -> String {
+    format!(
+        r#"{{"game_id":"{game}","reason":"restart","op_source":"admin","lease_token":"{token}"}}"#
+    )
+}
+
+/// The input `StartRuntime` and `PatchRuntime` share: `game` to `image`, source `admin`.
+pub fn image_json(game: &str, image: &str) -> String {
+    format!(r#"{{"game_id":"{game}","image_ref":"{image}","op_source":"admin"}}"#)
+}
+
+/// `RestartRuntime`'s input for `game`, source `admin`.
+pub fn restart_json(game: &str) -> String {
+    format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#)
+}
+
+/// Cancels the workflow and returns its output, failing the test with `what` unless it
+/// completes within 30 s (a cancelled operation must still end with a result).
+pub async fn cancel_and_finish(handle: &client::Handle, what: &str) -> OperationOutput {
+    let options = temporalio_client::WorkflowCancelOptions::default();
+    handle.cancel(options).await.expect("cancel the workflow");
+    finish_within(handle, Duration::from_secs(30), what).await
+}
+
+/// The workflow's output, failing the test with `what` unless it completes within `timeout`
+/// (an operation must end, not stay running).
+pub async fn finish_within(
+    handle: &client::Handle,
+    timeout: Duration,
+    what: &str,
+) -> OperationOutput {
+    tokio::time::timeout(timeout, client::result(handle))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {timeout:?}"))
+        .expect("workflow result")
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -628,72 +842,150 @@ where
             return value;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        // Pacing between checks: this is the poll.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// The `rtmanager worker` binary, configured like `config`, as a child process.
-pub fn worker_process(config: &Config) -> std::process::Child {
+pub fn worker_process(config: &Config) -> WorkerProcess {
     worker_process_with(config, &[])
 }
 
 /// [`worker_process`] with extra environment (e.g. `RTMANAGER_FAULTS`).
-pub fn worker_process_with(config: &Config, extra: &[(&str, &str)]) -> std::process::Child {
-    rtmanager_command(config)
+pub fn worker_process_with(config: &Config, extra: &[(&str, &str)]) -> WorkerProcess {
+    let mut command = rtmanager_command(config);
+    command
         .envs(extra.iter().copied())
         .arg("worker")
         .env("RTMANAGER_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn the rtmanager worker")
+        .stdin(Stdio::null());
+    WorkerProcess::spawn(command)
+}
+
+/// What a worker logs when it stalls at a `sleep:<ms>` fault point (see `RTMANAGER_FAULTS`).
+pub const STALLING: &str = "fault injection: stalling";
+
+/// An `rtmanager worker` child process whose log is kept, so that a test waits for a line (a
+/// fault point reached) instead of sleeping; it is killed when dropped, by a failing test too.
+pub struct WorkerProcess {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl WorkerProcess {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the rtmanager worker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    /// SIGKILLs the worker and reaps it.
+    pub fn kill(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.kill()?;
+        self.child.wait()
+    }
+
+    /// Waits (60 s at most, else fails with `what`) for the worker to exit by itself, as a
+    /// fault's `abort` makes it.
+    pub async fn exit_status(&mut self, what: &str) -> ExitStatus {
+        let child = &mut self.child;
+        eventually(what, Duration::from_secs(60), || {
+            std::future::ready(child.try_wait().expect("wait for the worker"))
+        })
+        .await
+    }
+
+    /// Waits (30 s at most) until `count` lines of the worker's log contain `needle`.
+    pub async fn await_log(&self, needle: &str, count: usize) {
+        let what = format!("{count} log lines with {needle:?}");
+        eventually(&what, Duration::from_secs(30), || async {
+            let log = self.log.lock().unwrap();
+            (log.lines().filter(|line| line.contains(needle)).count() >= count).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Runs `command` (`what`, for the message) to its end and fails the test, showing its stderr,
+/// unless it succeeded: what every test driving a command-line tool checks first.
+pub fn run_ok(command: &mut Command, what: &str) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|err| panic!("run {what}: {err}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed: {stderr}");
+    out
 }
 
 /// The rtmanager binary with the environment that makes it use `config`.
-pub fn rtmanager_command(config: &Config) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rtmanager"));
-    command
-        .env("RTMANAGER_TEMPORAL_ADDRESS", &config.temporal_address)
-        .env("RTMANAGER_NAMESPACE", &config.namespace)
-        .env("RTMANAGER_TASK_QUEUE", &config.task_queue)
-        .env(
+pub fn rtmanager_command(config: &Config) -> Command {
+    let secs = |d: Duration| d.as_secs().to_string();
+    let millis = |d: Duration| d.as_millis().to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rtmanager"));
+    command.envs([
+        (
+            "RTMANAGER_TEMPORAL_ADDRESS",
+            config.temporal_address.clone(),
+        ),
+        ("RTMANAGER_NAMESPACE", config.namespace.clone()),
+        ("RTMANAGER_TASK_QUEUE", config.task_queue.clone()),
+        (
             "RTMANAGER_DATABASE_URL",
-            config.database_url.expose_secret(),
-        )
-        .env("RTMANAGER_DATABASE_POOL_SIZE", "4")
-        .env("RTMANAGER_REDIS_URL", config.redis_url.expose_secret())
-        .env("RTMANAGER_REDIS_PREFIX", &config.redis_prefix)
-        .env("RTMANAGER_HEALTH_STREAM", &config.health_stream)
-        .env("RTMANAGER_DOCKER_HOST", &config.docker_host)
-        .env(
-            "RTMANAGER_STOP_TIMEOUT_SECS",
-            config.stop_timeout.as_secs().to_string(),
-        )
-        .env(
-            "RTMANAGER_LEASE_TTL_SECS",
-            config.lease_ttl.as_secs().to_string(),
-        )
-        .env(
+            config.database_url.expose_secret().to_owned(),
+        ),
+        ("RTMANAGER_DATABASE_POOL_SIZE", "4".to_owned()),
+        (
+            "RTMANAGER_REDIS_URL",
+            config.redis_url.expose_secret().to_owned(),
+        ),
+        ("RTMANAGER_REDIS_PREFIX", config.redis_prefix.clone()),
+        ("RTMANAGER_HEALTH_STREAM", config.health_stream.clone()),
+        ("RTMANAGER_DOCKER_HOST", config.docker_host.clone()),
+        ("RTMANAGER_STOP_TIMEOUT_SECS", secs(config.stop_timeout)),
+        ("RTMANAGER_LEASE_TTL_SECS", secs(config.lease_ttl)),
+        (
             "RTMANAGER_LEASE_LOCK_DELAY_MS",
-            config.lease_lock_delay.as_millis().to_string(),
-        )
-        .env(
+            millis(config.lease_lock_delay),
+        ),
+        (
             "RTMANAGER_LOCAL_FAST_STEPS",
             config.local_fast_steps.to_string(),
-        )
-        .env(
+        ),
+        (
             "RTMANAGER_LOCAL_DOCKER_STEPS",
             config.local_docker_steps.to_string(),
-        )
-        .env("RTMANAGER_CONTAINER_NETWORK", &config.container_network)
-        .env(
-            "RTMANAGER_START_SETTLE_MS",
-            config.start_settle.as_millis().to_string(),
-        )
-        .env(
+        ),
+        (
+            "RTMANAGER_CONTAINER_NETWORK",
+            config.container_network.clone(),
+        ),
+        ("RTMANAGER_START_SETTLE_MS", millis(config.start_settle)),
+        (
             "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
-            config.sticky_queue_timeout.as_millis().to_string(),
-        )
-        .env("RTMANAGER_BUILD_ID", &config.build_id);
+            millis(config.sticky_queue_timeout),
+        ),
+        ("RTMANAGER_BUILD_ID", config.build_id.clone()),
+    ]);
     command
 }
 
