@@ -537,6 +537,7 @@ impl Bench {
                 &GameId::parse(game).map_err(anyhow::Error::msg)?,
                 container_id,
                 &self.options.image,
+                &self.config.host_id,
             )
             .await?;
         Ok(())

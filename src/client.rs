@@ -1,14 +1,15 @@
 //! The one door from a way in to a workflow. The HTTP bridge, the stream consumer and the CLI
 //! hand it a parsed [`LifecycleRequest`] and the [`Origin`] it came from; this module alone knows
 //! the workflow type of each verb, how workflow ids are derived, the id-reuse policy that makes
-//! a repeated request join its first run, and eager start.
+//! a repeated request join its first run, eager start, and which task queue (the game's
+//! host's, or the shared one) an operation starts on ([`Router`]).
 //!
 //! Inputs go as raw JSON, so that exactly what a `temporal` CLI user would send can be sent here
 //! too (the tests send input the workflow must reject through [`start_raw`]). Nothing outside
 //! this module asks for a workflow type; the names themselves are only in the workflows'
 //! `#[run(name = ...)]` pins.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use serde_json::Value;
 use temporalio_client::{
@@ -20,7 +21,8 @@ use temporalio_common::{
     protos::{temporal::api::common::v1::Payload, ENCODING_PAYLOAD_KEY, JSON_ENCODING_VAL},
 };
 
-use rtmanager_domain::{GameId, LifecycleRequest, OpKind, OperationOutput, SourceRef};
+use rtmanager_activities::{GameHost, Store};
+use rtmanager_domain::{GameId, HostId, LifecycleRequest, OpKind, OperationOutput, SourceRef};
 use rtmanager_workflows::{
     PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
 };
@@ -61,12 +63,15 @@ pub enum Origin {
     Cli,
 }
 
-/// One operation ready to start: its verb, workflow input and workflow id.
+/// One operation ready to start: its verb, workflow input and workflow id, and what routing
+/// needs (the game, and the host a start asked for).
 #[derive(Debug, Clone)]
 pub struct Operation {
     kind: OpKind,
     input: Value,
     workflow_id: String,
+    game_id: Option<GameId>,
+    host: Option<HostId>,
 }
 
 impl Operation {
@@ -77,6 +82,11 @@ impl Operation {
             kind,
             input: request.to_json(),
             workflow_id: workflow_id(kind, Some(request.game_id()), origin),
+            game_id: Some(request.game_id().clone()),
+            host: match request {
+                LifecycleRequest::Start(start) => start.host.clone(),
+                _ => None,
+            },
         }
     }
 
@@ -87,12 +97,81 @@ impl Operation {
             kind,
             input,
             workflow_id: workflow_id(kind, None, origin),
+            game_id: None,
+            host: None,
         }
     }
 
     /// The id the workflow runs under: the operation's identity in Temporal.
     pub fn workflow_id(&self) -> &str {
         &self.workflow_id
+    }
+}
+
+/// Which task queue an operation starts on. A game whose record names a live host goes to that
+/// host's queue: the workflow runs on the worker next to the game's Docker engine and its
+/// Docker steps are local activities there (the fast path). Everything else (a new game, a
+/// host that is down, a request that did not parse) goes to the shared queue, where any worker
+/// runs it and sends its Docker steps to the game's host as normal activities that wait a
+/// bounded time for that host. The workflow re-reads the host under the game's lease, so a
+/// stale answer here costs speed, never correctness.
+#[derive(Clone)]
+pub struct Router {
+    store: Store,
+    shared_queue: String,
+    down_after: Duration,
+}
+
+impl Router {
+    /// Routes with `store`'s records and hosts, for the deployment whose shared queue is
+    /// `shared_queue`.
+    pub fn new(store: Store, shared_queue: impl Into<String>, down_after: Duration) -> Self {
+        Self {
+            store,
+            shared_queue: shared_queue.into(),
+            down_after,
+        }
+    }
+
+    /// The deployment's shared task queue.
+    pub fn shared_queue(&self) -> &str {
+        &self.shared_queue
+    }
+
+    /// How long a silent host takes to count as down.
+    pub fn down_after(&self) -> Duration {
+        self.down_after
+    }
+
+    /// The task queue `operation` starts on. A database that cannot answer means the shared
+    /// queue: slower, still correct.
+    pub async fn task_queue(&self, operation: &Operation) -> String {
+        let host = match (&operation.host, &operation.game_id) {
+            (Some(host), _) => match self.store.host_alive(host, self.down_after).await {
+                Ok(true) => Some(host.clone()),
+                Ok(false) => None,
+                Err(err) => {
+                    tracing::debug!(err = %err, "route by host: using the shared queue");
+                    None
+                }
+            },
+            (None, Some(game)) => match self.store.game_host(game, self.down_after).await {
+                Ok(Some(GameHost {
+                    host_id,
+                    alive: true,
+                })) => Some(host_id),
+                Ok(_) => None,
+                Err(err) => {
+                    tracing::debug!(err = %err, "route by record: using the shared queue");
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        match host {
+            Some(host) => host.task_queue(&self.shared_queue),
+            None => self.shared_queue.clone(),
+        }
     }
 }
 
@@ -123,11 +202,11 @@ fn workflow_id(kind: OpKind, game: Option<&GameId>, origin: &Origin) -> String {
 /// makes an HTTP retry with the same `X-Request-Id`, or a redelivered stream entry, safe.
 pub async fn run(
     client: &Client,
-    task_queue: &str,
+    router: &Router,
     operation: &Operation,
 ) -> anyhow::Result<OperationOutput> {
     let started = std::time::Instant::now();
-    let handle = start(client, task_queue, operation).await?;
+    let handle = start(client, router, operation).await?;
     let start_ms = started.elapsed().as_secs_f64() * 1000.0;
     let output = result(&handle).await;
     tracing::debug!(
@@ -142,9 +221,10 @@ pub async fn run(
 /// The durable half of [`run`]: returns once the workflow exists (started now, or joined).
 pub async fn start(
     client: &Client,
-    task_queue: &str,
+    router: &Router,
     operation: &Operation,
 ) -> anyhow::Result<Handle> {
+    let task_queue = router.task_queue(operation).await;
     let options = WorkflowStartOptions::new(task_queue, &operation.workflow_id)
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
         // Taken only when a worker on this client has a free slot (`rtmanager run`).

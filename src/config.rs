@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use rtmanager_domain::HostId;
 use rtmanager_workflows::StepSettings;
 pub use secrecy::{ExposeSecret, SecretString};
 
@@ -19,6 +20,30 @@ pub struct Config {
         default_value = "http://127.0.0.1:7233"
     )]
     pub temporal_address: String,
+    /// PEM file of the CA that signed the Temporal frontend's certificate (a private CA); with
+    /// any TLS setting, or an `https://` address, the connection uses TLS.
+    #[arg(long, env = "RTMANAGER_TEMPORAL_TLS_CA")]
+    pub temporal_tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for mTLS (with `RTMANAGER_TEMPORAL_TLS_KEY`).
+    #[arg(
+        long,
+        env = "RTMANAGER_TEMPORAL_TLS_CERT",
+        requires = "temporal_tls_key"
+    )]
+    pub temporal_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of that client certificate.
+    #[arg(
+        long,
+        env = "RTMANAGER_TEMPORAL_TLS_KEY",
+        requires = "temporal_tls_cert"
+    )]
+    pub temporal_tls_key: Option<std::path::PathBuf>,
+    /// The name to verify the frontend's certificate against, when it is not the address's.
+    #[arg(long, env = "RTMANAGER_TEMPORAL_TLS_DOMAIN")]
+    pub temporal_tls_domain: Option<String>,
+    /// An API key (e.g. Temporal Cloud), sent as a bearer token over TLS.
+    #[arg(long, env = "RTMANAGER_TEMPORAL_API_KEY", value_parser = secret, hide_env_values = true)]
+    pub temporal_api_key: Option<SecretString>,
     /// Temporal namespace the worker polls and the bridge and consumer start workflows in.
     #[arg(long, env = "RTMANAGER_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -63,6 +88,27 @@ pub struct Config {
         default_value = "unix:///var/run/docker.sock"
     )]
     pub docker_host: String,
+    /// The Docker host this worker serves (the game id's alphabet); it polls the host's own
+    /// task queue, `<task queue>@<host id>`, beside the shared one.
+    #[arg(long, env = "RTMANAGER_HOST_ID", default_value = "local", value_parser = host_id)]
+    pub host_id: HostId,
+    /// Running games the placement policy puts on this host at most.
+    #[arg(long, env = "RTMANAGER_HOST_CAPACITY", default_value_t = 1000, value_parser = count_u32)]
+    pub host_capacity: u32,
+    /// Operator labels of this host, `key=value` pairs separated by commas (e.g. `zone=eu-1`).
+    #[arg(long, env = "RTMANAGER_HOST_LABELS", default_value = "", value_parser = labels)]
+    pub host_labels: serde_json::Value,
+    /// How often the worker heartbeats its host.
+    #[arg(long = "host-heartbeat-ms", env = "RTMANAGER_HOST_HEARTBEAT_MS", default_value = "2000", value_parser = millis)]
+    pub host_heartbeat: Duration,
+    /// A host whose worker has not heartbeat for this long is `down`: no game is placed there
+    /// and clients stop routing to its task queue.
+    #[arg(long = "host-down-after-secs", env = "RTMANAGER_HOST_DOWN_AFTER_SECS", default_value = "10", value_parser = secs)]
+    pub host_down_after: Duration,
+    /// How long a Docker step sent to a host's task queue waits for that host's worker before
+    /// the operation answers `service_unavailable` (a host that went away).
+    #[arg(long = "host-wait-secs", env = "RTMANAGER_HOST_WAIT_SECS", default_value = "30", value_parser = secs)]
+    pub host_wait: Duration,
     /// Docker's graceful stop timeout (SIGTERM, then SIGKILL).
     #[arg(long = "stop-timeout-secs", env = "RTMANAGER_STOP_TIMEOUT_SECS", default_value = "10", value_parser = secs)]
     pub stop_timeout: Duration,
@@ -204,6 +250,21 @@ impl Config {
             "RTMANAGER_TASK_QUEUE and RTMANAGER_NAMESPACE must not be empty"
         );
         anyhow::ensure!(
+            !self.task_queue.contains('@'),
+            "RTMANAGER_TASK_QUEUE must not contain '@': each host's queue is <task queue>@<host>"
+        );
+        anyhow::ensure!(
+            self.host_down_after >= self.host_heartbeat * 2
+                && self.host_heartbeat >= Duration::from_millis(100),
+            "RTMANAGER_HOST_DOWN_AFTER_SECS ({}s) must be at least two heartbeats              (RTMANAGER_HOST_HEARTBEAT_MS, {} ms, at least 100 ms): one late heartbeat must not              make a host down",
+            self.host_down_after.as_secs(),
+            self.host_heartbeat.as_millis()
+        );
+        anyhow::ensure!(
+            self.host_wait >= Duration::from_secs(1) && self.host_capacity > 0,
+            "RTMANAGER_HOST_WAIT_SECS must be at least 1 and RTMANAGER_HOST_CAPACITY positive"
+        );
+        anyhow::ensure!(
             self.database_pool_size > 0,
             "RTMANAGER_DATABASE_POOL_SIZE must be positive"
         );
@@ -255,6 +316,30 @@ impl Config {
         }
     }
 
+    /// This worker's host: its id, task queue, capacity and labels.
+    pub fn host_registration(&self) -> rtmanager_activities::HostRegistration {
+        rtmanager_activities::HostRegistration {
+            id: self.host_id.clone(),
+            task_queue: self.host_task_queue(),
+            capacity: self.host_capacity,
+            labels: self.host_labels.clone(),
+            docker_host: self.docker_host.clone(),
+        }
+    }
+
+    /// The task queue only this worker's host polls.
+    pub fn host_task_queue(&self) -> String {
+        self.host_id.task_queue(&self.task_queue)
+    }
+
+    /// How the deployment names and judges hosts.
+    pub fn host_settings(&self) -> rtmanager_activities::HostSettings {
+        rtmanager_activities::HostSettings {
+            shared_queue: self.task_queue.clone(),
+            down_after: self.host_down_after,
+        }
+    }
+
     /// The names of rtmanager's Redis keys and its health stream.
     pub fn redis_keys(&self) -> rtmanager_activities::RedisKeys {
         rtmanager_activities::RedisKeys {
@@ -271,9 +356,31 @@ impl Config {
             local_fast_steps: self.local_fast_steps,
             local_docker_steps: self.local_docker_steps,
             lease_lock_delay: self.lease_lock_delay,
+            host_wait: self.host_wait,
             ..StepSettings::default()
         }
     }
+}
+
+/// A host id.
+fn host_id(raw: &str) -> Result<HostId, String> {
+    HostId::parse(raw.trim())
+}
+
+/// `key=value,key=value` as a JSON object of strings (empty: `{}`).
+fn labels(raw: &str) -> Result<serde_json::Value, String> {
+    let mut map = serde_json::Map::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("{pair:?} has an empty key"));
+        }
+        map.insert(key.to_owned(), value.trim().into());
+    }
+    Ok(serde_json::Value::Object(map))
 }
 
 /// A whole number (surrounding blanks allowed, as in a hand-edited env file).

@@ -43,6 +43,9 @@ enum Command {
         image: String,
         #[arg(long)]
         source_ref: Option<String>,
+        /// The host to place a new game on (default: the placement policy's choice).
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Stop and start a game with its current image (RestartRuntime).
     Restart {
@@ -61,6 +64,13 @@ enum Command {
     /// Repair a game whose record carries a fence no lease can reach (every write refused as
     /// stale): under the game's lease, set the record's fence to the one that lease was issued.
     ResetFence { game_id: String },
+    /// List the Docker hosts: state, heartbeat age, capacity and game counts.
+    Hosts,
+    /// Drain a host (no new games are placed on it) or undrain it.
+    Host {
+        #[command(subcommand)]
+        action: operator::HostAction,
+    },
     /// Show the runtime records of games.
     Status {
         #[arg(required = true)]
@@ -152,8 +162,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             game_id,
             image,
             source_ref,
+            host,
         } => {
-            let request = operator::start_request(&game_id, &image, source_ref)?;
+            let request = operator::start_request(&game_id, &image, source_ref, host.as_deref())?;
             return operator::operate(&config, request, json).await;
         }
         Command::Restart {
@@ -171,6 +182,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let request = operator::replace_request(&game_id, Some(&image), source_ref)?;
             return operator::operate(&config, request, json).await;
         }
+        Command::Hosts => return operator::hosts(&config, json).await,
+        Command::Host { action } => return operator::host(&config, action, json).await,
         Command::Status { game_ids } => return operator::status(&config, game_ids, json).await,
         Command::ResetFence { game_id } => {
             return operator::reset_fence(&config, &game_id, json).await

@@ -11,12 +11,12 @@ use futures::StreamExt;
 
 use rtmanager_activities::store::Store;
 use rtmanager_domain::{
-    GameId, ImageRef, LifecycleRequest, OpSource, OperationOutput, ReplaceRequest, RuntimeRecord,
-    SourceRef, StartRequest, StopReason, StopRequest,
+    GameId, HostId, ImageRef, LifecycleRequest, OpSource, OperationOutput, ReplaceRequest,
+    RuntimeRecord, SourceRef, StartRequest, StopReason, StopRequest,
 };
 
 use crate::{
-    client::{self, Operation, Origin},
+    client::{self, Operation, Origin, Router},
     worker, Config,
 };
 
@@ -47,6 +47,7 @@ pub fn start_request(
     game_id: &str,
     image: &str,
     source_ref: Option<String>,
+    host: Option<&str>,
 ) -> anyhow::Result<LifecycleRequest> {
     Ok(LifecycleRequest::Start(StartRequest {
         game_id: GameId::parse(game_id)?,
@@ -54,6 +55,10 @@ pub fn start_request(
         op_source: OpSource::Admin,
         source_ref: parse_source_ref(source_ref)?,
         lease_token: None,
+        host: host
+            .map(HostId::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     }))
 }
 
@@ -142,17 +147,27 @@ pub async fn operate(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let temporal = worker::connect_temporal(config).await?;
-    let output = run_one(&temporal, config, &request).await?;
+    let output = run_one(&temporal, &router(config)?, &request).await?;
     Ok(report(&[(request.game_id().clone(), output)], json))
 }
 
 async fn run_one(
     temporal: &temporalio_client::Client,
-    config: &Config,
+    router: &Router,
     request: &LifecycleRequest,
 ) -> anyhow::Result<OperationOutput> {
     let operation = Operation::new(request, &Origin::Cli);
-    client::run(temporal, &config.task_queue, &operation).await
+    client::run(temporal, router, &operation).await
+}
+
+/// The CLI's router: a small pool of its own (one CLI call, a few statements).
+fn router(config: &Config) -> anyhow::Result<Router> {
+    let store = Store::new(config.database_url.expose_secret(), 4)?;
+    Ok(Router::new(
+        store,
+        config.task_queue.clone(),
+        config.host_down_after,
+    ))
 }
 
 /// Stops one game or many: many run with bounded concurrency behind a progress bar, then a
@@ -162,7 +177,7 @@ pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result
     let source_ref = parse_source_ref(args.source_ref)?;
     let games: Vec<GameId> = if args.all_running {
         Store::new(config.database_url.expose_secret(), 2)?
-            .running_game_ids()
+            .running_game_ids_on(None)
             .await?
     } else if let Some(path) = &args.from_file {
         std::fs::read_to_string(path)?
@@ -177,8 +192,30 @@ pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result
             .map(|id| GameId::parse(id).map_err(|e| anyhow::anyhow!("{id:?}: {e}")))
             .collect::<anyhow::Result<_>>()?
     };
+    let (concurrency, reason) = (args.concurrency, reason);
+    stop_games(config, games, reason, source_ref, concurrency, json).await
+}
+
+/// Stops `games` with at most `concurrency` in flight behind a progress bar, then prints a
+/// summary by host and outcome.
+async fn stop_games(
+    config: &Config,
+    games: Vec<GameId>,
+    reason: StopReason,
+    source_ref: Option<SourceRef>,
+    concurrency: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!games.is_empty(), "no game to stop");
     let temporal = Arc::new(worker::connect_temporal(config).await?);
+    let router = router(config)?;
+    let store = Store::new(config.database_url.expose_secret(), 2)?;
+    let mut hosts: BTreeMap<GameId, String> = BTreeMap::new();
+    for game in &games {
+        let host = store.game_host(game, config.host_down_after).await?;
+        let host = host.map_or_else(|| "(no record)".to_owned(), |h| h.host_id.to_string());
+        hosts.insert(game.clone(), host);
+    }
     let bar = if games.len() > 1 && !json {
         indicatif::ProgressBar::new(games.len() as u64).with_style(
             indicatif::ProgressStyle::with_template(
@@ -191,7 +228,7 @@ pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result
     };
     let results: Vec<(GameId, OperationOutput)> = futures::stream::iter(games)
         .map(|game_id| {
-            let temporal = temporal.clone();
+            let (temporal, router) = (temporal.clone(), &router);
             let request = LifecycleRequest::Stop(StopRequest {
                 game_id: game_id.clone(),
                 reason,
@@ -201,7 +238,7 @@ pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result
             });
             let bar = bar.clone();
             async move {
-                let output = run_one(&temporal, config, &request)
+                let output = run_one(&temporal, router, &request)
                     .await
                     .unwrap_or_else(|err| {
                         OperationOutput::failure(
@@ -213,26 +250,112 @@ pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result
                 (game_id, output)
             }
         })
-        .buffer_unordered(args.concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     bar.finish_and_clear();
     let code = report(&results, json);
     if results.len() > 1 && !json {
-        let mut summary: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, output) in &results {
+        let mut summary: BTreeMap<(&str, String), usize> = BTreeMap::new();
+        for (game, output) in &results {
             let key = match output.error_code {
                 Some(code) => format!("{} ({code})", output.outcome),
                 None => output.outcome.to_string(),
             };
-            *summary.entry(key).or_default() += 1;
+            let host = hosts.get(game).map_or("", String::as_str);
+            *summary.entry((host, key)).or_default() += 1;
         }
         println!();
-        for (key, count) in summary {
-            println!("{count:>6}  {key}");
+        println!("{:<24} {:>6}  OUTCOME", "HOST", "GAMES");
+        for ((host, key), count) in summary {
+            println!("{host:<24} {count:>6}  {key}");
         }
     }
     Ok(code)
+}
+
+/// `rtmanager host drain|undrain <host>`.
+#[derive(Debug, clap::Subcommand)]
+pub enum HostAction {
+    /// Place no new game on the host; with --stop-games, also stop its running games.
+    Drain {
+        /// The host to drain.
+        host_id: String,
+        /// Also stop every game running on the host (reason `admin`).
+        #[arg(long)]
+        stop_games: bool,
+        /// Stops in flight at once with --stop-games.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Place games on the host again.
+    Undrain {
+        /// The host to undrain.
+        host_id: String,
+    },
+}
+
+/// `rtmanager hosts`: every host with its state, heartbeat age and game counts.
+pub async fn hosts(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::new(config.database_url.expose_secret(), 2)?;
+    let hosts = store.list_hosts(config.host_down_after).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&hosts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<9} {:>10} {:>8} {:>8} {:>6}  TASK QUEUE",
+        "HOST", "STATE", "HEARTBEAT", "RUNNING", "CAPACITY", "GAMES"
+    );
+    for host in &hosts {
+        println!(
+            "{:<20} {:<9} {:>9.1}s {:>8} {:>8} {:>6}  {}",
+            host.id,
+            host.state,
+            host.heartbeat_age_secs,
+            host.running_games,
+            host.capacity,
+            host.games,
+            host.task_queue
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rtmanager host drain|undrain`: exit 1 when the host is not registered.
+pub async fn host(config: &Config, action: HostAction, json: bool) -> anyhow::Result<ExitCode> {
+    let (raw, draining) = match &action {
+        HostAction::Drain { host_id, .. } => (host_id, true),
+        HostAction::Undrain { host_id } => (host_id, false),
+    };
+    let host = HostId::parse(raw).map_err(anyhow::Error::msg)?;
+    let store = Store::new(config.database_url.expose_secret(), 2)?;
+    let Some(status) = store
+        .set_draining(&host, draining, config.host_down_after)
+        .await?
+    else {
+        eprintln!("rtmanager: host {host} is not registered");
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("host {host}: {}", status.state);
+    }
+    if let HostAction::Drain {
+        stop_games: true,
+        concurrency,
+        ..
+    } = action
+    {
+        let games = store.running_game_ids_on(Some(&host)).await?;
+        if games.is_empty() {
+            println!("no game runs on host {host}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        return stop_games(config, games, StopReason::Admin, None, concurrency, json).await;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `rtmanager status`: the records of the games named.

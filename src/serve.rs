@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use rtmanager_activities::{Dependencies, DockerRuntime, RedisStore, Store, Telemetry};
 
 use crate::{
+    client::Router,
     http::{self, ApiToken, BridgeState},
     stream::Consumer,
     Config,
@@ -50,9 +51,14 @@ pub async fn serve(
             .map(|t| t.expose_secret().to_owned())
             .unwrap_or_default(),
     )?;
+    let router = Router::new(
+        adapters.store.clone(),
+        config.task_queue.clone(),
+        config.host_down_after,
+    );
     let state = Arc::new(BridgeState::new(
         client.clone(),
-        config.task_queue.clone(),
+        router.clone(),
         adapters.store,
         adapters.redis,
         adapters.docker,
@@ -64,7 +70,7 @@ pub async fn serve(
     let consumer = Consumer::new(
         config.stream_settings(),
         client,
-        config.task_queue.clone(),
+        router,
         config.redis_url.expose_secret(),
     )?;
     let bridge = http::serve(config.http_addr, state, shutdown.clone().cancelled_owned());

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use rtmanager_domain::{truncate_chars, ErrorCode, LifecycleRequest, OpKind, OperationOutput};
 
-use crate::client::{self, Operation, Origin};
+use crate::client::{self, Operation, Origin, Router};
 
 /// Longest field value passed on to the workflow; longer ones are cut (and then fail its
 /// validation as they would have anyway).
@@ -61,23 +61,23 @@ pub struct StreamSettings {
 pub struct Consumer {
     settings: StreamSettings,
     client: Client,
-    task_queue: String,
+    router: Router,
     redis: redis::Client,
     in_flight: Mutex<HashSet<String>>,
 }
 
 impl Consumer {
-    /// A consumer for `settings` that starts its stops through `client` on `task_queue`.
+    /// A consumer for `settings` that starts its stops through `client`, routed by `router`.
     pub fn new(
         settings: StreamSettings,
         client: Client,
-        task_queue: String,
+        router: Router,
         redis_url: &str,
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             settings,
             client,
-            task_queue,
+            router,
             redis: rtmanager_activities::redis_store::redis_client(redis_url)?,
             in_flight: Mutex::new(HashSet::new()),
         }))
@@ -269,7 +269,7 @@ impl Consumer {
                 Ok(request) => Operation::new(request, &origin),
                 Err(_) => Operation::unparsed(OpKind::Stop, input.clone(), &origin),
             };
-            let output = client::run(&self.client, &self.task_queue, &operation).await?;
+            let output = client::run(&self.client, &self.router, &operation).await?;
             if output.error_code != Some(ErrorCode::Conflict)
                 || attempt >= self.settings.conflict_retries
             {

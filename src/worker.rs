@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use temporalio_client::{Client, ClientOptions, ConnectionOptions};
+use temporalio_client::{Client, ClientOptions, ClientTlsOptions, ConnectionOptions, TlsOptions};
 use temporalio_common::worker::WorkerDeploymentOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
@@ -21,12 +21,20 @@ use rtmanager_workflows::{
 
 use crate::{liveness::TemporalLiveness, Config};
 
-/// Connects a Temporal client for `config`'s address and namespace.
+/// Connects a Temporal client for `config`'s address and namespace, over TLS (and with an API
+/// key) when configured: a production cluster or Temporal Cloud.
 pub async fn connect_temporal(config: &Config) -> anyhow::Result<Client> {
     let url = url::Url::parse(&config.temporal_address)?;
     let connection = ConnectionOptions::new(url)
         .identity(format!("rtmanager@{}", std::process::id()))
         .connect_timeout(Duration::from_secs(5))
+        .maybe_tls_options(temporal_tls(config)?)
+        .maybe_api_key(
+            config
+                .temporal_api_key
+                .as_ref()
+                .map(|key| key.expose_secret().to_owned()),
+        )
         .build();
     let client = Client::connect(
         connection,
@@ -35,6 +43,46 @@ pub async fn connect_temporal(config: &Config) -> anyhow::Result<Client> {
     .await
     .with_context(|| format!("connect to Temporal at {}", config.temporal_address))?;
     Ok(client)
+}
+
+/// TLS settings for the Temporal connection: `None` for a plain `http://` address with no TLS
+/// setting (the local dev server). A file that cannot be read stops the process with its name.
+pub fn temporal_tls(config: &Config) -> anyhow::Result<Option<TlsOptions>> {
+    let wanted = config.temporal_address.starts_with("https://")
+        || config.temporal_tls_ca.is_some()
+        || config.temporal_tls_cert.is_some()
+        || config.temporal_tls_domain.is_some()
+        || config.temporal_api_key.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("read the Temporal {what} {}", path.display()))
+    };
+    let client = match (&config.temporal_tls_cert, &config.temporal_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ClientTlsOptions::builder()
+                .client_cert(read(cert, "client certificate")?)
+                .client_private_key(read(key, "client key")?)
+                .build(),
+        ),
+        (None, None) => None,
+        _ => {
+            anyhow::bail!("RTMANAGER_TEMPORAL_TLS_CERT and RTMANAGER_TEMPORAL_TLS_KEY go together")
+        }
+    };
+    let ca = config
+        .temporal_tls_ca
+        .as_deref()
+        .map(|path| read(path, "CA certificate"))
+        .transpose()?;
+    Ok(Some(
+        TlsOptions::builder()
+            .maybe_server_root_ca_cert(ca)
+            .maybe_domain(config.temporal_tls_domain.clone())
+            .maybe_client_tls_options(client)
+            .build(),
+    ))
 }
 
 /// The adapters a worker owns, built once and shared by every activity. `client` answers
@@ -71,13 +119,20 @@ pub fn build_dependencies(
             config.namespace.clone(),
         )),
         lease_lock_delay: config.lease_lock_delay,
+        hosts: config.host_settings(),
     })
 }
 
-/// Runs one worker on `client` with the adapters in `deps` until `shutdown` resolves, then
-/// drains in-flight tasks. A bridge that starts workflows through the same client gets eager
-/// workflow start: the server hands the first workflow task straight to this worker instead of
-/// dispatching it through the task queue.
+/// Runs this host's worker on `client` with the adapters in `deps` until `shutdown` resolves,
+/// then drains in-flight tasks. It polls two task queues with the same workflows and
+/// activities: the host's own (`<task queue>@<host>`), where clients send the operations of
+/// games on this host and every Docker step for this host lands, and the shared one, where
+/// workflows started without a host in mind (the `temporal` CLI, new games) run until they
+/// know the game's host. It registers its host and heartbeats it meanwhile.
+///
+/// A bridge that starts workflows through the same client gets eager workflow start: the
+/// server hands the first workflow task straight to this worker instead of dispatching it
+/// through the task queue.
 pub async fn run_worker(
     config: &Config,
     client: Client,
@@ -91,6 +146,59 @@ pub async fn run_worker(
         tracing::info!(?applied, "applied migrations");
     }
     let runtime = Runtime::from_current_tokio(Default::default())?;
+    // Registered before the first poll: a start this worker picks up can be placed here.
+    let registration = config.host_registration();
+    if let Err(err) = deps.store.heartbeat_host(&registration).await {
+        tracing::warn!(host = %registration.id, err = %err, "register the host");
+    }
+    let heartbeat = tokio::spawn(heartbeat(
+        deps.store.clone(),
+        config.host_registration(),
+        config.host_heartbeat,
+        config.host_down_after,
+    ));
+    let host_queue = config.host_task_queue();
+    let mut host_worker = Worker::new(
+        &runtime,
+        client.clone(),
+        worker_options(config, &host_queue, deps.clone())?,
+    )?;
+    let mut shared_worker = Worker::new(
+        &runtime,
+        client,
+        worker_options(config, &config.task_queue, deps)?,
+    )?;
+    let (stop_host, stop_shared) = (
+        host_worker.shutdown_handle(),
+        shared_worker.shutdown_handle(),
+    );
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down the worker: finishing in-flight tasks");
+        stop_host();
+        stop_shared();
+    });
+    tracing::info!(
+        host = %config.host_id,
+        host_task_queue = %host_queue,
+        task_queue = %config.task_queue,
+        namespace = %config.namespace,
+        temporal = %config.temporal_address,
+        "rtmanager worker started"
+    );
+    let ran = tokio::try_join!(host_worker.run(), shared_worker.run());
+    heartbeat.abort();
+    ran?;
+    tracing::info!("rtmanager worker stopped");
+    Ok(())
+}
+
+/// One SDK worker's options: the four workflows (with the step settings) and the activities.
+fn worker_options(
+    config: &Config,
+    task_queue: &str,
+    deps: Dependencies,
+) -> anyhow::Result<WorkerOptions> {
     let settings = config.step_settings();
     let (stop, start, restart, patch) = (
         settings.clone(),
@@ -98,7 +206,7 @@ pub async fn run_worker(
         settings.clone(),
         settings,
     );
-    let options = WorkerOptions::new(config.task_queue.clone())
+    Ok(WorkerOptions::new(task_queue.to_owned())
         .register_activities(RuntimeActivities::new(deps))
         .register_workflow_with_factory::<StopRuntimeWorkflow, _>(move || {
             StopRuntimeWorkflow::new(stop.clone())
@@ -123,21 +231,33 @@ pub async fn run_worker(
             config.build_id.clone(),
         ))
         .graceful_shutdown_period(config.stop_timeout + Duration::from_secs(5))
-        .build();
-    let mut worker = Worker::new(&runtime, client, options)?;
-    let initiate_shutdown = worker.shutdown_handle();
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down the worker: finishing in-flight tasks");
-        initiate_shutdown();
-    });
-    tracing::info!(
-        task_queue = %config.task_queue,
-        namespace = %config.namespace,
-        temporal = %config.temporal_address,
-        "rtmanager worker started"
-    );
-    worker.run().await?;
-    tracing::info!("rtmanager worker stopped");
-    Ok(())
+        .build())
+}
+
+/// Registers the host and renews its heartbeat every `every`; marks hosts whose heartbeat is
+/// older than `down_after` as down. A failed beat is logged and retried at the next tick: a
+/// short database outage must not stop the worker (other workers see the host go down only if
+/// it lasts `down_after`).
+async fn heartbeat(
+    store: Store,
+    host: rtmanager_activities::HostRegistration,
+    every: Duration,
+    down_after: Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = store.heartbeat_host(&host).await {
+            tracing::warn!(host = %host.id, err = %err, "host heartbeat");
+            continue;
+        }
+        match store.mark_down_hosts(down_after).await {
+            Ok(marked) if !marked.is_empty() => {
+                tracing::warn!(hosts = ?marked, "hosts missed their heartbeats: marked down");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(err = %err, "mark silent hosts down"),
+        }
+    }
 }

@@ -17,6 +17,7 @@
 pub mod docker;
 pub mod fault;
 pub mod holder;
+pub mod hosts;
 pub mod redis_store;
 // diesel's `table!` generates undocumented items.
 #[allow(missing_docs)]
@@ -34,13 +35,14 @@ use tracing::Instrument;
 use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome, RuntimeStatus};
 use rtmanager_workflows::contract::{
     self, failure_type, AcquireLeaseInput, CheckLeaseInput, ContainerStopOutcome,
-    EnsureContainerInput, HealthEvent, LeaseOutcome, LoadRecordInput, LoadedRecord, OperationEntry,
-    RecordRunningInput, ReleaseLeaseInput, RemoveContainerInput, StopContainerInput,
-    UpdateStatusInput, UpdateStatusOutcome,
+    EnsureContainerInput, HealthEvent, HostRoute, LeaseOutcome, LoadRecordInput, LoadedRecord,
+    OperationEntry, PlaceGameInput, Placement, RecordRunningInput, ReleaseLeaseInput,
+    RemoveContainerInput, StopContainerInput, UpdateStatusInput, UpdateStatusOutcome,
 };
 
 pub use docker::{ContainerSettings, DockerRuntime};
 pub use holder::{HolderLiveness, HolderState};
+pub use hosts::{GameHost, HostRegistration, HostStatus};
 pub use redis_store::{Acquire, LeaseHolder, RedisKeys, RedisStore, TakeOver};
 pub use store::Store;
 pub use telemetry::Telemetry;
@@ -51,6 +53,7 @@ use crate::{docker::DockerError, store::StoreError};
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// The collaborators every activity needs.
+#[derive(Clone)]
 pub struct Dependencies {
     /// Runtime records, the operation log and health snapshots.
     pub store: Store,
@@ -67,6 +70,18 @@ pub struct Dependencies {
     /// How long after its holder closed a lease may be taken over: a step of the dead holder
     /// still in flight on some worker ends (or is fenced out) meanwhile.
     pub lease_lock_delay: Duration,
+    /// The deployment's shared task queue and when a silent host counts as down: what the
+    /// record load and the placement need to name a host's task queue and judge it.
+    pub hosts: HostSettings,
+}
+
+/// How a deployment names and judges its hosts.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// The shared task queue (`rtmanager`); each host's queue is derived from it.
+    pub shared_queue: String,
+    /// A host whose heartbeat is older than this is down.
+    pub down_after: Duration,
 }
 
 /// The activity implementer registered with the worker.
@@ -175,12 +190,47 @@ impl RuntimeActivities {
                 .get_record_with_writer(&input.game_id)
                 .await
                 .map_err(store_error)?;
+            let shared = &self.deps.hosts.shared_queue;
             Ok(loaded.map(|(record, writer)| LoadedRecord {
+                host: Some(HostRoute {
+                    task_queue: record.host_id.task_queue(shared),
+                    host_id: record.host_id.clone(),
+                }),
                 record,
                 written_by_this_operation: writer.last_op_id.as_deref()
                     == Some(&input.operation_id),
                 last_container_id: writer.last_container_id,
             }))
+        })
+        .await
+    }
+
+    /// [`contract::PlaceGame`].
+    #[allow(missing_docs)]
+    #[activity(definition = contract::PlaceGame)]
+    pub async fn place_game(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: PlaceGameInput,
+    ) -> Result<Placement, ActivityError> {
+        self.step(&ctx, input.game_id.as_str(), async {
+            let hosts = &self.deps.hosts;
+            let placement = self
+                .deps
+                .store
+                .place_game(
+                    &input.game_id,
+                    input.host.as_ref(),
+                    &hosts.shared_queue,
+                    hosts.down_after,
+                )
+                .await
+                .map_err(store_error)?;
+            match &placement {
+                Placement::Placed { route } => tracing::info!(host = %route.host_id, "placed"),
+                Placement::Refused { message, .. } => tracing::info!(message, "not placed"),
+            }
+            Ok(placement)
         })
         .await
     }
@@ -276,6 +326,7 @@ impl RuntimeActivities {
             input.fence,
             &input.container_id,
             input.image_ref.as_str(),
+            input.host_id.as_ref(),
         );
         let own = (input.operation_id.as_str(), RuntimeStatus::Running);
         let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), own, write);

@@ -13,6 +13,7 @@ diesel::table! {
         last_op_id -> Nullable<Text>,
         fence -> Int8,
         last_container_id -> Nullable<Text>,
+        host_id -> Text,
     }
 }
 
@@ -41,5 +42,19 @@ diesel::table! {
         event_type -> Text,
         occurred_at -> Timestamptz,
         details -> Jsonb,
+    }
+}
+
+diesel::table! {
+    hosts (id) {
+        id -> Text,
+        task_queue -> Text,
+        capacity -> Int4,
+        labels -> Jsonb,
+        state -> Text,
+        draining -> Bool,
+        docker_host -> Nullable<Text>,
+        registered_at -> Timestamptz,
+        last_heartbeat_at -> Timestamptz,
     }
 }

@@ -9,7 +9,7 @@ use diesel_async::{
 };
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use rtmanager_domain::{GameId, RuntimeRecord, RuntimeStatus};
+use rtmanager_domain::{GameId, HostId, RuntimeRecord, RuntimeStatus};
 use rtmanager_workflows::contract::{HealthEvent, OperationEntry, UpdateStatusOutcome};
 
 use crate::schema::{operation_log, runtime_records};
@@ -71,7 +71,7 @@ impl Store {
         Ok(Self { pool })
     }
 
-    async fn conn(
+    pub(crate) async fn conn(
         &self,
     ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, StoreError>
     {
@@ -125,6 +125,7 @@ impl Store {
         game_id: &GameId,
         container_id: &str,
         image_ref: &str,
+        host_id: &HostId,
     ) -> Result<(), StoreError> {
         use runtime_records::dsl as r;
         let now = Utc::now().trunc_subsecs(6);
@@ -137,6 +138,7 @@ impl Store {
                 r::current_image_ref.eq(image_ref),
                 r::started_at.eq(now),
                 r::last_op_at.eq(now),
+                r::host_id.eq(host_id.as_str()),
             ))
             .execute(&mut conn)
             .await?;
@@ -161,16 +163,23 @@ impl Store {
         )
     }
 
-    /// The ids of every game whose record says `running` (for mass operations).
-    pub async fn running_game_ids(&self) -> Result<Vec<GameId>, StoreError> {
+    /// The ids of every game whose record says `running`, on `host` or on any host (for mass
+    /// operations).
+    pub async fn running_game_ids_on(
+        &self,
+        host: Option<&HostId>,
+    ) -> Result<Vec<GameId>, StoreError> {
         use runtime_records::dsl as r;
         let mut conn = self.conn().await?;
-        let ids: Vec<String> = r::runtime_records
+        let mut query = r::runtime_records
             .filter(r::status.eq(RuntimeStatus::Running.as_str()))
             .select(r::game_id)
             .order(r::game_id)
-            .load(&mut conn)
-            .await?;
+            .into_boxed();
+        if let Some(host) = host {
+            query = query.filter(r::host_id.eq(host.as_str()));
+        }
+        let ids: Vec<String> = query.load(&mut conn).await?;
         Ok(ids.iter().filter_map(|id| GameId::parse(id).ok()).collect())
     }
 
@@ -246,17 +255,20 @@ impl Store {
         fence: u64,
         container_id: &str,
         image_ref: &str,
+        host_id: Option<&HostId>,
     ) -> Result<UpdateStatusOutcome, StoreError> {
-        use diesel::sql_types::{BigInt, Text, Timestamptz};
+        use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
         let now = Utc::now().trunc_subsecs(6);
         let fence = i64::try_from(fence).unwrap_or(i64::MAX);
         let mut conn = self.conn().await?;
         // diesel's upsert builder has no WHERE on DO UPDATE; the same statement, bound.
         let written: Option<RecordRow> = diesel::sql_query(
             "INSERT INTO runtime_records (game_id, status, current_container_id, \
-               current_image_ref, started_at, last_op_at, last_op_id, fence, last_container_id) \
-             VALUES ($1, 'running', $2, $3, $4, $4, $5, $6, $2) \
+               current_image_ref, started_at, last_op_at, last_op_id, fence, last_container_id, \
+               host_id) \
+             VALUES ($1, 'running', $2, $3, $4, $4, $5, $6, $2, COALESCE($7, 'local')) \
              ON CONFLICT (game_id) DO UPDATE SET status = 'running', \
+               host_id = COALESCE($7, runtime_records.host_id), \
                current_container_id = EXCLUDED.current_container_id, \
                last_container_id = EXCLUDED.current_container_id, \
                current_image_ref = EXCLUDED.current_image_ref, started_at = EXCLUDED.started_at, \
@@ -264,7 +276,7 @@ impl Store {
                last_op_id = EXCLUDED.last_op_id, fence = EXCLUDED.fence \
              WHERE runtime_records.status <> 'running' AND runtime_records.fence <= EXCLUDED.fence \
              RETURNING game_id, status, current_container_id, current_image_ref, started_at, \
-               stopped_at, removed_at, last_op_at, last_op_id, fence, last_container_id",
+               stopped_at, removed_at, last_op_at, last_op_id, fence, last_container_id, host_id",
         )
         .bind::<Text, _>(game_id.as_str())
         .bind::<Text, _>(container_id)
@@ -272,6 +284,7 @@ impl Store {
         .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(operation_id)
         .bind::<BigInt, _>(fence)
+        .bind::<Nullable<Text>, _>(host_id.map(HostId::as_str))
         .get_result(&mut conn)
         .await
         .optional()?;
@@ -454,6 +467,7 @@ struct RecordRow {
     last_op_id: Option<String>,
     fence: i64,
     last_container_id: Option<String>,
+    host_id: String,
 }
 
 impl RecordRow {
@@ -476,6 +490,7 @@ impl RecordRow {
             stopped_at: self.stopped_at,
             removed_at: self.removed_at,
             last_op_at: self.last_op_at,
+            host_id: HostId::parse(&self.host_id).map_err(StoreError::Corrupt)?,
         })
     }
 }

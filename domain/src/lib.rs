@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod game_id;
+pub mod host;
 pub mod lifecycle;
 pub mod output;
 pub mod record;
@@ -14,6 +15,7 @@ pub mod request;
 pub mod vocabulary;
 
 pub use game_id::{GameId, GameIdError};
+pub use host::HostId;
 pub use lifecycle::LifecycleRequest;
 pub use output::OperationOutput;
 pub use record::RuntimeRecord;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{GameId, RuntimeStatus};
+use crate::{GameId, HostId, RuntimeStatus};
 
 /// One row of `runtime_records`, in the contract's JSON shape. A `removed` record has no
 /// container id.
@@ -25,4 +25,8 @@ pub struct RuntimeRecord {
     pub removed_at: Option<DateTime<Utc>>,
     /// When any operation last wrote the row (microsecond precision, as PostgreSQL stores it).
     pub last_op_at: DateTime<Utc>,
+    /// The Docker host the game's container lives on: its Docker steps run there and nowhere
+    /// else. Histories recorded before hosts existed carry none: the default host.
+    #[serde(default)]
+    pub host_id: HostId,
 }

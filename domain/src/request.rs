@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{truncate_chars, GameId, OpSource, StopReason};
+use crate::{truncate_chars, GameId, HostId, OpSource, StopReason};
 
 /// Longest `source_ref` accepted (stream entry ids, request ids, user ids are far shorter).
 pub const SOURCE_REF_MAX_LEN: usize = 256;
@@ -239,10 +239,13 @@ pub struct StartRequest {
     pub source_ref: Option<SourceRef>,
     /// Set only by a parent workflow that already holds the game's lease.
     pub lease_token: Option<LeaseToken>,
+    /// The host to place a new game on; without it the placement policy picks one. A game
+    /// that already has a container keeps its host.
+    pub host: Option<HostId>,
 }
 
 impl StartRequest {
-    /// Parses `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?}`.
+    /// Parses `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?, "host"?}`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidRequest> {
         let mut fields = Fields::parse(bytes)?;
         let game_id = fields.game_id();
@@ -250,12 +253,14 @@ impl StartRequest {
         let op_source = fields.required_enum::<OpSource>("op_source");
         let source_ref = fields.optional_with("source_ref", SourceRef::parse);
         let lease_token = fields.optional_with("lease_token", LeaseToken::parse);
+        let host = fields.optional_with("host", HostId::parse);
         fields.finish(&[
             "game_id",
             "image_ref",
             "op_source",
             "source_ref",
             "lease_token",
+            "host",
         ])?;
         Ok(Self {
             game_id: game_id.expect("checked by finish"),
@@ -263,6 +268,7 @@ impl StartRequest {
             op_source: op_source.expect("checked by finish"),
             source_ref: source_ref.expect("checked by finish"),
             lease_token: lease_token.expect("checked by finish"),
+            host: host.expect("checked by finish"),
         })
     }
 
@@ -282,6 +288,7 @@ impl StartRequest {
             "lease_token",
             self.lease_token.as_ref().map(LeaseToken::as_str),
         );
+        insert_optional(&mut map, "host", self.host.as_ref().map(HostId::as_str));
         Value::Object(map)
     }
 }

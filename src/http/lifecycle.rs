@@ -21,7 +21,8 @@ use crate::client::{self, Operation, Origin};
 fn body_fields(kind: OpKind) -> &'static [&'static str] {
     match kind {
         OpKind::Stop => &["reason"],
-        OpKind::Start | OpKind::Patch => &["image_ref"],
+        OpKind::Start => &["image_ref", "host"],
+        OpKind::Patch => &["image_ref"],
         OpKind::Restart => &[],
     }
 }
@@ -61,7 +62,7 @@ async fn operate(
     // A task of its own: the start completes even if the client goes away meanwhile.
     let task = tokio::spawn({
         let state = state.clone();
-        async move { client::run(&state.client, &state.task_queue, &operation).await }
+        async move { client::run(&state.client, &state.router, &operation).await }
     });
     let response = match tokio::time::timeout(state.wait, task).await {
         Ok(Ok(Ok(output))) => {

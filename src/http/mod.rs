@@ -46,8 +46,8 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 pub struct BridgeState {
     /// The process's Temporal client (shared with its worker under `rtmanager run`).
     pub client: Client,
-    /// Where operations are started.
-    pub task_queue: String,
+    /// Which task queue each operation starts on (the game's host's, or the shared one).
+    pub router: crate::client::Router,
     /// Record reads and the readiness check.
     pub store: Store,
     /// The readiness check.
@@ -70,7 +70,7 @@ impl BridgeState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
-        task_queue: String,
+        router: crate::client::Router,
         store: Store,
         redis: Arc<RedisStore>,
         docker: DockerRuntime,
@@ -82,7 +82,7 @@ impl BridgeState {
         let metrics = HttpMetrics::register(&telemetry);
         Self {
             client,
-            task_queue,
+            router,
             store,
             redis,
             docker,
@@ -138,6 +138,15 @@ pub fn router(state: Arc<BridgeState>) -> Router {
             router.route(&path, lifecycle::route(kind))
         })
         .route(&format!("{runtimes}/{{game_id}}"), get(ops::get_record))
+        .route("/api/v1/internal/hosts", get(ops::list_hosts))
+        .route(
+            "/api/v1/internal/hosts/{host_id}/drain",
+            axum::routing::post(|state, path| ops::drain(state, path, true)),
+        )
+        .route(
+            "/api/v1/internal/hosts/{host_id}/undrain",
+            axum::routing::post(|state, path| ops::drain(state, path, false)),
+        )
         .route("/api/v1/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -1,5 +1,6 @@
-//! What the bridge answers besides operations: record reads, liveness, readiness (each
-//! dependency checked with a deadline), metrics and the OpenAPI document.
+//! What the bridge answers besides operations: record reads, the hosts and their drain,
+//! liveness, readiness (each dependency checked with a deadline), metrics and the OpenAPI
+//! document.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,7 +12,7 @@ use axum::{
 };
 use serde_json::json;
 
-use rtmanager_domain::GameId;
+use rtmanager_domain::{GameId, HostId};
 
 use super::{error, BridgeState, OPENAPI};
 
@@ -95,13 +96,45 @@ pub(super) async fn get_record(
             "not_found",
             format!("no runtime record for game {game_id}"),
         ),
-        Err(err) => {
-            tracing::warn!(err = %err, "read runtime record");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "database unavailable",
-            )
-        }
+        Err(err) => database_unavailable(&err),
     }
+}
+
+/// `GET /api/v1/internal/hosts`: every host, its state as of now and its game counts.
+pub(super) async fn list_hosts(State(state): State<Arc<BridgeState>>) -> Response {
+    match state.store.list_hosts(state.router.down_after()).await {
+        Ok(hosts) => Json(hosts).into_response(),
+        Err(err) => database_unavailable(&err),
+    }
+}
+
+/// `POST /api/v1/internal/hosts/{host_id}/drain` and `.../undrain`: the host as it is now.
+pub(super) async fn drain(
+    State(state): State<Arc<BridgeState>>,
+    Path(host_id): Path<String>,
+    draining: bool,
+) -> Response {
+    let host = match HostId::parse(&host_id) {
+        Ok(host) => host,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_request", message),
+    };
+    let down_after = state.router.down_after();
+    match state.store.set_draining(&host, draining, down_after).await {
+        Ok(Some(status)) => Json(status).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("host {host} is not registered"),
+        ),
+        Err(err) => database_unavailable(&err),
+    }
+}
+
+fn database_unavailable(err: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(err = %err, "database");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+        "database unavailable",
+    )
 }

@@ -452,6 +452,8 @@ async fn a_stale_holder_is_fenced_off() {
 
     // Worker B, on its own task queue, with the same database and Redis.
     app.cfg.config.task_queue = format!("{}-b", stale_config.task_queue);
+    // A host of its own too: the stale worker still heartbeats the first one.
+    app.cfg.config.host_id = rtmanager_domain::HostId::parse("b").unwrap();
     app.start_worker();
     assert!(app.start(&game, &image).await.is_success());
     assert!(app.stop(&game).await.is_success());

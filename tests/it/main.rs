@@ -14,6 +14,7 @@ mod cli;
 mod compose;
 mod crash;
 mod faults;
+mod hosts;
 mod http_bridge;
 mod leases;
 mod lifecycle;

@@ -40,7 +40,7 @@ async fn concurrent_operations_on_one_game_are_serialised() {
             concurrency: 8,
         },
         app.client.clone(),
-        app.config().task_queue.clone(),
+        app.router(),
         &std::env::var("RTMANAGER_REDIS_URL").unwrap(),
     )
     .unwrap();

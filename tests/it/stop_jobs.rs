@@ -36,7 +36,7 @@ fn consume(
     let consumer: Arc<Consumer> = Consumer::new(
         settings(stream, consumer),
         app.client.clone(),
-        app.config().task_queue.clone(),
+        app.router(),
         &std::env::var("RTMANAGER_REDIS_URL").unwrap(),
     )
     .unwrap();

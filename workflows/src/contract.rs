@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_workflow::common::ActivityDefinition;
 
 use rtmanager_domain::{
-    ErrorCode, GameId, ImageRef, LeaseToken, OpKind, Outcome, RuntimeRecord, RuntimeStatus,
+    ErrorCode, GameId, HostId, ImageRef, LeaseToken, OpKind, Outcome, RuntimeRecord, RuntimeStatus,
 };
 
 macro_rules! activity_contract {
@@ -47,6 +47,12 @@ activity_contract!(
 activity_contract!(
     /// Reads the runtime record; `None` when the game has none.
     LoadRecord = "LoadRecord": LoadRecordInput => Option<LoadedRecord>
+);
+activity_contract!(
+    /// Chooses the host a start runs on: the one the game's container lives on, else the one
+    /// the request names, else the policy's pick among the active hosts with room. Runs under
+    /// the game's lease, so two starts of one game never place it twice.
+    PlaceGame = "PlaceGame": PlaceGameInput => Placement
 );
 activity_contract!(
     /// Stops the game's container gracefully, after checking it carries the game's labels.
@@ -141,6 +147,52 @@ pub struct LoadedRecord {
     /// re-run after a crash that followed its own removal reads the container it found here.
     #[serde(default)]
     pub last_container_id: Option<String>,
+    /// Where the game's Docker steps run: the record's host and that host's task queue. `None`
+    /// in histories recorded before hosts existed (their Docker steps ran where the workflow
+    /// ran).
+    #[serde(default)]
+    pub host: Option<HostRoute>,
+}
+
+/// A host and the task queue its worker polls: a Docker step for a game on this host runs as a
+/// local activity when the workflow itself runs on that queue, else as a normal activity sent
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    /// The Docker host.
+    pub host_id: HostId,
+    /// The task queue only that host's worker polls.
+    pub task_queue: String,
+}
+
+/// Input of [`PlaceGame`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceGameInput {
+    /// The game to place; a game whose record names a host stays there.
+    pub game_id: GameId,
+    /// The host the request asked for, if any.
+    pub host: Option<HostId>,
+}
+
+/// Result of [`PlaceGame`]: a host, or why none may take the game (a business outcome, not
+/// retried).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "placement")]
+pub enum Placement {
+    /// Start the game there.
+    Placed {
+        /// The chosen host.
+        route: HostRoute,
+    },
+    /// No host may take it: an unknown host asked for (`invalid_request`), a draining one or
+    /// another host than the game's own (`conflict`), none up with room
+    /// (`service_unavailable`).
+    Refused {
+        /// The stable code the start ends with.
+        code: ErrorCode,
+        /// Why, for the caller.
+        message: String,
+    },
 }
 
 /// Input of [`ReleaseLease`].
@@ -193,6 +245,10 @@ pub struct RecordRunningInput {
     pub container_id: String,
     /// Becomes the record's `current_image_ref`.
     pub image_ref: ImageRef,
+    /// The host the container runs on, written to the record; `None` (histories from before
+    /// hosts) leaves the record's host as it is.
+    #[serde(default)]
+    pub host_id: Option<HostId>,
 }
 
 /// Input of [`RemoveContainer`] (the container to remove) and [`RemoveStaleContainers`] (the

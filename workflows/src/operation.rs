@@ -11,8 +11,8 @@ use temporalio_workflow::{
 };
 
 use rtmanager_domain::{
-    request::RequestEcho, truncate_chars, ErrorCode, GameId, InvalidRequest, LeaseToken, OpKind,
-    OpSource, OperationOutput, Outcome, RuntimeRecord, SourceRef,
+    request::RequestEcho, truncate_chars, ErrorCode, GameId, HostId, InvalidRequest, LeaseToken,
+    OpKind, OpSource, OperationOutput, Outcome, RuntimeRecord, SourceRef,
 };
 
 use temporalio_workflow::common::{data_converters::TemporalDeserializable, ActivityDefinition};
@@ -20,8 +20,8 @@ use temporalio_workflow::common::{data_converters::TemporalDeserializable, Activ
 use crate::{
     contract::{
         AcquireLease, AcquireLeaseInput, AppendOperationLog, CheckLease, CheckLeaseInput,
-        LeaseOutcome, LoadRecord, LoadRecordInput, LoadedRecord, OperationEntry, ReleaseLease,
-        ReleaseLeaseInput,
+        HostRoute, LeaseOutcome, LoadRecord, LoadRecordInput, LoadedRecord, OperationEntry,
+        PlaceGame, PlaceGameInput, Placement, ReleaseLease, ReleaseLeaseInput,
     },
     support::{
         docker_step, fast_step, operation_id, request_bytes, workflow_now, Cancel, StepFailure,
@@ -33,6 +33,10 @@ use crate::{
 /// The patch id that marks histories in which an inherited lease token is checked against
 /// Redis: histories recorded before the check replay without it.
 pub const INHERITED_LEASE_CHECK: &str = "check-inherited-lease";
+
+/// The patch id that marks start histories in which the game is placed on a host
+/// (`PlaceGame`): histories recorded before hosts replay without the step.
+pub const PLACE_ON_HOST: &str = "place-on-host";
 
 /// Best-effort steps (audit row, health event, cleanup) get few attempts: their failure is
 /// logged by the activity and never changes the outcome.
@@ -127,6 +131,8 @@ pub struct Op<'a, W> {
     /// The lease this operation took, released together with the audit row (the two steps are
     /// independent, so they run at once).
     held: std::cell::RefCell<Option<(GameId, LeaseToken)>>,
+    /// The host the game's Docker steps run on, once the record or the placement named it.
+    host: std::cell::RefCell<Option<HostRoute>>,
 }
 
 impl<'a, W> Op<'a, W> {
@@ -140,6 +146,7 @@ impl<'a, W> Op<'a, W> {
             started_at: workflow_now(ctx),
             audit: Audit::default(),
             held: std::cell::RefCell::new(None),
+            host: std::cell::RefCell::new(None),
         }
     }
 
@@ -218,7 +225,8 @@ impl<'a, W> Op<'a, W> {
         .await
     }
 
-    /// Runs a Docker step with the worker's Docker-step options.
+    /// Runs a Docker step on the game's host: here, when the workflow runs on that host's task
+    /// queue (or no host is known: histories from before hosts), else sent to that host's queue.
     pub async fn docker<AD>(
         &self,
         activity: AD,
@@ -229,10 +237,28 @@ impl<'a, W> Op<'a, W> {
         AD: ActivityDefinition,
         AD::Output: TemporalDeserializable,
     {
-        docker_step(self.ctx, self.settings, activity, input, cancel).await
+        let remote = self
+            .host
+            .borrow()
+            .as_ref()
+            .map(|route| route.task_queue.clone())
+            .filter(|queue| queue != self.ctx.task_queue());
+        let (ctx, settings) = (self.ctx, self.settings);
+        docker_step(ctx, settings, activity, input, cancel, remote.as_deref()).await
     }
 
-    /// Loads the game's record (`LoadRecord`), telling whether this operation wrote it last.
+    /// From now on, Docker steps run on this host.
+    pub fn route_to(&self, route: HostRoute) {
+        *self.host.borrow_mut() = Some(route);
+    }
+
+    /// The host the Docker steps run on, once known.
+    pub fn host(&self) -> Option<HostRoute> {
+        self.host.borrow().clone()
+    }
+
+    /// Loads the game's record (`LoadRecord`), telling whether this operation wrote it last,
+    /// and routes the Docker steps to the host the record names.
     pub async fn load_record(
         &self,
         game_id: &GameId,
@@ -241,7 +267,41 @@ impl<'a, W> Op<'a, W> {
             game_id: game_id.clone(),
             operation_id: self.operation_id.clone(),
         };
-        self.step(LoadRecord, input, Cancel::WithWorkflow).await
+        let loaded = self.step(LoadRecord, input, Cancel::WithWorkflow).await;
+        if let Ok(Some(LoadedRecord {
+            host: Some(route), ..
+        })) = &loaded
+        {
+            self.route_to(route.clone());
+        }
+        loaded
+    }
+
+    /// Chooses the host a start runs on (`PlaceGame`) and routes the Docker steps there; on a
+    /// refusal or a failed step, the output to complete with.
+    pub async fn place(
+        &self,
+        game_id: &GameId,
+        host: Option<HostId>,
+        touched: Touched,
+    ) -> Result<HostRoute, OperationOutput> {
+        let input = PlaceGameInput {
+            game_id: game_id.clone(),
+            host,
+        };
+        let (code, message) = match self.step(PlaceGame, input, Cancel::WithWorkflow).await {
+            Ok(Placement::Placed { route }) => {
+                self.route_to(route.clone());
+                return Ok(route);
+            }
+            Ok(Placement::Refused { code, message }) => (code, message),
+            Err(err) => {
+                let failure = StepFailure::from(err);
+                let code = failure.code_or(ErrorCode::ServiceUnavailable);
+                (code, format!("place game: {}", failure.message))
+            }
+        };
+        Err(self.failure(code, message, touched).await)
     }
 
     /// Checks a lease token handed down by a parent (the seed's `Run`): it must have the shape

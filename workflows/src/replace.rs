@@ -228,6 +228,8 @@ async fn start<W>(
         op_source: request.op_source,
         source_ref: request.source_ref.clone(),
         lease_token: Some(lease.clone()),
+        // The start keeps the game on the host its record names.
+        host: None,
     };
     child(op, StartRuntimeWorkflow::run, step, start.to_json()).await
 }

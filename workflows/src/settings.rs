@@ -33,6 +33,9 @@ pub struct StepSettings {
     /// How long after its holder workflow closed a lease may be taken over; the lease acquire
     /// may wait this long, so its attempt timeout grows by it.
     pub lease_lock_delay: Duration,
+    /// How long a Docker step sent to another host's task queue waits for that host's worker
+    /// to take it before the operation answers `service_unavailable` (a host that is down).
+    pub host_wait: Duration,
 }
 
 impl Default for StepSettings {
@@ -45,6 +48,7 @@ impl Default for StepSettings {
             fast_step_attempts: 5,
             docker_attempts: 4,
             lease_lock_delay: Duration::from_secs(5),
+            host_wait: Duration::from_secs(30),
         }
     }
 }

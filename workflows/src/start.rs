@@ -21,7 +21,7 @@ use crate::{
         EnsureContainer, EnsureContainerInput, RecordRunning, RecordRunningInput, RemoveContainer,
         RemoveContainerInput, RemoveStaleContainers, UpdateStatusOutcome,
     },
-    operation::{Audit, Op, Touched},
+    operation::{Audit, Op, Touched, PLACE_ON_HOST},
     support::{short_digest, Cancel, StepFailure},
     StepSettings,
 };
@@ -44,7 +44,7 @@ impl StartRuntimeWorkflow {
 // `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
 #[workflow_methods]
 impl StartRuntimeWorkflow {
-    /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?}`.
+    /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?, "host"?}`.
     #[allow(missing_docs)]
     #[run(name = "StartRuntime")]
     pub async fn run(
@@ -123,6 +123,15 @@ async fn start_under_lease<W>(
         }
     }
 
+    let host = if op.ctx.patched(PLACE_ON_HOST) {
+        match op.place(game_id, request.host.clone(), touched(None)).await {
+            Ok(route) => Some(route.host_id),
+            Err(output) => return output,
+        }
+    } else {
+        None
+    };
+
     let name = format!("rtm-{}-{}", game_id, short_digest(&op.operation_id));
     let ensured = op
         .docker(
@@ -156,6 +165,7 @@ async fn start_under_lease<W>(
                 lease: Some(lease.clone()),
                 container_id: container_id.clone(),
                 image_ref: request.image_ref.clone(),
+                host_id: host,
             },
             // The container runs: record it even if the caller gave up meanwhile.
             Cancel::Detached,

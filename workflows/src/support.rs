@@ -13,7 +13,10 @@ use temporalio_workflow::{
     common::{
         data_converters::RawValue,
         protos::{
-            temporal::api::failure::v1::{failure::FailureInfo, Failure},
+            temporal::api::{
+                enums::v1::TimeoutType,
+                failure::v1::{failure::FailureInfo, Failure},
+            },
             ENCODING_PAYLOAD_KEY, JSON_ENCODING_VAL,
         },
         ActivityDefinition, RetryPolicy,
@@ -117,12 +120,18 @@ where
 
 /// Runs a Docker step: a local activity, or a normal activity that heartbeats so a crashed
 /// worker is noticed within the heartbeat timeout (`StepSettings::local_docker_steps`).
+///
+/// `remote` is the task queue of the game's host when the workflow runs elsewhere (the shared
+/// queue, or another host's): the step then goes there as a normal activity, whatever the
+/// settings, and waits at most `StepSettings::host_wait` for that host's worker to take it, so
+/// a host that is down answers `service_unavailable` in bounded time.
 pub async fn docker_step<W, AD>(
     ctx: &WorkflowContext<W>,
     settings: &StepSettings,
     activity: AD,
     input: AD::Input,
     cancel: Cancel,
+    remote: Option<&str>,
 ) -> Result<AD::Output, ActivityExecutionError>
 where
     AD: ActivityDefinition,
@@ -138,7 +147,7 @@ where
         Cancel::WithWorkflow => None,
         Cancel::Detached => Some(WorkflowCancellationToken::new()),
     };
-    let future = if settings.local_docker_steps {
+    let future = if settings.local_docker_steps && remote.is_none() {
         let opts = LocalActivityOptions::builder()
             .start_to_close_timeout(attempt_timeout)
             .schedule_to_close_timeout(attempt_timeout * (settings.docker_attempts.max(1) + 1))
@@ -152,6 +161,8 @@ where
             .heartbeat_timeout(Duration::from_secs(10))
             .retry_policy(policy)
             .maybe_cancellation_token(token)
+            .maybe_task_queue(remote.map(str::to_owned))
+            .maybe_schedule_to_start_timeout(remote.map(|_| settings.host_wait))
             .build();
         Either::Right(ctx.execute_activity(activity, input, opts))
     };
@@ -186,6 +197,13 @@ impl From<ActivityExecutionError> for StepFailure {
     fn from(err: ActivityExecutionError) -> Self {
         let cancelled = matches!(err, ActivityExecutionError::Cancelled(_));
         match err.failure() {
+            Some(failure) if waited_for_host(failure) => StepFailure {
+                code: Some(ErrorCode::ServiceUnavailable),
+                message: "no worker of the game's host took the Docker step in time: the \
+                          host is down or overloaded; nothing was done there"
+                    .to_owned(),
+                cancelled,
+            },
             Some(failure) => {
                 let innermost = innermost(failure);
                 let code = chain(failure).find_map(|f| match &f.failure_info {
@@ -210,6 +228,14 @@ impl From<ActivityExecutionError> for StepFailure {
             },
         }
     }
+}
+
+/// The step timed out waiting in its host's task queue (schedule-to-start): it never ran.
+fn waited_for_host(failure: &Failure) -> bool {
+    chain(failure).any(|f| {
+        matches!(&f.failure_info, Some(FailureInfo::TimeoutFailureInfo(info))
+            if info.timeout_type() == TimeoutType::ScheduleToStart)
+    })
 }
 
 fn chain(failure: &Failure) -> impl Iterator<Item = &Failure> {

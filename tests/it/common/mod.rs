@@ -31,7 +31,7 @@ use rtmanager_domain::{
 };
 
 /// Loads `.dev/env` into the process environment for variables not already set.
-fn load_dev_env() {
+pub fn load_dev_env() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".dev/env");
@@ -253,6 +253,21 @@ impl TestApp {
         self.shutdown = Some(tx);
     }
 
+    /// The games this app created (their containers are removed with it).
+    pub fn game_ids(&self) -> Vec<String> {
+        self.games.clone()
+    }
+
+    /// Routes operations like the bridge and the consumer of this app's configuration.
+    pub fn router(&self) -> client::Router {
+        let config = self.config();
+        client::Router::new(
+            self.store.clone(),
+            config.task_queue.clone(),
+            config.host_down_after,
+        )
+    }
+
     /// A fresh game id whose containers (whoever creates them) are removed with the app.
     pub fn new_game(&mut self, prefix: &str) -> String {
         let game = unique(prefix);
@@ -439,7 +454,9 @@ impl TestApp {
         workflow_id: &str,
         json: &str,
     ) -> client::Handle {
-        let queue = &self.config().task_queue;
+        // The host's own queue, where the client routes a game's operations (the `temporal`
+        // CLI tests use the shared queue).
+        let queue = &self.config().host_task_queue();
         let input = client::json_input(json.as_bytes());
         client::start_raw(&self.client, queue, kind, workflow_id, input)
             .await
@@ -550,6 +567,7 @@ impl TestApp {
                 r::current_image_ref.eq(game_image()),
                 r::started_at.eq(now),
                 r::last_op_at.eq(now),
+                r::host_id.eq(self.config().host_id.as_str()),
             ))
             .execute(&mut self.pg().await)
             .await
@@ -739,7 +757,7 @@ impl Drop for TestApp {
     }
 }
 
-async fn list_game_containers(docker: &Docker, game: &str) -> Vec<(String, bool)> {
+pub async fn list_game_containers(docker: &Docker, game: &str) -> Vec<(String, bool)> {
     let filters = HashMap::from([(
         "label".to_string(),
         vec![format!("rtmanager.game_id={game}")],
@@ -985,6 +1003,13 @@ pub fn rtmanager_command(config: &Config) -> Command {
             millis(config.sticky_queue_timeout),
         ),
         ("RTMANAGER_BUILD_ID", config.build_id.clone()),
+        ("RTMANAGER_HOST_ID", config.host_id.to_string()),
+        ("RTMANAGER_HOST_HEARTBEAT_MS", millis(config.host_heartbeat)),
+        (
+            "RTMANAGER_HOST_DOWN_AFTER_SECS",
+            secs(config.host_down_after),
+        ),
+        ("RTMANAGER_HOST_WAIT_SECS", secs(config.host_wait)),
     ]);
     command
 }
@@ -1010,7 +1035,7 @@ impl TestApp {
             .unwrap();
         let state = std::sync::Arc::new(rtmanager::http::BridgeState::new(
             self.client.clone(),
-            self.config().task_queue.clone(),
+            self.router(),
             deps.store,
             deps.redis,
             deps.docker,
