@@ -378,14 +378,15 @@ pub async fn status(
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {
         println!(
-            "{:<24} {:<8} {:<14} {:<28} LAST OP",
-            "GAME", "STATUS", "CONTAINER", "IMAGE"
+            "{:<24} {:<8} {:<12} {:<14} {:<28} LAST OP",
+            "GAME", "STATUS", "HOST", "CONTAINER", "IMAGE"
         );
         for r in &found {
             println!(
-                "{:<24} {:<8} {:<14} {:<28} {}",
+                "{:<24} {:<8} {:<12} {:<14} {:<28} {}",
                 r.game_id,
                 r.status,
+                r.host_id,
                 r.current_container_id
                     .as_deref()
                     .map_or("-", |c| &c[..c.len().min(12)]),

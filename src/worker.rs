@@ -261,3 +261,59 @@ async fn heartbeat(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let vars: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn tls_is_off_for_a_plain_address_and_on_for_https_or_any_tls_setting() {
+        assert!(temporal_tls(&config(&[]).unwrap()).unwrap().is_none());
+        let https = config(&[(
+            "RTMANAGER_TEMPORAL_ADDRESS",
+            "https://temporal.example:7233",
+        )]);
+        assert!(temporal_tls(&https.unwrap()).unwrap().is_some());
+        let key = config(&[("RTMANAGER_TEMPORAL_API_KEY", "secret-key")]).unwrap();
+        assert!(temporal_tls(&key).unwrap().is_some());
+        assert!(
+            !format!("{key:?}").contains("secret-key"),
+            "the key is a secret"
+        );
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_read_is_named() {
+        let ca = config(&[("RTMANAGER_TEMPORAL_TLS_CA", "/nonexistent/ca.pem")]).unwrap();
+        let err = format!("{:#}", temporal_tls(&ca).unwrap_err());
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        // A client certificate goes with its key.
+        let half = config(&[("RTMANAGER_TEMPORAL_TLS_CERT", "/etc/client.pem")]);
+        assert!(half.is_err());
+        let dir = std::env::temp_dir().join(format!("rtm-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let mtls = config(&[
+            ("RTMANAGER_TEMPORAL_TLS_CERT", cert.to_str().unwrap()),
+            ("RTMANAGER_TEMPORAL_TLS_KEY", key.to_str().unwrap()),
+        ])
+        .unwrap();
+        let tls = temporal_tls(&mtls).unwrap().expect("mTLS");
+        let client = tls.client_tls_options.expect("a client certificate");
+        assert_eq!(
+            (client.client_cert, client.client_private_key),
+            (b"cert".to_vec(), b"key".to_vec())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -246,8 +246,8 @@ impl Store {
                         ErrorCode::Conflict,
                         format!(
                             "game {game_id} has a container on host {home}; it cannot be \
-                             started on host {asked} (start it without a host, or remove it \
-                             first)"
+                             started on host {asked} (start it without a host: it starts again \
+                             where its container is)"
                         ),
                     ),
                     _ if !self.host_alive(&home, down_after).await? => refused(

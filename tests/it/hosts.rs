@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use rtmanager::config::Config;
-use rtmanager_domain::{ErrorCode, Outcome};
+use rtmanager_domain::{ErrorCode, OpKind, OperationOutput, Outcome};
 
 use crate::common::{
-    assert_outcome, eventually, image_json, list_game_containers, worker_process, Bridge,
-    HttpResponse, TestApp, WorkerProcess,
+    assert_outcome, eventually, image_json, list_game_containers, stop_json, worker_process,
+    Bridge, HttpResponse, TestApp, WorkerProcess,
 };
 
 const RUNTIMES: &str = "/api/v1/internal/runtimes";
@@ -113,6 +113,19 @@ impl TwoHosts {
             .to_owned()
     }
 
+    /// Runs a workflow on the shared task queue, as `temporal workflow execute --task-queue
+    /// rtmanager` does: no host named, any worker may run it.
+    async fn on_shared_queue(&self, kind: OpKind, json: &str) -> OperationOutput {
+        let input = rtmanager::client::json_input(json.as_bytes());
+        let (queue, id) = (&self.app.config().task_queue, crate::common::unique("wf"));
+        let handle = rtmanager::client::start_raw(&self.app.client, queue, kind, &id, input)
+            .await
+            .expect("start on the shared queue");
+        rtmanager::client::result(&handle)
+            .await
+            .expect("the output")
+    }
+
     /// Whether `game` has a running container on host `host`'s engine.
     async fn running_on(&self, host: &str, game: &str) -> bool {
         let docker = if host == "b" {
@@ -174,6 +187,13 @@ async fn games_are_placed_on_both_hosts_and_their_operations_stay_there() {
     assert_eq!(hosts.start(&on_b, Some("b")).await, "b");
     assert!(hosts.running_on("b", &on_b).await);
     assert_eq!(hosts.games_on("a", &on_b).await, 0, "nothing on a");
+    let elsewhere = format!(r#"{{"image_ref":"{}","host":"a"}}"#, image());
+    let refused = hosts.post(&on_b, "start", &elsewhere).await;
+    assert_eq!(
+        refused.status, 409,
+        "a running game is not moved: {}",
+        refused.body
+    );
     // The policy: fewest running games relative to capacity, ties by id.
     assert_eq!(hosts.start(&first, None).await, "a");
     assert_eq!(hosts.start(&second, None).await, "a");
@@ -210,9 +230,22 @@ async fn games_are_placed_on_both_hosts_and_their_operations_stay_there() {
         "b",
         "a stopped game keeps its host"
     );
+    let out = hosts.on_shared_queue(OpKind::Stop, &stop_json(&on_b)).await;
+    assert_outcome(&out, Outcome::Success, None);
+    assert!(!hosts.running_on("b", &on_b).await);
+    // A stale route (a's own queue for a game of b's) still reaches b.
+    assert_eq!(hosts.start(&on_b, None).await, "b");
     let out = hosts.app.stop(&on_b).await;
     assert_outcome(&out, Outcome::Success, None);
     assert!(!hosts.running_on("b", &on_b).await);
+
+    // A start on the shared queue, naming b: placed there, Docker steps sent to b.
+    let shared = hosts.app.new_game("hs");
+    let json = image_json(&shared, &image()).replace('}', r#","host":"b"}"#);
+    let out = hosts.on_shared_queue(OpKind::Start, &json).await;
+    assert_outcome(&out, Outcome::Success, None);
+    assert!(hosts.running_on("b", &shared).await);
+    assert_eq!(hosts.games_on("a", &shared).await, 0);
 
     let listed = hosts.hosts().await;
     let a = listed
@@ -380,4 +413,43 @@ async fn stop_all_running_reports_each_host() {
         [vec!["a", "1", "success"], vec!["b", "2", "success"]],
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_with_stop_games_stops_that_hosts_games_only() {
+    let mut hosts = TwoHosts::spawn().await;
+    let (on_a, on_b) = (hosts.app.new_game("da"), hosts.app.new_game("db"));
+    hosts.start(&on_a, Some("a")).await;
+    hosts.start(&on_b, Some("b")).await;
+    let output = crate::common::rtmanager_command(hosts.app.config())
+        .args(["host", "drain", "b", "--stop-games"])
+        .output()
+        .expect("run rtmanager host drain");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("host b: draining"), "{stdout}");
+    assert!(!hosts.running_on("b", &on_b).await, "b's game stopped");
+    assert!(hosts.running_on("a", &on_a).await, "a's game untouched");
+    let rows = hosts.app.op_log(&on_b).await;
+    assert!(
+        rows.iter()
+            .any(|r| r.op_kind == "stop" && r.outcome == "success"),
+        "{rows:?}"
+    );
+    hosts.await_state("b", "draining").await;
+    let undrained = crate::common::rtmanager_command(hosts.app.config())
+        .args(["host", "undrain", "b"])
+        .output()
+        .expect("run rtmanager host undrain");
+    assert!(undrained.status.success());
+    hosts.await_state("b", "active").await;
+    let unknown = crate::common::rtmanager_command(hosts.app.config())
+        .args(["host", "drain", "nowhere"])
+        .output()
+        .expect("run rtmanager host drain");
+    assert_eq!(unknown.status.code(), Some(1), "an unknown host exits 1");
 }

@@ -110,6 +110,15 @@ async fn start_under_lease<W>(
     };
     if let Some(record) = &existing {
         if record.status == RuntimeStatus::Running {
+            if let Some(asked) = request.host.as_ref().filter(|h| **h != record.host_id) {
+                let message = format!(
+                    "game is running on host {}, not on host {asked}; start it without a host",
+                    record.host_id
+                );
+                return op
+                    .failure(ErrorCode::Conflict, message, Touched::of(record))
+                    .await;
+            }
             if record.current_image_ref.as_deref() == Some(image) {
                 return op.replay_no_op(record.clone()).await;
             }
