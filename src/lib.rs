@@ -4,7 +4,6 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod http;

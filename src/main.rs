@@ -77,8 +77,13 @@ enum Command {
         game_ids: Vec<String>,
     },
     /// Measure stop latency, mass-stop throughput and the worker's footprint against the running
-    /// stack (`scripts/dev up`); prints a table, or JSON with --json.
-    Bench(rtmanager::bench::BenchOptions),
+    /// stack (`scripts/dev up`); runs the `rtmanager-bench` binary next to this one
+    /// (`rtmanager bench --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -188,16 +193,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ResetFence { game_id } => {
             return operator::reset_fence(&config, &game_id, json).await
         }
-        Command::Bench(options) => {
-            let report = rtmanager::bench::run(&config, options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", rtmanager::bench::table(&report));
-            }
-        }
+        Command::Bench { args } => return bench(args, json),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rtmanager bench ...`: replaced by `rtmanager-bench ...` from the same directory (the
+/// benchmark is not part of the service binary).
+fn bench(mut args: Vec<std::ffi::OsString>, json: bool) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let program = std::env::current_exe()?.with_file_name("rtmanager-bench");
+    if json {
+        args.push("--json".into());
+    }
+    let err = std::process::Command::new(&program).args(args).exec();
+    anyhow::bail!(
+        "run {}: {err} (build it with `cargo build --bin rtmanager-bench`)",
+        program.display()
+    )
 }
 
 /// Cancelled on SIGTERM or SIGINT.

@@ -33,6 +33,14 @@ async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
     let mut run = rtmanager_command(config);
     with_env(&mut run);
     let mut run = run.arg("run").spawn().expect("spawn rtmanager run");
+    // Host b's worker on the second engine, for the two-host mass stops.
+    let (host_ids, docker_hosts) = (common::dev_host_ids(), common::dev_docker_hosts());
+    let b_config = rtmanager::Config {
+        host_id: rtmanager_domain::HostId::parse(&host_ids[1]).unwrap(),
+        docker_host: docker_hosts[1].clone(),
+        ..config.clone()
+    };
+    let _b_worker = common::worker_process(&b_config);
     let ready = format!("http://{addr}/readyz");
     eventually(
         "rtmanager run to be ready",
@@ -43,6 +51,9 @@ async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
 
     let mut bench = rtmanager_command(config);
     with_env(&mut bench);
+    bench
+        .env("RTMANAGER_DEV_HOST_IDS", host_ids.join(","))
+        .env("RTMANAGER_DEV_DOCKER_HOSTS", docker_hosts.join(","));
     let output = bench
         .args([
             "bench",
@@ -125,6 +136,21 @@ async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
         "mass_throughput_ratio",
         "worker_peak_rss_mib",
     ];
+    // The two-host mass stops: the same ABBA rounds over both engines, every stop complete.
+    let two = &report["two_host"];
+    assert_eq!(two["hosts"], serde_json::json!(host_ids[..2]), "{report}");
+    let two_runs = two["runs"].as_array().expect("two-host runs");
+    assert_eq!(two_runs.len(), 4, "{report}");
+    assert!(
+        two_runs
+            .iter()
+            .all(|run| run["failed"] == 0 && run["games"] == 4),
+        "{report}"
+    );
+    assert!(
+        two["throughput_ratio"].as_f64().is_some_and(|v| v > 0.0),
+        "{report}"
+    );
     for metric in figures.into_iter().chain(cpu) {
         assert!(
             report[metric].as_f64().is_some_and(|v| v > 0.0),

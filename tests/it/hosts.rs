@@ -18,15 +18,9 @@ use crate::common::{
 const RUNTIMES: &str = "/api/v1/internal/runtimes";
 const HOSTS: &str = "/api/v1/internal/hosts";
 
-/// The second engine's endpoint: two-host tests need it and say so.
+/// The second engine's endpoint.
 fn second_engine() -> String {
-    crate::common::load_dev_env();
-    let hosts = std::env::var("RTMANAGER_DEV_DOCKER_HOSTS").unwrap_or_default();
-    hosts
-        .split(',')
-        .nth(1)
-        .map(str::to_owned)
-        .expect("two-host tests need a second Docker engine: RTMANAGER_DEV_DOCKER_HOSTS in .dev/env names two (scripts/dev up)")
+    crate::common::dev_docker_hosts()[1].clone()
 }
 
 /// A test's two hosts: `a` in process, `b` a worker process on the second engine.

@@ -77,6 +77,33 @@ pub fn temporal_cli() -> String {
     std::env::var("RTMANAGER_TEMPORAL_CLI").unwrap_or_else(|_| "temporal".into())
 }
 
+/// The local stack's Docker hosts (`RTMANAGER_DEV_HOST_IDS` in `.dev/env`): two-host tests need
+/// two and say so.
+pub fn dev_host_ids() -> Vec<String> {
+    dev_list("RTMANAGER_DEV_HOST_IDS")
+}
+
+/// Their Docker endpoints, in the same order (`RTMANAGER_DEV_DOCKER_HOSTS`).
+pub fn dev_docker_hosts() -> Vec<String> {
+    dev_list("RTMANAGER_DEV_DOCKER_HOSTS")
+}
+
+fn dev_list(name: &str) -> Vec<String> {
+    load_dev_env();
+    let list: Vec<String> = std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        list.len() >= 2,
+        "two-host tests need two Docker engines: {name} in .dev/env names {list:?} \
+         (scripts/dev up runs the second one unless RTMANAGER_DEV_SECOND_HOST=0)"
+    );
+    list
+}
+
 /// A test's private configuration: its own database, task queue and Redis names.
 pub struct TestConfig {
     pub config: Config,

@@ -34,6 +34,12 @@
 //!   HTTP single stops only, each from just before its request to just after its container's
 //!   removal (so that work trailing the response counts), and averaged.
 //!
+//! - Two-host mass stops (when `RTMANAGER_DEV_HOST_IDS` and `RTMANAGER_DEV_DOCKER_HOSTS` name a
+//!   second Docker host, as `scripts/dev up` writes them): `--mass` games spread round-robin
+//!   over the hosts' engines, each with a record naming its host, in the same ABBA rounds; the
+//!   bollard side stops each container on its own engine. They measure the routing to each
+//!   host's worker against the same raw stops on both engines.
+//!
 //! Noise still hits each run differently: compare the ratios of one bench run, and look at the
 //! spread between the rounds.
 
@@ -55,9 +61,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use rtmanager_activities::store::Store;
-use rtmanager_domain::GameId;
+use rtmanager_domain::{GameId, HostId};
 
-use crate::Config;
+use rtmanager::Config;
 
 /// Label marking the containers a bench run created (removed at the end).
 const BENCH_LABEL: &str = "rtmanager.bench";
@@ -98,6 +104,13 @@ pub struct BenchOptions {
     /// The rtmanager process to watch for RSS and CPU (`.dev/rtmanager.pid` by default).
     #[arg(long)]
     pub worker_pid: Option<u32>,
+    /// The hosts of a two-host mass stop, in the order of `--docker-hosts` (the first is the
+    /// one `RTMANAGER_HOST_ID` names); with fewer than two, no two-host mass stop runs.
+    #[arg(long, env = "RTMANAGER_DEV_HOST_IDS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// The Docker endpoints of those hosts.
+    #[arg(long, env = "RTMANAGER_DEV_DOCKER_HOSTS", value_delimiter = ',')]
+    pub docker_hosts: Vec<String>,
 }
 
 /// The two sides of a comparison.
@@ -190,15 +203,54 @@ pub struct Report {
     pub single_worker_cpu_ms: Option<f64>,
     /// The same for the Temporal server, when it runs on this machine.
     pub single_temporal_cpu_ms: Option<f64>,
+    /// The two-host mass stops, when a second host is configured.
+    pub two_host: Option<TwoHostReport>,
+}
+
+/// Mass stops spread over two Docker hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct TwoHostReport {
+    /// The hosts, in the order games were dealt to them.
+    pub hosts: Vec<String>,
+    /// Every run, in the order they ran.
+    pub runs: Vec<MassRun>,
+    /// Mean of the HTTP runs' stops/s over the mean of the bollard runs'.
+    pub throughput_ratio: f64,
+    /// The worker's CPU per stop over the HTTP runs (the process `--worker-pid` names: the
+    /// bridge and host a's worker).
+    pub worker_cpu_ms_per_stop: Option<f64>,
+}
+
+/// One Docker host the bench creates containers on.
+struct Engine {
+    host: HostId,
+    docker: Docker,
+}
+
+/// A bench container and the engine it runs on.
+#[derive(Debug, Clone)]
+struct Placed {
+    engine: usize,
+    id: String,
 }
 
 struct Bench {
     config: Config,
     options: BenchOptions,
-    docker: Docker,
+    engines: Vec<Engine>,
     store: Store,
     run_id: String,
     token: String,
+}
+
+/// A bollard client for `endpoint` (`unix://...` or `tcp://...`), with a timeout that covers a
+/// graceful stop.
+fn docker_at(endpoint: &str) -> anyhow::Result<Docker> {
+    Ok(if endpoint.starts_with("unix://") {
+        Docker::connect_with_unix(endpoint, 300, bollard::API_DEFAULT_VERSION)?
+    } else {
+        Docker::connect_with_http(endpoint, 300, bollard::API_DEFAULT_VERSION)?
+    })
 }
 
 /// Runs the benchmark and returns its report; the caller prints it.
@@ -212,15 +264,23 @@ pub async fn run(config: &Config, options: BenchOptions) -> anyhow::Result<Repor
         .as_ref()
         .map(|t| t.expose_secret().to_owned())
         .ok_or_else(|| anyhow::anyhow!("RTMANAGER_API_TOKEN is not set (source .dev/env)"))?;
-    let docker = if config.docker_host.starts_with("unix://") {
-        Docker::connect_with_unix(&config.docker_host, 300, bollard::API_DEFAULT_VERSION)?
-    } else {
-        Docker::connect_with_http(&config.docker_host, 300, bollard::API_DEFAULT_VERSION)?
-    };
+    let mut engines = vec![Engine {
+        host: config.host_id.clone(),
+        docker: docker_at(&config.docker_host)?,
+    }];
+    for (host, endpoint) in options.hosts.iter().zip(&options.docker_hosts) {
+        let host = HostId::parse(host).map_err(anyhow::Error::msg)?;
+        if host != config.host_id {
+            engines.push(Engine {
+                host,
+                docker: docker_at(endpoint)?,
+            });
+        }
+    }
     let bench = Bench {
         config: config.clone(),
         options,
-        docker,
+        engines,
         store: Store::new(config.database_url.expose_secret(), 4)?,
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
         token,
@@ -286,8 +346,33 @@ impl Bench {
         // Mass runs in ABBA order, each with exactly its own containers up.
         let mut mass_runs = Vec::new();
         for (index, (round, side)) in mass_order(self.options.mass_rounds).into_iter().enumerate() {
-            mass_runs.push(self.mass_run(index + 1, round, side, pid).await?);
+            mass_runs.push(self.mass_run(index + 1, round, side, pid, 1).await?);
         }
+        let two_host = if self.engines.len() >= 2 {
+            let mut runs = Vec::new();
+            for (index, (round, side)) in
+                mass_order(self.options.mass_rounds).into_iter().enumerate()
+            {
+                let engines = self.engines.len();
+                runs.push(self.mass_run(index + 1, round, side, pid, engines).await?);
+            }
+            let mean_of = |side: Side| {
+                mean(
+                    runs.iter()
+                        .filter(|run| run.side == side)
+                        .map(|run| run.stops_per_s),
+                )
+            };
+            let throughput_ratio = mean_of(Side::Http) / mean_of(Side::Bollard);
+            Some(TwoHostReport {
+                hosts: self.engines.iter().map(|e| e.host.to_string()).collect(),
+                worker_cpu_ms_per_stop: cpu_per_stop(&runs),
+                runs,
+                throughput_ratio,
+            })
+        } else {
+            None
+        };
         let mean_of = |side: Side| {
             mean(
                 mass_runs
@@ -306,13 +391,7 @@ impl Bench {
             .iter()
             .filter_map(|run| run.worker_peak_rss_mib)
             .reduce(f64::max);
-        let http_stops: usize = http_runs.iter().map(|run| run.games).sum();
-        let worker_cpu_ms_per_stop = http_runs
-            .iter()
-            .map(|run| run.worker_cpu_ms_per_stop.map(|ms| ms * run.games as f64))
-            .sum::<Option<f64>>()
-            .filter(|_| http_stops > 0)
-            .map(|total_ms| total_ms / http_stops as f64);
+        let worker_cpu_ms_per_stop = cpu_per_stop(&mass_runs);
 
         let single_http = percentiles(&http);
         let single_bollard = percentiles(&bollard);
@@ -333,6 +412,7 @@ impl Bench {
             worker_cpu_ms_per_stop,
             single_worker_cpu_ms,
             single_temporal_cpu_ms,
+            two_host,
         })
     }
 
@@ -349,7 +429,7 @@ impl Bench {
         game: &str,
         watched: [Option<u32>; 2],
     ) -> anyhow::Result<(Duration, [Option<f64>; 2])> {
-        let container = self.prepare(side, game).await?;
+        let container = self.prepare(side, game, 0).await?;
         let containers = std::slice::from_ref(&container);
         self.await_only_up(containers, SETTLE_SINGLE).await?;
         let before = watched.map(|pid| pid.and_then(cpu_seconds));
@@ -363,22 +443,24 @@ impl Bench {
         Ok((took?, spent))
     }
 
-    /// One mass run of `side`: its `--mass` containers are created, and once exactly they are up
-    /// they are all stopped at once, then removed. On HTTP runs the worker's peak RSS and CPU
-    /// are taken over the stop.
+    /// One mass run of `side`: its `--mass` containers are created, dealt round-robin over the
+    /// first `engines` engines, and once exactly they are up they are all stopped at once, then
+    /// removed. On HTTP runs the worker's peak RSS and CPU are taken over the stop.
     async fn mass_run(
         &self,
         order: usize,
         round: usize,
         side: Side,
         pid: Option<u32>,
+        engines: usize,
     ) -> anyhow::Result<MassRun> {
         let n = self.options.mass;
+        let tag = if engines > 1 { "h" } else { "m" };
         let games: Vec<String> = (0..n)
-            .map(|i| self.game_id(&format!("m{order}-{}-{i}", side.name())))
+            .map(|i| self.game_id(&format!("{tag}{order}-{}-{i}", side.name())))
             .collect();
-        let created: Vec<anyhow::Result<String>> = stream::iter(games.iter())
-            .map(|game| self.prepare(side, game))
+        let created: Vec<anyhow::Result<Placed>> = stream::iter(games.iter().enumerate())
+            .map(|(i, game)| self.prepare(side, game, i % engines.max(1)))
             .buffered(DOCKER_CONCURRENCY)
             .collect()
             .await;
@@ -402,7 +484,7 @@ impl Bench {
             }
             Side::Bollard => {
                 stream::iter(&containers)
-                    .map(|id| async move { self.stop_bollard(id).await.is_ok() })
+                    .map(|placed| async move { self.stop_bollard(placed).await.is_ok() })
                     .buffer_unordered(n.max(1))
                     .collect::<Vec<bool>>()
                     .await
@@ -427,19 +509,20 @@ impl Bench {
         })
     }
 
-    /// A running container for `game` on `side`, with a `running` runtime record naming it on
-    /// the HTTP side.
-    async fn prepare(&self, side: Side, game: &str) -> anyhow::Result<String> {
-        let id = self.container(game).await?;
+    /// A running container for `game` on `side` and engine `engine`, with a `running` runtime
+    /// record naming it (and that engine's host) on the HTTP side.
+    async fn prepare(&self, side: Side, game: &str, engine: usize) -> anyhow::Result<Placed> {
+        let id = self.container(game, engine).await?;
         if side == Side::Http {
-            self.insert_record(game, &id).await?;
+            self.insert_record(game, &id, &self.engines[engine].host)
+                .await?;
         }
-        Ok(id)
+        Ok(Placed { engine, id })
     }
 
     /// A running container of the game image, labelled as `game`'s managed container (both
     /// sides alike: only the HTTP side gives it a record).
-    async fn container(&self, game: &str) -> anyhow::Result<String> {
+    async fn container(&self, game: &str, engine: usize) -> anyhow::Result<String> {
         let labels = HashMap::from([
             (BENCH_LABEL.to_owned(), self.run_id.clone()),
             ("rtmanager.game_id".to_owned(), game.to_owned()),
@@ -454,25 +537,30 @@ impl Bench {
             }),
             ..Default::default()
         };
-        let created = self
-            .docker
+        let docker = &self.engines[engine].docker;
+        let created = docker
             .create_container(None::<CreateContainerOptions>, body)
             .await?;
-        self.docker.start_container(&created.id, None).await?;
+        docker.start_container(&created.id, None).await?;
         Ok(created.id)
     }
 
     /// Waits until `containers` are exactly this run's containers on the host and every one of
     /// them is running, then for `settle`. Any other container of this run (the previous side's,
     /// stopped or not) is an error: the sides would not be equal.
-    async fn await_only_up(&self, containers: &[String], settle: Duration) -> anyhow::Result<()> {
-        let wanted: HashSet<&str> = containers.iter().map(String::as_str).collect();
+    async fn await_only_up(&self, containers: &[Placed], settle: Duration) -> anyhow::Result<()> {
+        let wanted: HashSet<&str> = containers.iter().map(|p| p.id.as_str()).collect();
         let deadline = Instant::now() + UP_TIMEOUT;
         loop {
-            let listed = self
-                .docker
-                .list_containers(Some(self.own_containers()))
-                .await?;
+            let mut listed = Vec::new();
+            for engine in &self.engines {
+                listed.extend(
+                    engine
+                        .docker
+                        .list_containers(Some(self.own_containers()))
+                        .await?,
+                );
+            }
             if let Some(other) = listed
                 .iter()
                 .filter_map(|c| c.id.as_deref())
@@ -500,14 +588,15 @@ impl Bench {
     }
 
     /// Force-removes `containers`, stopped or not, a few at a time.
-    async fn remove(&self, containers: &[String]) -> anyhow::Result<()> {
+    async fn remove(&self, containers: &[Placed]) -> anyhow::Result<()> {
         let removed: Vec<Result<(), bollard::errors::Error>> = stream::iter(containers)
-            .map(|id| async move {
+            .map(|placed| async move {
                 let options = RemoveContainerOptions {
                     force: true,
                     ..Default::default()
                 };
-                self.docker.remove_container(id, Some(options)).await
+                let docker = &self.engines[placed.engine].docker;
+                docker.remove_container(&placed.id, Some(options)).await
             })
             .buffer_unordered(DOCKER_CONCURRENCY)
             .collect()
@@ -531,13 +620,18 @@ impl Bench {
         }
     }
 
-    async fn insert_record(&self, game: &str, container_id: &str) -> anyhow::Result<()> {
+    async fn insert_record(
+        &self,
+        game: &str,
+        container_id: &str,
+        host: &HostId,
+    ) -> anyhow::Result<()> {
         self.store
             .insert_running_record(
                 &GameId::parse(game).map_err(anyhow::Error::msg)?,
                 container_id,
                 &self.options.image,
-                &self.config.host_id,
+                host,
             )
             .await?;
         Ok(())
@@ -558,13 +652,14 @@ impl Bench {
         Ok(elapsed)
     }
 
-    async fn stop_bollard(&self, container: &str) -> anyhow::Result<Duration> {
+    async fn stop_bollard(&self, container: &Placed) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let options = StopContainerOptions {
             t: Some(self.config.stop_timeout.as_secs() as i32),
             signal: None,
         };
-        self.docker.stop_container(container, Some(options)).await?;
+        let docker = &self.engines[container.engine].docker;
+        docker.stop_container(&container.id, Some(options)).await?;
         Ok(started.elapsed())
     }
 
@@ -597,14 +692,19 @@ impl Bench {
 
     /// Removes every container and record this run created.
     async fn cleanup(&self) {
-        let listed = self
-            .docker
-            .list_containers(Some(self.own_containers()))
-            .await
-            .unwrap_or_default();
-        let ids: Vec<String> = listed.into_iter().filter_map(|c| c.id).collect();
-        if let Err(err) = self.remove(&ids).await {
-            tracing::warn!(err = %err, "remove bench containers");
+        for (engine, docker) in self.engines.iter().map(|e| &e.docker).enumerate() {
+            let listed = docker
+                .list_containers(Some(self.own_containers()))
+                .await
+                .unwrap_or_default();
+            let placed: Vec<Placed> = listed
+                .into_iter()
+                .filter_map(|c| c.id)
+                .map(|id| Placed { engine, id })
+                .collect();
+            if let Err(err) = self.remove(&placed).await {
+                tracing::warn!(err = %err, "remove bench containers");
+            }
         }
         if let Err(err) = self
             .store
@@ -629,6 +729,17 @@ fn mass_order(rounds: usize) -> Vec<(usize, Side)> {
             sides.map(|side| (round, side))
         })
         .collect()
+}
+
+/// The worker's CPU per stop over the HTTP runs among `runs`, weighted by their games.
+fn cpu_per_stop(runs: &[MassRun]) -> Option<f64> {
+    let http: Vec<&MassRun> = runs.iter().filter(|r| r.side == Side::Http).collect();
+    let stops: usize = http.iter().map(|run| run.games).sum();
+    http.iter()
+        .map(|run| run.worker_cpu_ms_per_stop.map(|ms| ms * run.games as f64))
+        .sum::<Option<f64>>()
+        .filter(|_| stops > 0)
+        .map(|total_ms| total_ms / stops as f64)
 }
 
 /// The arithmetic mean, NaN for no values.
@@ -773,28 +884,7 @@ pub fn table(report: &Report) -> String {
         "mass stop, N={} per run, {} round(s): wall s / stops/s / failed\n",
         r.mass_games, r.mass_rounds
     ));
-    for run in &r.mass_runs {
-        let figures = format!(
-            "{:.2} / {:.1} / {}",
-            run.wall_s, run.stops_per_s, run.failed
-        );
-        let (a, b) = match run.side {
-            Side::Http => (figures, "-".to_owned()),
-            Side::Bollard => ("-".to_owned(), figures),
-        };
-        out.push_str(&row(
-            &format!(
-                "  run {} (round {}, {})",
-                run.order,
-                run.round,
-                run.side.name()
-            ),
-            a,
-            b,
-            "".into(),
-            "",
-        ));
-    }
+    mass_rows(&mut out, &r.mass_runs, &row);
     out.push_str(&row(
         "mass stop throughput, stops/s, mean",
         format!("{:.1}", r.mass_http_mean_stops_per_s),
@@ -846,7 +936,62 @@ pub fn table(report: &Report) -> String {
         "".into(),
         "",
     ));
+    if let Some(two) = &r.two_host {
+        out.push_str(&format!(
+            "two-host mass stop over {}, N={} per run: wall s / stops/s / failed\n",
+            two.hosts.join(" + "),
+            r.mass_games
+        ));
+        mass_rows(&mut out, &two.runs, &row);
+        let mean_of = |side: Side| {
+            mean(
+                two.runs
+                    .iter()
+                    .filter(|run| run.side == side)
+                    .map(|run| run.stops_per_s),
+            )
+        };
+        out.push_str(&row(
+            "two-host mass throughput, stops/s, mean",
+            format!("{:.1}", mean_of(Side::Http)),
+            format!("{:.1}", mean_of(Side::Bollard)),
+            format!("{:.2}x", two.throughput_ratio),
+            "",
+        ));
+        out.push_str(&row(
+            "two-host worker CPU per stop, ms",
+            opt(two.worker_cpu_ms_per_stop, 2),
+            "-".into(),
+            "".into(),
+            "",
+        ));
+    }
     out
+}
+
+/// One table row per mass run.
+fn mass_rows(
+    out: &mut String,
+    runs: &[MassRun],
+    row: &dyn Fn(&str, String, String, String, &str) -> String,
+) {
+    for run in runs {
+        let figures = format!(
+            "{:.2} / {:.1} / {}",
+            run.wall_s, run.stops_per_s, run.failed
+        );
+        let (a, b) = match run.side {
+            Side::Http => (figures, "-".to_owned()),
+            Side::Bollard => ("-".to_owned(), figures),
+        };
+        let name = format!(
+            "  run {} (round {}, {})",
+            run.order,
+            run.round,
+            run.side.name()
+        );
+        out.push_str(&row(&name, a, b, "".into(), ""));
+    }
 }
 
 #[cfg(test)]
