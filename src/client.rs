@@ -24,7 +24,8 @@ use temporalio_common::{
 use rtmanager_activities::{GameHost, Store};
 use rtmanager_domain::{GameId, HostId, LifecycleRequest, OpKind, OperationOutput, SourceRef};
 use rtmanager_workflows::{
-    PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
+    PatchRuntimeWorkflow, ReconcileHostWorkflow, ReconcileReport, RestartRuntimeWorkflow,
+    StartRuntimeWorkflow, StopRuntimeWorkflow,
 };
 
 /// A started rtmanager workflow.
@@ -61,6 +62,12 @@ pub enum Origin {
     },
     /// An operator's CLI invocation: a fresh id each time.
     Cli,
+    /// The events watcher restarting a game after its container `container_id` crashed: one
+    /// restart per crash, however often the watcher reads the event again.
+    Crash {
+        /// The container that crashed.
+        container_id: String,
+    },
 }
 
 /// One operation ready to start: its verb, workflow input and workflow id, and what routing
@@ -177,7 +184,7 @@ impl Router {
 
 /// `<way in>-<verb>-...`: HTTP `http-<verb>-<game>-<request id>`, stream
 /// `stream-<verb>-<stream>-<entry id>` (`-retry<n>` after a held lease), CLI
-/// `cli-<verb>-<game>-<uuid>`.
+/// `cli-<verb>-<game>-<uuid>`, a restart after a crash `crash-restart-<game>-<container>`.
 fn workflow_id(kind: OpKind, game: Option<&GameId>, origin: &Origin) -> String {
     let game = game.map_or("", GameId::as_str);
     match origin {
@@ -193,6 +200,7 @@ fn workflow_id(kind: OpKind, game: Option<&GameId>, origin: &Origin) -> String {
             attempt,
         } => format!("stream-{kind}-{stream}-{entry_id}-retry{attempt}"),
         Origin::Cli => format!("cli-{kind}-{game}-{}", uuid::Uuid::new_v4()),
+        Origin::Crash { container_id } => format!("crash-{kind}-{game}-{container_id}"),
     }
 }
 
@@ -261,6 +269,95 @@ pub async fn start_raw(
     Ok(client
         .start_workflow(UntypedWorkflow::new(workflow_type(kind)), input, options)
         .await?)
+}
+
+/// The id of the Temporal Schedule that reconciles `host_queue`'s host.
+pub fn reconcile_schedule_id(host_queue: &str) -> String {
+    format!("reconcile-{host_queue}")
+}
+
+/// Creates the Schedule that runs `ReconcileHost` for `host` every `every` on the shared queue
+/// (overlap policy skip), or brings an existing one to that interval: idempotent, so every
+/// start of the host's worker calls it.
+pub async fn ensure_reconcile_schedule(
+    client: &Client,
+    shared_queue: &str,
+    host: &HostId,
+    every: Duration,
+) -> anyhow::Result<()> {
+    use temporalio_client::{
+        schedules::{
+            CreateScheduleOptions, ScheduleAction, ScheduleError, ScheduleOverlapPolicy,
+            ScheduleSpec,
+        },
+        tonic::Code,
+        RpcOptions,
+    };
+    let id = reconcile_schedule_id(&host.task_queue(shared_queue));
+    let input = json_input(
+        serde_json::json!({ "host_id": host })
+            .to_string()
+            .as_bytes(),
+    );
+    let action = ScheduleAction::start_workflow(
+        UntypedWorkflow::new(ReconcileHostWorkflow::name()),
+        input,
+        shared_queue,
+        id.clone(),
+    );
+    let options = CreateScheduleOptions::builder()
+        .action(action)
+        .spec(ScheduleSpec::from_interval(every))
+        .overlap_policy(ScheduleOverlapPolicy::Skip)
+        .note(format!("rtmanager: reconcile host {host}"))
+        .build();
+    match client.create_schedule(&id, options).await {
+        Ok(_) => Ok(()),
+        Err(ScheduleError::Rpc(status)) if status.code() == Code::AlreadyExists => {
+            let handle = client.get_schedule_handle(&id);
+            handle
+                .update(
+                    move |update| {
+                        update.set_spec(ScheduleSpec::from_interval(every));
+                        update.set_overlap_policy(ScheduleOverlapPolicy::Skip);
+                    },
+                    RpcOptions::default(),
+                )
+                .await?;
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Runs one reconcile round of `host` now (`rtmanager reconcile`) and returns its report.
+pub async fn reconcile(
+    client: &Client,
+    shared_queue: &str,
+    host: &HostId,
+) -> anyhow::Result<ReconcileReport> {
+    let workflow_id = format!("reconcile-{host}-{}", uuid::Uuid::new_v4());
+    let input = json_input(
+        serde_json::json!({ "host_id": host })
+            .to_string()
+            .as_bytes(),
+    );
+    let options = WorkflowStartOptions::new(shared_queue, &workflow_id).build();
+    let handle = client
+        .start_workflow(
+            UntypedWorkflow::new(ReconcileHostWorkflow::name()),
+            input,
+            options,
+        )
+        .await?;
+    let raw = handle
+        .get_result(WorkflowGetResultOptions::default())
+        .await?;
+    let payload = raw
+        .payloads
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("reconcile round completed without a report"))?;
+    Ok(serde_json::from_slice(&payload.data)?)
 }
 
 /// Waits for a workflow's output and decodes the contract JSON.

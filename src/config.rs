@@ -109,6 +109,31 @@ pub struct Config {
     /// the operation answers `service_unavailable` (a host that went away).
     #[arg(long = "host-wait-secs", env = "RTMANAGER_HOST_WAIT_SECS", default_value = "30", value_parser = secs)]
     pub host_wait: Duration,
+    /// Follow the host's Docker events and publish crashes (`container_exited`,
+    /// `container_oom`) that no operation caused.
+    #[arg(long, env = "RTMANAGER_WATCH_EVENTS", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
+    pub watch_events: bool,
+    /// How often a reconcile round runs per host (a Temporal Schedule the worker creates); 0
+    /// creates none (`rtmanager reconcile` still runs a round on demand).
+    #[arg(long = "reconcile-interval-secs", env = "RTMANAGER_RECONCILE_INTERVAL_SECS", default_value = "60", value_parser = secs)]
+    pub reconcile_interval: Duration,
+    /// Remove orphan containers (labelled containers of this deployment that no record names)
+    /// once they have been orphans for the grace period; otherwise they are only reported.
+    #[arg(long, env = "RTMANAGER_REMOVE_ORPHANS", default_value = "false", value_parser = flag, action = clap::ArgAction::Set)]
+    pub remove_orphans: bool,
+    /// How long a container must have been an orphan before it is removed.
+    #[arg(long = "orphan-grace-secs", env = "RTMANAGER_ORPHAN_GRACE_SECS", default_value = "300", value_parser = secs)]
+    pub orphan_grace: Duration,
+    /// Restart a crashed game (through RestartRuntime, with backoff) instead of only reporting
+    /// the crash.
+    #[arg(long, env = "RTMANAGER_RESTART_ON_CRASH", default_value = "false", value_parser = flag, action = clap::ArgAction::Set)]
+    pub restart_on_crash: bool,
+    /// Crashes within the window after which a game is no longer restarted (`crash_loop`).
+    #[arg(long, env = "RTMANAGER_CRASH_LOOP_LIMIT", default_value_t = 3, value_parser = count_u32)]
+    pub crash_loop_limit: u32,
+    /// The crash-loop window.
+    #[arg(long = "crash-loop-window-secs", env = "RTMANAGER_CRASH_LOOP_WINDOW_SECS", default_value = "600", value_parser = secs)]
+    pub crash_loop_window: Duration,
     /// Docker's graceful stop timeout (SIGTERM, then SIGKILL).
     #[arg(long = "stop-timeout-secs", env = "RTMANAGER_STOP_TIMEOUT_SECS", default_value = "10", value_parser = secs)]
     pub stop_timeout: Duration,

@@ -13,6 +13,7 @@ pub mod serve;
 pub mod startup;
 pub mod stream;
 pub mod telemetry;
+pub mod watcher;
 pub mod worker;
 
 pub use config::Config;

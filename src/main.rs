@@ -71,6 +71,13 @@ enum Command {
         #[command(subcommand)]
         action: operator::HostAction,
     },
+    /// Run a reconcile round now (every active host, or the one named) and print what it
+    /// found and did.
+    Reconcile {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Show the runtime records of games.
     Status {
         #[arg(required = true)]
@@ -188,6 +195,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return operator::operate(&config, request, json).await;
         }
         Command::Hosts => return operator::hosts(&config, json).await,
+        Command::Reconcile { host } => {
+            return operator::reconcile(&config, host.as_deref(), json).await
+        }
         Command::Host { action } => return operator::host(&config, action, json).await,
         Command::Status { game_ids } => return operator::status(&config, game_ids, json).await,
         Command::ResetFence { game_id } => {

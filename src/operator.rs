@@ -358,6 +358,89 @@ pub async fn host(config: &Config, action: HostAction, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// `rtmanager reconcile [--host H]`: a round on each active host (or on `host`), each
+/// reported; exit 1 when a round could not scan its host.
+pub async fn reconcile(
+    config: &Config,
+    host: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let hosts: Vec<HostId> = match host {
+        Some(raw) => vec![HostId::parse(raw).map_err(anyhow::Error::msg)?],
+        None => {
+            let store = Store::new(config.database_url.expose_secret(), 2)?;
+            store
+                .list_hosts(config.host_down_after)
+                .await?
+                .into_iter()
+                .filter(|h| {
+                    h.state != "down"
+                        && h.task_queue.starts_with(&format!("{}@", config.task_queue))
+                })
+                .filter_map(|h| HostId::parse(&h.id).ok())
+                .collect()
+        }
+    };
+    anyhow::ensure!(!hosts.is_empty(), "no live host to reconcile");
+    let temporal = worker::connect_temporal(config).await?;
+    let mut reports = Vec::new();
+    for host in &hosts {
+        reports.push(client::reconcile(&temporal, &config.task_queue, host).await?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for report in &reports {
+            println!(
+                "host {}: {} running records and {} containers checked",
+                report.host_id, report.records_checked, report.containers_checked
+            );
+            if let Some(error) = &report.error {
+                println!("  could not scan: {error}");
+            }
+            for repair in &report.repaired {
+                println!(
+                    "  repaired {} (container {} {:?}): {}{}",
+                    repair.game_id,
+                    short(&repair.container_id),
+                    repair.found,
+                    repair.outcome,
+                    repair
+                        .error_code
+                        .as_deref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default()
+                );
+            }
+            for orphan in &report.orphans {
+                println!(
+                    "  orphan {} (game label {}, {} s): {}",
+                    short(&orphan.container_id),
+                    orphan.game_label,
+                    orphan.orphan_for_secs,
+                    if orphan.removed {
+                        "removed"
+                    } else {
+                        "reported"
+                    }
+                );
+            }
+            for game in &report.busy {
+                println!("  skipped {game}: an operation holds its lease");
+            }
+        }
+    }
+    Ok(if reports.iter().any(|r| r.error.is_some()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn short(container: &str) -> &str {
+    &container[..container.len().min(12)]
+}
+
 /// `rtmanager status`: the records of the games named.
 pub async fn status(
     config: &Config,

@@ -16,10 +16,16 @@ use rtmanager_activities::{
     ContainerSettings, Dependencies, DockerRuntime, RedisStore, RuntimeActivities, Store, Telemetry,
 };
 use rtmanager_workflows::{
-    PatchRuntimeWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow, StopRuntimeWorkflow,
+    PatchRuntimeWorkflow, ReconcileHostWorkflow, RestartRuntimeWorkflow, StartRuntimeWorkflow,
+    StopRuntimeWorkflow,
 };
 
-use crate::{liveness::TemporalLiveness, Config};
+use crate::{
+    client::{self, Router},
+    liveness::TemporalLiveness,
+    watcher::{CrashRestarts, Watcher},
+    Config,
+};
 
 /// Connects a Temporal client for `config`'s address and namespace, over TLS (and with an API
 /// key) when configured: a production cluster or Temporal Cloud.
@@ -105,6 +111,7 @@ pub fn build_dependencies(
         ContainerSettings {
             network: config.container_network.clone(),
             settle: config.start_settle,
+            pool: config.task_queue.clone(),
         },
     )
     .with_context(|| format!("docker at {}", config.docker_host))?;
@@ -120,6 +127,10 @@ pub fn build_dependencies(
         )),
         lease_lock_delay: config.lease_lock_delay,
         hosts: config.host_settings(),
+        reconcile: rtmanager_activities::ReconcileSettings {
+            remove_orphans: config.remove_orphans,
+            orphan_grace: config.orphan_grace,
+        },
     })
 }
 
@@ -165,19 +176,48 @@ pub async fn run_worker(
     )?;
     let mut shared_worker = Worker::new(
         &runtime,
-        client,
-        worker_options(config, &config.task_queue, deps)?,
+        client.clone(),
+        worker_options(config, &config.task_queue, deps.clone())?,
     )?;
     let (stop_host, stop_shared) = (
         host_worker.shutdown_handle(),
         shared_worker.shutdown_handle(),
     );
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down the worker: finishing in-flight tasks");
-        stop_host();
-        stop_shared();
+    let stopping = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down the worker: finishing in-flight tasks");
+            stopping.cancel();
+            stop_host();
+            stop_shared();
+        }
     });
+    if config.watch_events {
+        let restarts = config.restart_on_crash.then(|| CrashRestarts {
+            client: client.clone(),
+            router: Router::new(
+                deps.store.clone(),
+                config.task_queue.clone(),
+                config.host_down_after,
+            ),
+            limit: config.crash_loop_limit,
+            window: config.crash_loop_window,
+        });
+        let watcher = Watcher::new(deps.clone(), config.host_id.clone(), restarts);
+        tokio::spawn(watcher.run(stopping.clone().cancelled_owned()));
+    }
+    if !config.reconcile_interval.is_zero() {
+        let every = config.reconcile_interval;
+        if let Err(err) =
+            client::ensure_reconcile_schedule(&client, &config.task_queue, &config.host_id, every)
+                .await
+        {
+            // The worker still serves operations; the next start tries again.
+            tracing::error!(err = %format!("{err:#}"), "create the reconcile schedule");
+        }
+    }
     tracing::info!(
         host = %config.host_id,
         host_task_queue = %host_queue,
@@ -200,7 +240,8 @@ fn worker_options(
     deps: Dependencies,
 ) -> anyhow::Result<WorkerOptions> {
     let settings = config.step_settings();
-    let (stop, start, restart, patch) = (
+    let (stop, start, restart, patch, reconcile) = (
+        settings.clone(),
         settings.clone(),
         settings.clone(),
         settings.clone(),
@@ -219,6 +260,9 @@ fn worker_options(
         })?
         .register_workflow_with_factory::<PatchRuntimeWorkflow, _>(move || {
             PatchRuntimeWorkflow::new(patch.clone())
+        })?
+        .register_workflow_with_factory::<ReconcileHostWorkflow, _>(move || {
+            ReconcileHostWorkflow::new(reconcile.clone())
         })?
         .sticky_queue_schedule_to_start_timeout(config.sticky_queue_timeout)
         // Every operation is one workflow task (local activities), so new workflows, which

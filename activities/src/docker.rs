@@ -19,12 +19,16 @@ use bollard::{
 };
 
 use rtmanager_domain::{GameId, ImageRef};
-use rtmanager_workflows::contract::ContainerStopOutcome;
+use rtmanager_workflows::contract::{ContainerState, ContainerStopOutcome};
 
 /// Label naming the game a container belongs to.
 pub const LABEL_GAME_ID: &str = "rtmanager.game_id";
 /// Label marking a container as rtmanager's.
 pub const LABEL_MANAGED: &str = "rtmanager.managed";
+/// Label naming the deployment (its shared task queue) that created the container: the
+/// reconciler reports and removes orphans of its own deployment only, never another's that
+/// shares the engine.
+pub const LABEL_POOL: &str = "rtmanager.pool";
 
 /// Why a Docker step did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,19 @@ pub struct ContainerSettings {
     pub network: String,
     /// How long a started container must stay up before the start counts.
     pub settle: Duration,
+    /// This deployment's name on its containers ([`LABEL_POOL`]).
+    pub pool: String,
+}
+
+/// A labelled container of this deployment, as the reconciler lists them.
+#[derive(Debug, Clone)]
+pub struct ListedContainer {
+    /// The container id.
+    pub id: String,
+    /// Its [`LABEL_GAME_ID`].
+    pub game_label: String,
+    /// Whether its process runs.
+    pub running: bool,
 }
 
 /// One bollard client shared by every activity.
@@ -233,6 +250,85 @@ impl DockerRuntime {
         Ok(removed)
     }
 
+    /// What became of the game's container: running, exited with its code, or gone (also when
+    /// the id names a container that is not the game's).
+    pub async fn state_of(
+        &self,
+        game_id: &GameId,
+        container_id: &str,
+    ) -> Result<ContainerState, DockerError> {
+        let Some(inspected) = self.inspect(container_id).await? else {
+            return Ok(ContainerState::Gone);
+        };
+        if check_labels(&inspected, game_id, container_id, "inspect").is_err() {
+            return Ok(ContainerState::Gone);
+        }
+        if is_running(&inspected) {
+            return Ok(ContainerState::Running);
+        }
+        let state = inspected.state.unwrap_or_default();
+        Ok(ContainerState::Exited {
+            exit_code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+        })
+    }
+
+    /// Every managed container of this deployment on the engine, running or not.
+    pub async fn list_pool(&self) -> Result<Vec<ListedContainer>, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_POOL}={}", self.containers.pool),
+            ],
+        )]);
+        let listed = self
+            .docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|err| DockerError::Unavailable(format!("list: {err}")))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                let game_label = c.labels.as_ref()?.get(LABEL_GAME_ID)?.clone();
+                let running = c.state.map(|s| s.to_string()) == Some("running".to_owned());
+                Some(ListedContainer {
+                    id: c.id?,
+                    game_label,
+                    running,
+                })
+            })
+            .collect())
+    }
+
+    /// Removes an orphan: only a managed container of this deployment labelled `game_label`.
+    pub async fn remove_orphan(
+        &self,
+        container_id: &str,
+        game_label: &str,
+    ) -> Result<bool, DockerError> {
+        let Some(inspected) = self.inspect(container_id).await? else {
+            return Ok(false);
+        };
+        let labels = inspected.config.as_ref().and_then(|c| c.labels.as_ref());
+        let label = |name: &str| labels.and_then(|l| l.get(name)).map(String::as_str);
+        if label(LABEL_GAME_ID) != Some(game_label)
+            || label(LABEL_MANAGED) != Some("true")
+            || label(LABEL_POOL) != Some(self.containers.pool.as_str())
+        {
+            return Err(DockerError::Refused(format!(
+                "container {container_id} is not a managed container of this deployment \
+                 labelled {LABEL_GAME_ID}={game_label}; refusing to remove it"
+            )));
+        }
+        self.force_remove(container_id).await;
+        Ok(true)
+    }
+
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
         match self
             .docker
@@ -254,6 +350,7 @@ impl DockerRuntime {
         let labels = HashMap::from([
             (LABEL_GAME_ID.to_owned(), game_id.as_str().to_owned()),
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_POOL.to_owned(), self.containers.pool.clone()),
         ]);
         let body = ContainerCreateBody {
             image: Some(image.as_str().to_owned()),

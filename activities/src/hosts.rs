@@ -220,6 +220,54 @@ impl Store {
             .any(|h| h.id == host.as_str() && h.state != "down"))
     }
 
+    /// The `running` records of `host`: what a reconcile round compares with Docker.
+    pub async fn running_records_on(
+        &self,
+        host: &HostId,
+    ) -> Result<Vec<rtmanager_domain::RuntimeRecord>, StoreError> {
+        let ids = self.running_game_ids_on(Some(host)).await?;
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(record) = self.get_record(&id).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Where `host`'s events watcher stopped reading (Docker's event time in Unix
+    /// nanoseconds), if it ever read.
+    pub async fn events_cursor(&self, host: &HostId) -> Result<Option<i64>, StoreError> {
+        use crate::schema::hosts::dsl as h;
+        use diesel::{ExpressionMethods, QueryDsl};
+        let mut conn = self.conn().await?;
+        let cursor: Option<Option<i64>> = h::hosts
+            .filter(h::id.eq(host.as_str()))
+            .select(h::events_since_ns)
+            .first(&mut conn)
+            .await
+            .optional()?;
+        Ok(cursor.flatten())
+    }
+
+    /// Moves `host`'s events cursor forward to `since_ns` (never back).
+    pub async fn advance_events_cursor(
+        &self,
+        host: &HostId,
+        since_ns: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "UPDATE hosts SET events_since_ns = $2 \
+             WHERE id = $1 AND (events_since_ns IS NULL OR events_since_ns < $2)",
+        )
+        .bind::<Text, _>(host.as_str())
+        .bind::<Int8, _>(since_ns)
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
     /// The placement policy, under the game's lease. A game whose record has a container (any
     /// status but `removed`) stays on its host. Otherwise the requested host, if it serves
     /// `shared_queue`'s deployment and is active; else the active host with the fewest running

@@ -334,6 +334,82 @@ impl RedisStore {
         Ok(current.as_deref() == Some(token.as_str()))
     }
 
+    /// Whether any operation holds the game's lease right now.
+    pub async fn lease_is_held(&self, game_id: &GameId) -> redis::RedisResult<bool> {
+        let mut conn = self.conn().await?;
+        redis::cmd("EXISTS")
+            .arg(self.keys.lease(game_id))
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// How long (seconds) each of `orphans` has been seen as an orphan on `host`: the first
+    /// sighting is remembered (`<prefix>orphans:<host>`, a hash of first-seen Unix seconds),
+    /// and containers no longer orphans are forgotten.
+    pub async fn orphan_ages(
+        &self,
+        host: &str,
+        orphans: &[String],
+    ) -> redis::RedisResult<std::collections::HashMap<String, u64>> {
+        let mut conn = self.conn().await?;
+        let key = format!("{}orphans:{host}", self.keys.prefix);
+        let now = unix_secs();
+        let mut pipe = redis::pipe();
+        for id in orphans {
+            pipe.cmd("HSETNX").arg(&key).arg(id).arg(now).ignore();
+        }
+        pipe.cmd("HGETALL").arg(&key);
+        let (seen,): (std::collections::HashMap<String, u64>,) =
+            pipe.query_async(&mut conn).await?;
+        let gone: Vec<&String> = seen.keys().filter(|id| !orphans.contains(id)).collect();
+        if !gone.is_empty() {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&gone)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(orphans
+            .iter()
+            .map(|id| {
+                let first = seen.get(id).copied().unwrap_or(now);
+                (id.clone(), now.saturating_sub(first))
+            })
+            .collect())
+    }
+
+    /// Records a crash of the game now and returns how many it had within `window` (this one
+    /// included): what the crash-loop limit counts.
+    pub async fn record_crash(
+        &self,
+        game_id: &GameId,
+        crash: &str,
+        window: Duration,
+    ) -> redis::RedisResult<u64> {
+        let mut conn = self.conn().await?;
+        let key = format!("{}crashes:{game_id}", self.keys.prefix);
+        let now = unix_secs();
+        let oldest = now.saturating_sub(window.as_secs());
+        let (_, _, count, _): ((), (), u64, ()) = redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg("NX")
+            .arg(now)
+            .arg(crash)
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({oldest}"))
+            .cmd("ZCARD")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(window.as_secs().max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(count)
+    }
+
     /// Returns whether a lease held by `token` was deleted.
     pub async fn release_lease(
         &self,
@@ -392,6 +468,12 @@ impl RedisStore {
             .await?;
         Ok(id.is_some())
     }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The fence counter's floor: the clock in microseconds, so fences keep growing even after

@@ -56,5 +56,6 @@ diesel::table! {
         docker_host -> Nullable<Text>,
         registered_at -> Timestamptz,
         last_heartbeat_at -> Timestamptz,
+        events_since_ns -> Nullable<Int8>,
     }
 }

@@ -66,7 +66,7 @@ async fn check_vanished_crash(step: &str) -> (TestApp, String) {
     assert_outcome(&out, Outcome::Success, None);
     let record = app.record(&game).await.unwrap();
     assert_eq!(record.status, RuntimeStatus::Removed);
-    let events = app.health_events().await;
+    let events = app.disappeared_events().await;
     assert_eq!(events.len(), 1, "no duplicate health event: {events:?}");
     assert_eq!(
         events[0]["container_id"], cid,
@@ -96,7 +96,7 @@ async fn a_vanished_stop_rerun_after_the_removal_names_the_container_it_found() 
         record.current_container_id, None,
         "a removed record has no container"
     );
-    let events = app.health_events().await;
+    let events = app.disappeared_events().await;
     assert_eq!(events[0]["event_type"], "container_disappeared");
 }
 

@@ -27,3 +27,4 @@ mod seed_branches;
 mod stop_jobs;
 mod stop_runtime;
 mod temporal_cli;
+mod watch;

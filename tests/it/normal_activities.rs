@@ -103,7 +103,7 @@ async fn the_vanished_path_runs_with_normal_activities() {
 
     assert_outcome(&out, Outcome::Success, None);
     assert_eq!(app.status(&game).await, RuntimeStatus::Removed);
-    let events = app.health_events().await;
+    let events = app.disappeared_events().await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["container_id"], cid);
     assert_eq!(app.lease_holder(&game).await, None);

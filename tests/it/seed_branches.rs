@@ -132,7 +132,7 @@ async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
         "the record as it is now"
     );
     assert!(
-        app.health_events().await.is_empty(),
+        app.disappeared_events().await.is_empty(),
         "nothing published: another path moved it"
     );
     let code = app.first_error_code(&game).await;
@@ -152,7 +152,7 @@ async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() 
     let record = out.record.unwrap();
     assert_eq!(record.status, RuntimeStatus::Removed);
     assert_eq!(record.current_container_id, None);
-    let events = app.health_events().await;
+    let events = app.disappeared_events().await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["event_type"], "container_disappeared");
     assert_eq!(events[0]["container_id"], cid);
@@ -166,7 +166,7 @@ async fn the_vanished_path_meeting_a_store_error_is_internal() {
 
     assert_eq!(app.status(&game).await, RuntimeStatus::Running);
     assert!(
-        app.health_events().await.is_empty(),
+        app.disappeared_events().await.is_empty(),
         "no event for a removal not recorded"
     );
     let code = app.first_error_code(&game).await;
@@ -216,7 +216,7 @@ async fn a_container_docker_reports_already_stopped_is_a_successful_stop() {
     let record = out.record.unwrap();
     assert_eq!(record.status, RuntimeStatus::Stopped);
     assert_eq!(record.current_container_id.as_deref(), Some(cid.as_str()));
-    assert!(app.health_events().await.is_empty());
+    assert!(app.disappeared_events().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +253,7 @@ async fn a_health_publish_that_failed_once_is_published_by_its_retry() {
     let out = stop_with_stall(&app, &game, fault, 2, mend_the_health_stream(&app)).await;
 
     assert_outcome(&out, Outcome::Success, None);
-    let events = app.health_events().await;
+    let events = app.disappeared_events().await;
     assert_eq!(events.len(), 1, "the retry published the event: {events:?}");
     assert_eq!(events[0]["container_id"], cid);
 }

@@ -292,7 +292,7 @@ async fn a_vanished_container_removes_the_record_and_reports_it() {
     assert!(record.removed_at.is_some());
     assert_eq!(app.record(&game).await.unwrap(), record);
 
-    let events = app.health_events().await;
+    let events = app.disappeared_events().await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["game_id"], game);
     assert_eq!(events[0]["container_id"], cid);

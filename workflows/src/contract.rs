@@ -55,6 +55,22 @@ activity_contract!(
     PlaceGame = "PlaceGame": PlaceGameInput => Placement
 );
 activity_contract!(
+    /// What became of the container a `running` record names: still running, exited (with its
+    /// exit code), or gone. A start checks it before it trusts the record.
+    InspectGame = "InspectGame": InspectGameInput => ContainerState
+);
+activity_contract!(
+    /// One reconcile round's view of a host: each `running` record of the host against its
+    /// container (games whose lease is held are skipped), and the labelled containers of this
+    /// deployment that no record names (orphans), with how long each has been one.
+    ScanHost = "ScanHost": ScanHostInput => HostScan
+);
+activity_contract!(
+    /// Removes an orphan container, unless a record names it or its game's lease is held by
+    /// now; returns whether it removed it.
+    RemoveOrphan = "RemoveOrphan": RemoveOrphanInput => bool
+);
+activity_contract!(
     /// Stops the game's container gracefully, after checking it carries the game's labels.
     /// Renews the lease while Docker works.
     StopContainer = "StopContainer": StopContainerInput => ContainerStopOutcome
@@ -346,6 +362,128 @@ pub struct HealthEvent {
 
 /// The event type the vanished-container path publishes.
 pub const CONTAINER_DISAPPEARED: &str = "container_disappeared";
+/// A managed container exited without an operation asking it to (details `{"exit_code": n}`).
+pub const CONTAINER_EXITED: &str = "container_exited";
+/// A managed container was killed for running out of memory.
+pub const CONTAINER_OOM: &str = "container_oom";
+/// A labelled container of this deployment that no record names.
+pub const ORPHAN_CONTAINER: &str = "orphan_container";
+/// A game that crashed too often within the window: no more automatic restarts.
+pub const CRASH_LOOP: &str = "crash_loop";
+
+/// The health event of a crash: `container_oom` when the kernel killed the process for memory,
+/// else `container_exited` with the exit code. Keyed by the container, so that whoever sees the
+/// crash first (the events watcher, a reconcile round, a start) publishes it and the others
+/// publish nothing.
+pub fn crash_event(
+    game_id: &GameId,
+    container_id: &str,
+    exit_code: i64,
+    oom_killed: bool,
+    at: DateTime<Utc>,
+) -> HealthEvent {
+    let (event_type, details) = if oom_killed {
+        (CONTAINER_OOM, serde_json::json!({ "exit_code": exit_code }))
+    } else {
+        (
+            CONTAINER_EXITED,
+            serde_json::json!({ "exit_code": exit_code }),
+        )
+    };
+    HealthEvent {
+        operation_id: format!("crash:{container_id}"),
+        game_id: game_id.clone(),
+        container_id: Some(container_id.to_owned()),
+        event_type: event_type.to_owned(),
+        occurred_at: at,
+        details,
+    }
+}
+
+/// Input of [`InspectGame`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InspectGameInput {
+    /// Only a container labelled for this game counts as the game's.
+    pub game_id: GameId,
+    /// The container the record names.
+    pub container_id: String,
+}
+
+/// What a container is doing, as Docker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum ContainerState {
+    /// Its process runs.
+    Running,
+    /// Its process ended (or it never ran): the record's `running` is stale.
+    Exited {
+        /// The process's exit code (137 for a SIGKILL, e.g. an OOM kill).
+        exit_code: i64,
+        /// The kernel killed it for running out of memory.
+        #[serde(default)]
+        oom_killed: bool,
+    },
+    /// No such container (or not the game's): the record's container is gone.
+    Gone,
+}
+
+/// Input of [`ScanHost`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanHostInput {
+    /// The host whose records and engine are compared.
+    pub host_id: HostId,
+}
+
+/// A `running` record whose container is not running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The game.
+    pub game_id: GameId,
+    /// The container its record names.
+    pub container_id: String,
+    /// What became of that container.
+    pub state: ContainerState,
+}
+
+/// A labelled container no record names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    /// The container.
+    pub container_id: String,
+    /// Its `rtmanager.game_id` label, as written on the container.
+    pub game_label: String,
+    /// Whether its process runs.
+    pub running: bool,
+    /// Since when (seconds) the reconciler has seen it as an orphan.
+    pub orphan_for_secs: u64,
+    /// The worker removes orphans (`RTMANAGER_REMOVE_ORPHANS`) and this one is past the grace
+    /// period: the round removes it.
+    pub remove: bool,
+}
+
+/// Result of [`ScanHost`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostScan {
+    /// `running` records of the host compared with Docker.
+    pub records_checked: u32,
+    /// Labelled containers of this deployment on the host's engine.
+    pub containers_checked: u32,
+    /// Records to repair.
+    pub drift: Vec<Drift>,
+    /// Containers no record names.
+    pub orphans: Vec<Orphan>,
+    /// Games left alone this round because an operation holds their lease.
+    pub busy: Vec<GameId>,
+}
+
+/// Input of [`RemoveOrphan`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveOrphanInput {
+    /// The orphan.
+    pub container_id: String,
+    /// Its game label (checked against the container again before it is removed).
+    pub game_label: String,
+}
 
 /// One operation_log row, as the workflow knows it; `finished_at` is stamped by the activity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

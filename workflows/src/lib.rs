@@ -13,12 +13,14 @@
 
 pub mod contract;
 pub mod operation;
+pub mod reconcile;
 pub mod replace;
 pub mod settings;
 pub mod start;
 pub mod stop;
 pub mod support;
 
+pub use reconcile::{ReconcileHostWorkflow, ReconcileReport};
 pub use replace::{PatchRuntimeWorkflow, RestartRuntimeWorkflow};
 pub use settings::StepSettings;
 pub use start::StartRuntimeWorkflow;

@@ -38,6 +38,10 @@ pub const INHERITED_LEASE_CHECK: &str = "check-inherited-lease";
 /// (`PlaceGame`): histories recorded before hosts replay without the step.
 pub const PLACE_ON_HOST: &str = "place-on-host";
 
+/// The patch id that marks start histories in which a `running` record's container is
+/// inspected (`InspectGame`) before the record is trusted.
+pub const START_CHECKS_CONTAINER: &str = "start-checks-container";
+
 /// Best-effort steps (audit row, health event, cleanup) get few attempts: their failure is
 /// logged by the activity and never changes the outcome.
 pub const BEST_EFFORT_ATTEMPTS: u32 = 3;

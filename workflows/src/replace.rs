@@ -11,10 +11,7 @@
 //! rollback) and reports the failure, saying so in `error_message` and in the audit row.
 
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_workflow::{
-    common::data_converters::RawValue, ChildWorkflowOptions, ParentClosePolicy, WorkflowContext,
-    WorkflowResult,
-};
+use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext, WorkflowResult};
 
 use rtmanager_domain::{
     ErrorCode, ImageRef, LeaseToken, OpKind, OperationOutput, ReplaceRequest, RuntimeStatus,
@@ -25,7 +22,7 @@ use crate::{
     operation::{Audit, Op, Touched},
     start::StartRuntimeWorkflow,
     stop::StopRuntimeWorkflow,
-    support::json_input,
+    support::run_child,
     StepSettings,
 };
 
@@ -234,8 +231,7 @@ async fn start<W>(
     child(op, StartRuntimeWorkflow::run, step, start.to_json()).await
 }
 
-/// Runs one child workflow to completion. Its id is `<parent id>/<step>`; if the parent is
-/// cancelled or closes, the child is asked to cancel.
+/// Runs one child workflow `<parent id>/<step>` to completion.
 async fn child<W, C>(
     op: &Op<'_, W>,
     workflow: C,
@@ -246,27 +242,6 @@ where
     C: temporalio_workflow::common::WorkflowDefinition<Input = RawValue, Output = OperationOutput>
         + 'static,
 {
-    let options = ChildWorkflowOptions::builder()
-        .workflow_id(format!("{}/{step}", op.ctx.workflow_id()))
-        .parent_close_policy(ParentClosePolicy::RequestCancel)
-        .build();
-    let started = match op
-        .ctx
-        .start_child_workflow(workflow, json_input(&input), options)
-        .await
-    {
-        Ok(started) => started,
-        Err(err) => {
-            return OperationOutput::failure(
-                ErrorCode::Internal,
-                format!("start child workflow {step}: {err}"),
-            )
-        }
-    };
-    match started.result().await {
-        Ok(output) => output,
-        Err(err) => {
-            OperationOutput::failure(ErrorCode::Internal, format!("child workflow {step}: {err}"))
-        }
-    }
+    let child_id = format!("{}/{step}", op.ctx.workflow_id());
+    run_child(op.ctx, workflow, child_id, &input).await
 }

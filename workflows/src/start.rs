@@ -13,15 +13,18 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext, WorkflowResult};
 
 use rtmanager_domain::{
-    ErrorCode, GameId, LeaseToken, OpKind, OperationOutput, RuntimeStatus, StartRequest,
+    ErrorCode, GameId, LeaseToken, OpKind, OperationOutput, RuntimeRecord, RuntimeStatus,
+    StartRequest,
 };
 
 use crate::{
     contract::{
-        EnsureContainer, EnsureContainerInput, RecordRunning, RecordRunningInput, RemoveContainer,
-        RemoveContainerInput, RemoveStaleContainers, UpdateStatusOutcome,
+        crash_event, ContainerState, EnsureContainer, EnsureContainerInput, HealthEvent,
+        InspectGame, InspectGameInput, PublishHealth, RecordRunning, RecordRunningInput,
+        RemoveContainer, RemoveContainerInput, RemoveStaleContainers, UpdateStatus,
+        UpdateStatusInput, UpdateStatusOutcome, CONTAINER_DISAPPEARED,
     },
-    operation::{Audit, Op, Touched, PLACE_ON_HOST},
+    operation::{Audit, Op, Touched, PLACE_ON_HOST, START_CHECKS_CONTAINER},
     support::{short_digest, Cancel, StepFailure},
     StepSettings,
 };
@@ -108,6 +111,17 @@ async fn start_under_lease<W>(
         Ok(loaded) => loaded.map(|l| l.record),
         Err(err) => return op.record_unreadable(err, touched(None)).await,
     };
+    let mut existing = existing;
+    if let Some(record) = existing.clone() {
+        if record.status == RuntimeStatus::Running && op.ctx.patched(START_CHECKS_CONTAINER) {
+            // A `running` record is trusted only while its container runs: a crashed or removed
+            // one is repaired first (as the reconciler would), then the start goes on.
+            match repair_stale_running(op, lease, &record).await {
+                Ok(repaired) => existing = repaired,
+                Err(output) => return output,
+            }
+        }
+    }
     if let Some(record) = &existing {
         if record.status == RuntimeStatus::Running {
             if let Some(asked) = request.host.as_ref().filter(|h| **h != record.host_id) {
@@ -250,4 +264,98 @@ async fn remove_container<W>(op: &Op<'_, W>, game_id: &GameId, container_id: Str
         container_id,
     };
     let _ = op.docker(RemoveContainer, input, Cancel::Detached).await;
+}
+
+/// A `running` record whose container no longer runs, repaired before a start: `stopped` (and
+/// `container_exited`) when the container exited, `removed` (and `container_disappeared`) when
+/// it is gone. Returns the record to start from: unchanged while the container runs.
+async fn repair_stale_running<W>(
+    op: &Op<'_, W>,
+    lease: &LeaseToken,
+    record: &RuntimeRecord,
+) -> Result<Option<RuntimeRecord>, OperationOutput> {
+    let Some(container_id) = record.current_container_id.clone() else {
+        return Ok(Some(record.clone()));
+    };
+    let inspected = op
+        .docker(
+            InspectGame,
+            InspectGameInput {
+                game_id: record.game_id.clone(),
+                container_id: container_id.clone(),
+            },
+            Cancel::WithWorkflow,
+        )
+        .await;
+    let (to, event) = match inspected {
+        Ok(ContainerState::Running) => return Ok(Some(record.clone())),
+        Ok(ContainerState::Exited {
+            exit_code,
+            oom_killed,
+        }) => (
+            RuntimeStatus::Stopped,
+            crash_event(
+                &record.game_id,
+                &container_id,
+                exit_code,
+                oom_killed,
+                crate::support::workflow_now(op.ctx),
+            ),
+        ),
+        Ok(ContainerState::Gone) => (
+            RuntimeStatus::Removed,
+            HealthEvent {
+                operation_id: op.operation_id.clone(),
+                game_id: record.game_id.clone(),
+                container_id: Some(container_id.clone()),
+                event_type: CONTAINER_DISAPPEARED.into(),
+                occurred_at: crate::support::workflow_now(op.ctx),
+                details: serde_json::json!({}),
+            },
+        ),
+        Err(err) => {
+            let failure = StepFailure::from(err);
+            let code = failure.code_or(ErrorCode::ServiceUnavailable);
+            let message = format!("docker inspect: {}", failure.message);
+            return Err(op.failure(code, message, Touched::of(record)).await);
+        }
+    };
+    let updated = op
+        .step(
+            UpdateStatus,
+            UpdateStatusInput {
+                game_id: record.game_id.clone(),
+                operation_id: op.operation_id.clone(),
+                expected_from: RuntimeStatus::Running,
+                expected_container_id: Some(container_id),
+                to,
+                fence: lease.fence().unwrap_or_default(),
+                lease: Some(lease.clone()),
+            },
+            Cancel::WithWorkflow,
+        )
+        .await
+        .map_err(StepFailure::from);
+    match updated {
+        Ok(UpdateStatusOutcome::Updated { record: repaired }) => {
+            op.best_effort(PublishHealth, event).await;
+            Ok(Some(repaired))
+        }
+        // Another path moved it first: start from what it left.
+        Ok(UpdateStatusOutcome::Conflict { current }) => Ok(Some(current)),
+        Ok(UpdateStatusOutcome::NotFound) => Ok(None),
+        Ok(UpdateStatusOutcome::Fenced { .. } | UpdateStatusOutcome::LeaseLost) => {
+            let message = "the game's lease was lost while a stale record was repaired; nothing \
+                           was started"
+                .to_owned();
+            Err(op
+                .failure(ErrorCode::Conflict, message, Touched::of(record))
+                .await)
+        }
+        Err(failure) => {
+            let code = failure.code_or(ErrorCode::Internal);
+            let message = format!("repair stale running record: {}", failure.message);
+            Err(op.failure(code, message, Touched::of(record)).await)
+        }
+    }
 }

@@ -259,6 +259,48 @@ pub fn json_input(value: &serde_json::Value) -> RawValue {
     }])
 }
 
+/// Runs one child workflow to completion under `child_id`; if the parent is cancelled or
+/// closes, the child is asked to cancel. A child that cannot start or fails is an `internal`
+/// output, never a failure of the parent.
+pub async fn run_child<W, C>(
+    ctx: &WorkflowContext<W>,
+    workflow: C,
+    child_id: String,
+    input: &serde_json::Value,
+) -> rtmanager_domain::OperationOutput
+where
+    C: temporalio_workflow::common::WorkflowDefinition<
+            Input = RawValue,
+            Output = rtmanager_domain::OperationOutput,
+        > + 'static,
+{
+    use rtmanager_domain::OperationOutput;
+    use temporalio_workflow::{ChildWorkflowOptions, ParentClosePolicy};
+    let step = child_id.rsplit('/').next().unwrap_or_default().to_owned();
+    let options = ChildWorkflowOptions::builder()
+        .workflow_id(child_id)
+        .parent_close_policy(ParentClosePolicy::RequestCancel)
+        .build();
+    let started = match ctx
+        .start_child_workflow(workflow, json_input(input), options)
+        .await
+    {
+        Ok(started) => started,
+        Err(err) => {
+            return OperationOutput::failure(
+                ErrorCode::Internal,
+                format!("start child workflow {step}: {err}"),
+            )
+        }
+    };
+    match started.result().await {
+        Ok(output) => output,
+        Err(err) => {
+            OperationOutput::failure(ErrorCode::Internal, format!("child workflow {step}: {err}"))
+        }
+    }
+}
+
 /// A short, stable hex digest (FNV-1a 64) for names derived from ids.
 pub fn short_digest(value: &str) -> String {
     let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {

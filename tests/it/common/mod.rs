@@ -135,6 +135,8 @@ impl TestConfig {
             build_id: format!("test-{id}"),
             container_network: "none".into(),
             start_settle: Duration::from_millis(200),
+            // No Schedule per test; the reconciler tests run rounds themselves (or turn it on).
+            reconcile_interval: Duration::ZERO,
             ..config
         };
         Self {
@@ -510,13 +512,23 @@ impl TestApp {
         self.stop_raw(&inherited_stop_json(game_id, token)).await
     }
 
-    /// Creates and starts a container labelled for `game_id` (`cmd` overrides the image's).
+    /// Creates and starts a container labelled for `game_id` as StartRuntime labels it (`cmd`
+    /// overrides the image's).
     pub async fn game_container(&mut self, game_id: &str, cmd: Option<Vec<&str>>) -> String {
-        let labels = HashMap::from([
+        let labels = self.game_labels(game_id);
+        self.container(labels, cmd).await
+    }
+
+    /// The labels StartRuntime gives `game_id`'s containers in this app's deployment.
+    pub fn game_labels(&self, game_id: &str) -> HashMap<String, String> {
+        HashMap::from([
             ("rtmanager.game_id".to_string(), game_id.to_string()),
             ("rtmanager.managed".to_string(), "true".to_string()),
-        ]);
-        self.container(labels, cmd).await
+            (
+                "rtmanager.pool".to_string(),
+                self.config().task_queue.clone(),
+            ),
+        ])
     }
 
     /// Creates and starts a container with exactly `labels`.
@@ -525,12 +537,24 @@ impl TestApp {
         labels: HashMap<String, String>,
         cmd: Option<Vec<&str>>,
     ) -> String {
+        self.container_limited(labels, cmd, None).await
+    }
+
+    /// [`TestApp::container`] with a memory limit (no swap beyond it): the OOM test's.
+    pub async fn container_limited(
+        &mut self,
+        labels: HashMap<String, String>,
+        cmd: Option<Vec<&str>>,
+        memory_bytes: Option<i64>,
+    ) -> String {
         let body = ContainerCreateBody {
             image: Some(game_image()),
             cmd: cmd.map(|c| c.into_iter().map(String::from).collect()),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
+                memory: memory_bytes,
+                memory_swap: memory_bytes,
                 ..Default::default()
             }),
             ..Default::default()
@@ -731,6 +755,15 @@ impl TestApp {
                     .collect()
             })
             .collect()
+    }
+
+    /// The `container_disappeared` events: what a stop's vanished path publishes. A container
+    /// removed or stopped behind rtmanager's back is also a crash to the events watcher
+    /// (`container_exited`), which the stop tests leave to `tests/it/watch.rs`.
+    pub async fn disappeared_events(&self) -> Vec<HashMap<String, String>> {
+        let mut events = self.health_events().await;
+        events.retain(|e| e.get("event_type").map(String::as_str) == Some("container_disappeared"));
+        events
     }
 
     /// Stops the in-process worker and waits for it to drain.
@@ -1037,6 +1070,28 @@ pub fn rtmanager_command(config: &Config) -> Command {
             secs(config.host_down_after),
         ),
         ("RTMANAGER_HOST_WAIT_SECS", secs(config.host_wait)),
+        (
+            "RTMANAGER_RECONCILE_INTERVAL_SECS",
+            secs(config.reconcile_interval),
+        ),
+        ("RTMANAGER_WATCH_EVENTS", config.watch_events.to_string()),
+        (
+            "RTMANAGER_REMOVE_ORPHANS",
+            config.remove_orphans.to_string(),
+        ),
+        ("RTMANAGER_ORPHAN_GRACE_SECS", secs(config.orphan_grace)),
+        (
+            "RTMANAGER_RESTART_ON_CRASH",
+            config.restart_on_crash.to_string(),
+        ),
+        (
+            "RTMANAGER_CRASH_LOOP_LIMIT",
+            config.crash_loop_limit.to_string(),
+        ),
+        (
+            "RTMANAGER_CRASH_LOOP_WINDOW_SECS",
+            secs(config.crash_loop_window),
+        ),
     ]);
     command
 }
