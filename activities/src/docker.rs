@@ -61,13 +61,15 @@ pub struct ContainerSettings {
     pub pool: String,
 }
 
-/// A labelled container of this deployment, as the reconciler lists them.
+/// A managed container, as the reconciler lists them.
 #[derive(Debug, Clone)]
 pub struct ListedContainer {
     /// The container id.
     pub id: String,
     /// Its [`LABEL_GAME_ID`].
     pub game_label: String,
+    /// Its [`LABEL_POOL`], if it has one (containers from before the label have none).
+    pub pool: Option<String>,
     /// Whether its process runs.
     pub running: bool,
 }
@@ -273,15 +275,10 @@ impl DockerRuntime {
         })
     }
 
-    /// Every managed container of this deployment on the engine, running or not.
-    pub async fn list_pool(&self) -> Result<Vec<ListedContainer>, DockerError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_POOL}={}", self.containers.pool),
-            ],
-        )]);
+    /// Every managed container on the engine, running or not, with its deployment label: one
+    /// list call.
+    pub async fn list_managed(&self) -> Result<Vec<ListedContainer>, DockerError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
         let listed = self
             .docker
             .list_containers(Some(bollard::query_parameters::ListContainersOptions {
@@ -294,15 +291,23 @@ impl DockerRuntime {
         Ok(listed
             .into_iter()
             .filter_map(|c| {
-                let game_label = c.labels.as_ref()?.get(LABEL_GAME_ID)?.clone();
+                let labels = c.labels.as_ref()?;
+                let game_label = labels.get(LABEL_GAME_ID)?.clone();
+                let pool = labels.get(LABEL_POOL).cloned();
                 let running = c.state.map(|s| s.to_string()) == Some("running".to_owned());
                 Some(ListedContainer {
                     id: c.id?,
                     game_label,
+                    pool,
                     running,
                 })
             })
             .collect())
+    }
+
+    /// This deployment's name on its containers.
+    pub fn pool(&self) -> &str {
+        &self.containers.pool
     }
 
     /// Removes an orphan: only a managed container of this deployment labelled `game_label`.

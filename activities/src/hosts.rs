@@ -220,19 +220,50 @@ impl Store {
             .any(|h| h.id == host.as_str() && h.state != "down"))
     }
 
-    /// The `running` records of `host`: what a reconcile round compares with Docker.
+    /// The `running` records of `host`: what a reconcile round compares with Docker (one
+    /// query).
     pub async fn running_records_on(
         &self,
         host: &HostId,
     ) -> Result<Vec<rtmanager_domain::RuntimeRecord>, StoreError> {
-        let ids = self.running_game_ids_on(Some(host)).await?;
-        let mut records = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(record) = self.get_record(&id).await? {
-                records.push(record);
-            }
+        use crate::schema::runtime_records::dsl as r;
+        use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+        let mut conn = self.conn().await?;
+        let rows: Vec<crate::store::RecordRow> = r::runtime_records
+            .filter(r::host_id.eq(host.as_str()))
+            .filter(r::status.eq("running"))
+            .select(crate::store::RecordRow::as_select())
+            .load(&mut conn)
+            .await?;
+        rows.into_iter()
+            .map(crate::store::RecordRow::into_record)
+            .collect()
+    }
+
+    /// The records of `games` that exist, by game (one query).
+    pub async fn records_of(
+        &self,
+        games: &[GameId],
+    ) -> Result<std::collections::HashMap<GameId, rtmanager_domain::RuntimeRecord>, StoreError>
+    {
+        use crate::schema::runtime_records::dsl as r;
+        use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+        if games.is_empty() {
+            return Ok(Default::default());
         }
-        Ok(records)
+        let ids: Vec<&str> = games.iter().map(GameId::as_str).collect();
+        let mut conn = self.conn().await?;
+        let rows: Vec<crate::store::RecordRow> = r::runtime_records
+            .filter(r::game_id.eq_any(ids))
+            .select(crate::store::RecordRow::as_select())
+            .load(&mut conn)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                row.into_record()
+                    .map(|record| (record.game_id.clone(), record))
+            })
+            .collect()
     }
 
     /// Where `host`'s events watcher stopped reading (Docker's event time in Unix

@@ -18,6 +18,7 @@ pub mod docker;
 pub mod fault;
 pub mod holder;
 pub mod hosts;
+mod reconcile;
 pub mod redis_store;
 // diesel's `table!` generates undocumented items.
 #[allow(missing_docs)]
@@ -32,13 +33,13 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::Instrument;
 
-use rtmanager_domain::{ErrorCode, GameId, HostId, LeaseToken, OpKind, Outcome, RuntimeStatus};
+use rtmanager_domain::{ErrorCode, GameId, LeaseToken, OpKind, Outcome, RuntimeStatus};
 use rtmanager_workflows::contract::{
     self, failure_type, AcquireLeaseInput, CheckLeaseInput, ContainerState, ContainerStopOutcome,
-    Drift, EnsureContainerInput, HealthEvent, HostRoute, HostScan, InspectGameInput, LeaseOutcome,
-    LoadRecordInput, LoadedRecord, OperationEntry, Orphan, PlaceGameInput, Placement,
-    RecordRunningInput, ReleaseLeaseInput, RemoveContainerInput, RemoveOrphanInput, ScanHostInput,
-    StopContainerInput, UpdateStatusInput, UpdateStatusOutcome,
+    EnsureContainerInput, HealthEvent, HostRoute, HostScan, InspectGameInput, LeaseOutcome,
+    LoadRecordInput, LoadedRecord, OperationEntry, PlaceGameInput, Placement, RecordRunningInput,
+    ReleaseLeaseInput, RemoveContainerInput, RemoveOrphanInput, ScanHostInput, StopContainerInput,
+    UpdateStatusInput, UpdateStatusOutcome,
 };
 
 pub use docker::{ContainerSettings, DockerRuntime};
@@ -678,114 +679,6 @@ impl RuntimeActivities {
 }
 
 /// Maps a Docker adapter result onto the activity error tiers.
-impl RuntimeActivities {
-    /// One reconcile round's view of `host`: each `running` record against its container, and
-    /// this deployment's labelled containers that no record names.
-    async fn scan(&self, ctx: &ActivityContext, host: &HostId) -> Result<HostScan, ActivityError> {
-        let redis_error = |err: redis::RedisError| retryable(format!("redis: {err}"));
-        let records = self
-            .deps
-            .store
-            .running_records_on(host)
-            .await
-            .map_err(store_error)?;
-        let listed = self.deps.docker.list_pool().await;
-        let listed = docker_result(listed, ctx, "")?;
-        let mut scan = HostScan {
-            records_checked: u32::try_from(records.len()).unwrap_or(u32::MAX),
-            containers_checked: u32::try_from(listed.len()).unwrap_or(u32::MAX),
-            ..HostScan::default()
-        };
-        for record in &records {
-            let Some(container_id) = record.current_container_id.clone() else {
-                continue;
-            };
-            if self
-                .deps
-                .redis
-                .lease_is_held(&record.game_id)
-                .await
-                .map_err(redis_error)?
-            {
-                scan.busy.push(record.game_id.clone());
-                continue;
-            }
-            let state = self
-                .deps
-                .docker
-                .state_of(&record.game_id, &container_id)
-                .await;
-            let state = docker_result(state, ctx, &container_id)?;
-            if state != ContainerState::Running {
-                scan.drift.push(Drift {
-                    game_id: record.game_id.clone(),
-                    container_id,
-                    state,
-                });
-            }
-        }
-        // Orphans: this deployment's containers that no record of their game names.
-        let mut candidates = Vec::new();
-        for container in listed {
-            let game = GameId::parse(&container.game_label).ok();
-            if let Some(game) = &game {
-                let record = self
-                    .deps
-                    .store
-                    .get_record(game)
-                    .await
-                    .map_err(store_error)?;
-                let named = record.as_ref().is_some_and(|r| {
-                    r.current_container_id.as_deref() == Some(container.id.as_str())
-                });
-                if named {
-                    continue;
-                }
-                // An operation on the game may be creating or removing it right now.
-                if self
-                    .deps
-                    .redis
-                    .lease_is_held(game)
-                    .await
-                    .map_err(redis_error)?
-                {
-                    continue;
-                }
-            }
-            candidates.push(container);
-        }
-        let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
-        let ages = self
-            .deps
-            .redis
-            .orphan_ages(host.as_str(), &ids)
-            .await
-            .map_err(redis_error)?;
-        let settings = &self.deps.reconcile;
-        for container in candidates {
-            let orphan_for_secs = ages.get(&container.id).copied().unwrap_or_default();
-            scan.orphans.push(Orphan {
-                remove: settings.remove_orphans
-                    && orphan_for_secs >= settings.orphan_grace.as_secs(),
-                container_id: container.id,
-                game_label: container.game_label,
-                running: container.running,
-                orphan_for_secs,
-            });
-        }
-        tracing::info!(
-            host = %host,
-            records = scan.records_checked,
-            containers = scan.containers_checked,
-            drift = scan.drift.len(),
-            orphans = scan.orphans.len(),
-            busy = scan.busy.len(),
-            "scanned the host"
-        );
-        Ok(scan)
-    }
-}
-
 fn docker_result<T>(
     result: Result<T, DockerError>,
     ctx: &ActivityContext,

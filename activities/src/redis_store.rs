@@ -343,6 +343,26 @@ impl RedisStore {
             .await
     }
 
+    /// The games among `games` whose lease is held right now: one round trip.
+    pub async fn leases_held(
+        &self,
+        games: &[GameId],
+    ) -> redis::RedisResult<std::collections::HashSet<GameId>> {
+        if games.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut conn = self.conn().await?;
+        let keys: Vec<String> = games.iter().map(|g| self.keys.lease(g)).collect();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        Ok(games
+            .iter()
+            .zip(values)
+            .filter(|(_, value)| value.is_some())
+            .map(|(game, _)| game.clone())
+            .collect())
+    }
+
     /// How long (seconds) each of `orphans` has been seen as an orphan on `host`: the first
     /// sighting is remembered (`<prefix>orphans:<host>`, a hash of first-seen Unix seconds),
     /// and containers no longer orphans are forgotten.

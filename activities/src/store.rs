@@ -455,7 +455,7 @@ pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
 
 #[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = runtime_records, check_for_backend(diesel::pg::Pg))]
-struct RecordRow {
+pub(crate) struct RecordRow {
     game_id: String,
     status: String,
     current_container_id: Option<String>,
@@ -471,7 +471,7 @@ struct RecordRow {
 }
 
 impl RecordRow {
-    fn into_record(self) -> Result<RuntimeRecord, StoreError> {
+    pub(crate) fn into_record(self) -> Result<RuntimeRecord, StoreError> {
         let game_id = GameId::parse(&self.game_id).map_err(|err| {
             StoreError::Corrupt(format!("runtime record has invalid game id: {err}"))
         })?;

@@ -45,6 +45,14 @@ async fn await_event(
     .await
 }
 
+/// Waits until no operation holds `game`'s lease.
+async fn await_lease_free(app: &TestApp, game: &str) {
+    eventually("the lease to be free", Duration::from_secs(30), || async {
+        app.lease_holder(game).await.is_none().then_some(())
+    })
+    .await;
+}
+
 /// SIGKILLs a container, as a crash (or `docker kill`) would.
 async fn kill(app: &TestApp, container: &str) {
     app.docker
@@ -186,6 +194,31 @@ async fn a_removed_container_is_repaired_as_disappeared() {
         Duration::from_secs(5),
     )
     .await;
+    let rows = app.op_log(&game).await;
+    let repair = rows
+        .iter()
+        .find(|r| r.op_kind == "stop")
+        .expect("the repair's row");
+    assert_eq!(
+        (repair.op_source.as_str(), repair.outcome.as_str()),
+        ("reconciler", "success")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_skips_a_game_whose_lease_is_held() {
+    let mut app = TestApp::spawn().await;
+    let (game, container) = app.leased_game("busy", "7:someone-else").await;
+    app.remove_container(&container).await;
+    let report = round(&app).await;
+    assert_eq!(report.busy, std::slice::from_ref(&game), "{report:?}");
+    assert!(report.repaired.is_empty(), "{report:?}");
+    assert_eq!(
+        app.status(&game).await,
+        RuntimeStatus::Running,
+        "left for a later round"
+    );
+    assert!(app.op_log(&game).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,11 +330,14 @@ async fn a_crashed_game_is_restarted_until_it_crash_loops() {
     let (game, record) = app.started_game("loop").await;
     let mut container = record.current_container_id.unwrap();
     for crash in 1..=2 {
+        // A crash while the restart still holds the game's lease would be the restart's own
+        // business (its start checks the container), not a crash to restart from.
+        await_lease_free(&app, &game).await;
         kill(&app, &container).await;
         let before = container.clone();
         container = eventually(
             &format!("restart after crash {crash}"),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || async {
                 let record = app.record(&game).await?;
                 let current = record.current_container_id?;
@@ -318,6 +354,7 @@ async fn a_crashed_game_is_restarted_until_it_crash_loops() {
         .iter()
         .all(|r| r.op_source == "reconciler" && r.outcome == "success"));
 
+    await_lease_free(&app, &game).await;
     kill(&app, &container).await;
     let looped = await_event(&app, "crash_loop", &container, Duration::from_secs(10)).await;
     assert_eq!(looped["game_id"], game);
