@@ -66,6 +66,10 @@ async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
             "2",
             "--network",
             "none",
+            "--kills",
+            "2",
+            "--reconcile-games",
+            "4",
         ])
         .args(["--worker-pid", &run.id().to_string()])
         .output()
@@ -136,6 +140,17 @@ async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
         "mass_throughput_ratio",
         "worker_peak_rss_mib",
     ];
+    // Crash detection and a reconcile round with nothing drifted.
+    assert_eq!(report["crash_detection"]["samples"], 2, "{report}");
+    assert!(
+        report["crash_detection"]["p50_ms"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+    assert_eq!(report["reconcile"]["games"], 4, "{report}");
+    assert_eq!(report["reconcile"]["records_checked"], 4, "{report}");
+    assert_eq!(report["reconcile"]["repaired"], 0, "{report}");
     // The two-host mass stops: the same ABBA rounds over both engines, every stop complete.
     let two = &report["two_host"];
     assert_eq!(two["hosts"], serde_json::json!(host_ids[..2]), "{report}");

@@ -40,6 +40,11 @@
 //!   bollard side stops each container on its own engine. They measure the routing to each
 //!   host's worker against the same raw stops on both engines.
 //!
+//! - Crash detection: `--kills` games (container and record), one at a time, SIGKILLed; the
+//!   time from the kill to the watcher's `container_exited` on the health stream.
+//! - One reconcile round over `--reconcile-games` games whose containers all run (nothing
+//!   drifted): its wall time, from the start of `ReconcileHost` to its report.
+//!
 //! Noise still hits each run differently: compare the ratios of one bench run, and look at the
 //! spread between the rounds.
 
@@ -104,6 +109,12 @@ pub struct BenchOptions {
     /// The rtmanager process to watch for RSS and CPU (`.dev/rtmanager.pid` by default).
     #[arg(long)]
     pub worker_pid: Option<u32>,
+    /// Containers killed to measure crash detection (from the kill to the health event).
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// Games in the reconcile round measured (nothing drifted); 0 skips it.
+    #[arg(long, default_value_t = 500)]
+    pub reconcile_games: usize,
     /// The hosts of a two-host mass stop, in the order of `--docker-hosts` (the first is the
     /// one `RTMANAGER_HOST_ID` names); with fewer than two, no two-host mass stop runs.
     #[arg(long, env = "RTMANAGER_DEV_HOST_IDS", value_delimiter = ',')]
@@ -205,6 +216,24 @@ pub struct Report {
     pub single_temporal_cpu_ms: Option<f64>,
     /// The two-host mass stops, when a second host is configured.
     pub two_host: Option<TwoHostReport>,
+    /// From `docker kill` of a game's container to its `container_exited` on the health
+    /// stream.
+    pub crash_detection: Percentiles,
+    /// One reconcile round over `reconcile_games` games with nothing drifted.
+    pub reconcile: Option<ReconcileRun>,
+}
+
+/// One measured reconcile round.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileRun {
+    /// Games whose containers ran (plus whatever else the host had).
+    pub games: usize,
+    /// `running` records the round compared.
+    pub records_checked: u32,
+    /// Repairs it made (0 expected: nothing drifted).
+    pub repaired: usize,
+    /// From the round's start to its report.
+    pub wall_s: f64,
 }
 
 /// Mass stops spread over two Docker hosts.
@@ -413,7 +442,107 @@ impl Bench {
             single_worker_cpu_ms,
             single_temporal_cpu_ms,
             two_host,
+            crash_detection: self.crash_detection().await?,
+            reconcile: self.reconcile_run().await?,
         })
+    }
+
+    /// `--kills` crashes, one at a time: a game's container (with its record) is SIGKILLed and
+    /// the health stream read until the watcher's `container_exited` for it arrives.
+    async fn crash_detection(&self) -> anyhow::Result<Percentiles> {
+        use redis::AsyncCommands;
+        let client = redis::Client::open(self.config.redis_url.expose_secret())?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let stream = self.config.health_stream.clone();
+        let mut samples = Vec::new();
+        for i in 0..self.options.kills {
+            let game = self.game_id(&format!("k{i}"));
+            let placed = self.prepare(Side::Http, &game, 0).await?;
+            self.await_only_up(std::slice::from_ref(&placed), SETTLE_SINGLE)
+                .await?;
+            // The newest entry now: the crash's event comes after it.
+            let last: redis::streams::StreamRangeReply =
+                redis.xrevrange_count(&stream, "+", "-", 1).await?;
+            let mut from = last.ids.first().map_or("0-0".to_owned(), |e| e.id.clone());
+            let killed = Instant::now();
+            let options = bollard::query_parameters::KillContainerOptions {
+                signal: "SIGKILL".into(),
+            };
+            self.engines[0]
+                .docker
+                .kill_container(&placed.id, Some(options))
+                .await?;
+            let found = loop {
+                anyhow::ensure!(
+                    killed.elapsed() < Duration::from_secs(30),
+                    "no container_exited for {} within 30 s: is the worker's events watcher on?",
+                    placed.id
+                );
+                let options = redis::streams::StreamReadOptions::default().block(200);
+                let read: redis::streams::StreamReadReply =
+                    redis.xread_options(&[&stream], &[&from], &options).await?;
+                let entries = read.keys.into_iter().flat_map(|k| k.ids);
+                let mut hit = None;
+                for entry in entries {
+                    from = entry.id.clone();
+                    let field = |name: &str| {
+                        entry
+                            .map
+                            .get(name)
+                            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                    };
+                    if field("container_id").as_deref() == Some(placed.id.as_str())
+                        && field("event_type").as_deref() == Some("container_exited")
+                    {
+                        hit = Some(killed.elapsed());
+                    }
+                }
+                if let Some(took) = hit {
+                    break took;
+                }
+            };
+            samples.push(found);
+            self.remove(std::slice::from_ref(&placed)).await?;
+        }
+        // Their records still say running: not drift the reconcile round should meet.
+        self.store
+            .delete_records_with_prefix(&self.game_id("k"))
+            .await?;
+        Ok(percentiles(&samples))
+    }
+
+    /// `--reconcile-games` games up with their records, then one round of their host.
+    async fn reconcile_run(&self) -> anyhow::Result<Option<ReconcileRun>> {
+        let n = self.options.reconcile_games;
+        if n == 0 {
+            return Ok(None);
+        }
+        let games: Vec<String> = (0..n).map(|i| self.game_id(&format!("r{i}"))).collect();
+        let created: Vec<anyhow::Result<Placed>> = stream::iter(games.iter())
+            .map(|game| self.prepare(Side::Http, game, 0))
+            .buffered(DOCKER_CONCURRENCY)
+            .collect()
+            .await;
+        let containers = created.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        self.await_only_up(&containers, SETTLE_SINGLE).await?;
+        let temporal = rtmanager::worker::connect_temporal(&self.config).await?;
+        let started = Instant::now();
+        let report =
+            rtmanager::client::reconcile(&temporal, &self.config.task_queue, &self.engines[0].host)
+                .await?;
+        let wall_s = started.elapsed().as_secs_f64();
+        self.remove(&containers).await?;
+        anyhow::ensure!(
+            report.error.is_none(),
+            "reconcile round: {:?}",
+            report.error
+        );
+        Ok(Some(ReconcileRun {
+            games: n,
+            records_checked: report.records_checked,
+            repaired: report.repaired.len(),
+            wall_s,
+        }))
     }
 
     fn game_id(&self, suffix: &str) -> String {
@@ -936,6 +1065,31 @@ pub fn table(report: &Report) -> String {
         "".into(),
         "",
     ));
+    out.push_str(&row(
+        &format!(
+            "crash detection p50 / p95, ms (n={})",
+            r.crash_detection.samples
+        ),
+        format!(
+            "{:.0} / {:.0}",
+            r.crash_detection.p50_ms, r.crash_detection.p95_ms
+        ),
+        "-".into(),
+        "".into(),
+        "p50 <= 500 ms",
+    ));
+    if let Some(run) = &r.reconcile {
+        out.push_str(&row(
+            &format!("reconcile round, {} games up, s", run.games),
+            format!(
+                "{:.2} ({} checked, {} repaired)",
+                run.wall_s, run.records_checked, run.repaired
+            ),
+            "-".into(),
+            "".into(),
+            "<= 2 s",
+        ));
+    }
     if let Some(two) = &r.two_host {
         out.push_str(&format!(
             "two-host mass stop over {}, N={} per run: wall s / stops/s / failed\n",
