@@ -19,6 +19,7 @@ use temporalio_client::{
 use temporalio_common::{
     data_converters::RawValue,
     protos::{temporal::api::common::v1::Payload, ENCODING_PAYLOAD_KEY, JSON_ENCODING_VAL},
+    search_attributes::SearchAttributes,
 };
 
 use rtmanager_activities::{GameHost, Store};
@@ -113,6 +114,20 @@ impl Operation {
     pub fn workflow_id(&self) -> &str {
         &self.workflow_id
     }
+
+    /// `GameId`, `OpKind` and `OpSource` from the start, so that visibility lists the operation
+    /// while its first workflow task still runs (the workflow sets them too, for starts that do
+    /// not come through here, and `Outcome` at its end).
+    fn search_attributes(&self) -> Option<SearchAttributes> {
+        use rtmanager_workflows::operation::search;
+        let game = self.game_id.as_ref()?;
+        let source = self.input.get("op_source").and_then(Value::as_str)?;
+        Some(SearchAttributes::new([
+            search::GAME_ID.value_set(game.to_string()),
+            search::OP_KIND.value_set(self.kind.as_str().to_owned()),
+            search::OP_SOURCE.value_set(source.to_owned()),
+        ]))
+    }
 }
 
 /// Which task queue an operation starts on. A game whose record names a live host goes to that
@@ -127,6 +142,7 @@ pub struct Router {
     store: Store,
     shared_queue: String,
     down_after: Duration,
+    search_attributes: bool,
 }
 
 impl Router {
@@ -137,7 +153,15 @@ impl Router {
             store,
             shared_queue: shared_queue.into(),
             down_after,
+            search_attributes: true,
         }
+    }
+
+    /// Whether workflows are started with their search attributes (`RTMANAGER_SEARCH_ATTRIBUTES`:
+    /// a namespace without them registered refuses a start that sets them).
+    pub fn with_search_attributes(mut self, on: bool) -> Self {
+        self.search_attributes = on;
+        self
     }
 
     /// The deployment's shared task queue.
@@ -237,6 +261,11 @@ pub async fn start(
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
         // Taken only when a worker on this client has a free slot (`rtmanager run`).
         .enable_eager_workflow_start(true)
+        .maybe_search_attributes(
+            operation
+                .search_attributes()
+                .filter(|_| router.search_attributes),
+        )
         .build();
     let input = json_input(operation.input.to_string().as_bytes());
     match client
@@ -358,6 +387,58 @@ pub async fn reconcile(
         .first()
         .ok_or_else(|| anyhow::anyhow!("reconcile round completed without a report"))?;
     Ok(serde_json::from_slice(&payload.data)?)
+}
+
+/// A lifecycle operation of a game that is still running, with what its `progress` query
+/// answered.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunningOperation {
+    /// Its workflow id.
+    pub workflow_id: String,
+    /// Its workflow type (`StopRuntime`, ...).
+    pub workflow_type: String,
+    /// The `progress` query's answer; `None` when the query failed (e.g. no worker polls its
+    /// task queue right now).
+    pub progress: Option<Value>,
+}
+
+/// The lifecycle operations of `game` still running, found through the `GameId` search
+/// attribute, each asked where it is.
+pub async fn running_operations(
+    client: &Client,
+    game: &GameId,
+) -> anyhow::Result<Vec<RunningOperation>> {
+    use futures::StreamExt;
+    use temporalio_client::{UntypedQuery, WorkflowListOptions, WorkflowQueryOptions};
+    // A game id holds no quote: its alphabet is parsed at the edge.
+    let query = format!("GameId = '{game}' AND ExecutionStatus = 'Running'");
+    let mut listed = client.list_workflows(query, WorkflowListOptions::default());
+    let mut running = Vec::new();
+    while let Some(execution) = listed.next().await {
+        let execution = execution?;
+        let handle = client.get_workflow_handle::<UntypedWorkflow>(execution.id());
+        let answer = handle
+            .query(
+                UntypedQuery::<UntypedWorkflow>::new("progress"),
+                // The query takes no argument; the SDK decodes one JSON `null` as none.
+                json_input(b"null"),
+                WorkflowQueryOptions::default(),
+            )
+            .await;
+        if let Err(err) = &answer {
+            tracing::debug!(workflow_id = execution.id(), err = %err, "progress query");
+        }
+        let progress = answer.ok().and_then(|raw| {
+            let payload = raw.payloads.first()?;
+            serde_json::from_slice(&payload.data).ok()
+        });
+        running.push(RunningOperation {
+            workflow_id: execution.id().to_owned(),
+            workflow_type: execution.workflow_type().to_owned(),
+            progress,
+        });
+    }
+    Ok(running)
 }
 
 /// Waits for a workflow's output and decodes the contract JSON.

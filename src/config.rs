@@ -109,6 +109,10 @@ pub struct Config {
     /// the operation answers `service_unavailable` (a host that went away).
     #[arg(long = "host-wait-secs", env = "RTMANAGER_HOST_WAIT_SECS", default_value = "30", value_parser = secs)]
     pub host_wait: Duration,
+    /// Set the `GameId`, `OpKind`, `OpSource` and `Outcome` search attributes on every
+    /// lifecycle workflow; the worker registers missing ones at start (or refuses to start).
+    #[arg(long, env = "RTMANAGER_SEARCH_ATTRIBUTES", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
+    pub search_attributes: bool,
     /// Follow the host's Docker events and publish crashes (`container_exited`,
     /// `container_oom`) that no operation caused.
     #[arg(long, env = "RTMANAGER_WATCH_EVENTS", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
@@ -382,6 +386,7 @@ impl Config {
             local_docker_steps: self.local_docker_steps,
             lease_lock_delay: self.lease_lock_delay,
             host_wait: self.host_wait,
+            search_attributes: self.search_attributes,
             ..StepSettings::default()
         }
     }

@@ -82,6 +82,9 @@ enum Command {
     Status {
         #[arg(required = true)]
         game_ids: Vec<String>,
+        /// Also show each game's running operation and where it is (its `progress` query).
+        #[arg(long)]
+        operation: bool,
     },
     /// Measure stop latency, mass-stop throughput and the worker's footprint against the running
     /// stack (`scripts/dev up`); runs the `rtmanager-bench` binary next to this one
@@ -199,7 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return operator::reconcile(&config, host.as_deref(), json).await
         }
         Command::Host { action } => return operator::host(&config, action, json).await,
-        Command::Status { game_ids } => return operator::status(&config, game_ids, json).await,
+        Command::Status {
+            game_ids,
+            operation,
+        } => return operator::status(&config, game_ids, operation, json).await,
         Command::ResetFence { game_id } => {
             return operator::reset_fence(&config, &game_id, json).await
         }

@@ -163,11 +163,10 @@ async fn run_one(
 /// The CLI's router: a small pool of its own (one CLI call, a few statements).
 fn router(config: &Config) -> anyhow::Result<Router> {
     let store = Store::new(config.database_url.expose_secret(), 4)?;
-    Ok(Router::new(
-        store,
-        config.task_queue.clone(),
-        config.host_down_after,
-    ))
+    Ok(
+        Router::new(store, config.task_queue.clone(), config.host_down_after)
+            .with_search_attributes(config.search_attributes),
+    )
 }
 
 /// Stops one game or many: many run with bounded concurrency behind a progress bar, then a
@@ -441,12 +440,48 @@ fn short(container: &str) -> &str {
     &container[..container.len().min(12)]
 }
 
-/// `rtmanager status`: the records of the games named.
-pub async fn status(
+/// `rtmanager status --operation`: each game's running operations and their progress.
+async fn operations(
     config: &Config,
     game_ids: Vec<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let temporal = worker::connect_temporal(config).await?;
+    let mut all = BTreeMap::new();
+    for raw in game_ids {
+        let game = GameId::parse(&raw).map_err(|e| anyhow::anyhow!("{raw:?}: {e}"))?;
+        let running = client::running_operations(&temporal, &game).await?;
+        all.insert(game.to_string(), running);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (game, running) in &all {
+        if running.is_empty() {
+            println!("{game}: no operation running");
+        }
+        for op in running {
+            let progress = op.progress.as_ref().map_or_else(
+                || "(no answer to the progress query)".to_owned(),
+                ToString::to_string,
+            );
+            println!("{game}: {} {} {progress}", op.workflow_type, op.workflow_id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rtmanager status`: the records of the games named.
+pub async fn status(
+    config: &Config,
+    game_ids: Vec<String>,
+    operation: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if operation {
+        return operations(config, game_ids, json).await;
+    }
     let store = Store::new(config.database_url.expose_secret(), 2)?;
     let mut found: Vec<RuntimeRecord> = Vec::new();
     let mut missing = Vec::new();

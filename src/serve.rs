@@ -55,7 +55,8 @@ pub async fn serve(
         adapters.store.clone(),
         config.task_queue.clone(),
         config.host_down_after,
-    );
+    )
+    .with_search_attributes(config.search_attributes);
     let state = Arc::new(BridgeState::new(
         client.clone(),
         router.clone(),

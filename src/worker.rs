@@ -156,6 +156,9 @@ pub async fn run_worker(
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
+    if config.search_attributes {
+        ensure_search_attributes(&client, &config.namespace).await?;
+    }
     let runtime = Runtime::from_current_tokio(Default::default())?;
     // Registered before the first poll: a start this worker picks up can be placed here.
     let registration = config.host_registration();
@@ -201,7 +204,8 @@ pub async fn run_worker(
                 deps.store.clone(),
                 config.task_queue.clone(),
                 config.host_down_after,
-            ),
+            )
+            .with_search_attributes(config.search_attributes),
             limit: config.crash_loop_limit,
             window: config.crash_loop_window,
         });
@@ -230,6 +234,63 @@ pub async fn run_worker(
     heartbeat.abort();
     ran?;
     tracing::info!("rtmanager worker stopped");
+    Ok(())
+}
+
+/// Registers the search attributes the workflows set (Keyword) on `namespace` unless they are
+/// there. A workflow that sets an unregistered one fails its workflow task and stays stuck, so
+/// a worker that cannot register them refuses to start, saying how to do it by hand.
+pub async fn ensure_search_attributes(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use temporalio_client::tonic::Request;
+    use temporalio_common::protos::temporal::api::{
+        enums::v1::IndexedValueType,
+        operatorservice::v1::{AddSearchAttributesRequest, ListSearchAttributesRequest},
+    };
+    let names = rtmanager_workflows::operation::search::NAMES;
+    let mut service = client.connection().operator_service();
+    let list = || ListSearchAttributesRequest {
+        namespace: namespace.to_owned(),
+    };
+    let listed = service
+        .list_search_attributes(Request::new(list()))
+        .await
+        .context("list the namespace's search attributes")?
+        .into_inner();
+    let missing: HashMap<String, i32> = names
+        .iter()
+        .filter(|name| !listed.custom_attributes.contains_key(**name))
+        .map(|name| ((*name).to_owned(), IndexedValueType::Keyword as i32))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let added = service
+        .add_search_attributes(Request::new(AddSearchAttributesRequest {
+            search_attributes: missing.clone(),
+            namespace: namespace.to_owned(),
+        }))
+        .await;
+    if let Err(err) = added {
+        // Another worker may have added them meanwhile.
+        let listed = service
+            .list_search_attributes(Request::new(list()))
+            .await?
+            .into_inner();
+        if missing
+            .keys()
+            .any(|n| !listed.custom_attributes.contains_key(n))
+        {
+            anyhow::bail!(
+                "the search attributes {names:?} are not registered on namespace {namespace} and \
+                 could not be added ({}): register them (`temporal operator search-attribute \
+                 create --namespace {namespace} --name GameId --type Keyword`, likewise OpKind, \
+                 OpSource and Outcome) or set RTMANAGER_SEARCH_ATTRIBUTES=false",
+                err.message()
+            );
+        }
+    }
+    tracing::info!(added = ?missing.keys().collect::<Vec<_>>(), "registered search attributes");
     Ok(())
 }
 

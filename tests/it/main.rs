@@ -20,6 +20,7 @@ mod leases;
 mod lifecycle;
 mod normal_activities;
 mod openapi_fuzz;
+mod operability;
 mod races;
 mod replay;
 mod security;

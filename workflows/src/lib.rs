@@ -11,8 +11,67 @@
 
 #![warn(missing_docs)]
 
+/// The struct, factory, `run` and `progress` query every lifecycle workflow shares: `$body`
+/// runs with `$op`, the operation (an [`operation::Op`] whose progress the query reports), and
+/// `$input`, the raw input.
+macro_rules! lifecycle_workflow {
+    (
+        $(#[$doc:meta])*
+        $workflow:ident, $name:literal, $kind:expr, $input_doc:literal,
+        |$op:ident, $input:ident| $body:expr
+    ) => {
+        $(#[$doc])*
+        #[temporalio_macros::workflow]
+        #[derive(Default)]
+        pub struct $workflow {
+            settings: $crate::StepSettings,
+            progress: $crate::progress::Progress,
+        }
+
+        impl $workflow {
+            /// The workflow as the worker's factory builds it, with the worker's step options.
+            pub fn new(settings: $crate::StepSettings) -> Self {
+                Self {
+                    settings,
+                    progress: Default::default(),
+                }
+            }
+        }
+
+        // `#[workflow_methods]` generates an undocumented constant per method; it copies each
+        // method's `#[allow]` attributes onto it, hence `allow(missing_docs)` on documented ones.
+        #[temporalio_macros::workflow_methods]
+        impl $workflow {
+            #[doc = $input_doc]
+            #[allow(missing_docs)]
+            #[run(name = $name)]
+            pub async fn run(
+                ctx: &mut temporalio_workflow::WorkflowContext<Self>,
+                $input: temporalio_workflow::common::data_converters::RawValue,
+            ) -> temporalio_workflow::WorkflowResult<rtmanager_domain::OperationOutput> {
+                let settings = ctx.state(|s| s.settings.clone());
+                let report = |w: &mut Self, p: &$crate::progress::Progress| w.progress = p.clone();
+                #[allow(unused_mut)]
+                let mut $op = $crate::operation::Op::new(ctx, &settings, $kind, report);
+                Ok($body)
+            }
+
+            /// Where the operation is: its step, host, container, fence and child in flight.
+            #[allow(missing_docs)]
+            #[query(name = "progress")]
+            pub fn progress(
+                &self,
+                _ctx: &temporalio_workflow::WorkflowContextView,
+            ) -> $crate::progress::Progress {
+                self.progress.clone()
+            }
+        }
+    };
+}
+
 pub mod contract;
 pub mod operation;
+pub mod progress;
 pub mod reconcile;
 pub mod replace;
 pub mod settings;

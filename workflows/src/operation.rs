@@ -23,6 +23,7 @@ use crate::{
         HostRoute, LeaseOutcome, LoadRecord, LoadRecordInput, LoadedRecord, OperationEntry,
         PlaceGame, PlaceGameInput, Placement, ReleaseLease, ReleaseLeaseInput,
     },
+    progress::Progress,
     support::{
         docker_step, fast_step, operation_id, request_bytes, workflow_now, Cancel, StepFailure,
         FAST_STEP_TIMEOUT,
@@ -37,6 +38,9 @@ pub const INHERITED_LEASE_CHECK: &str = "check-inherited-lease";
 /// The patch id that marks start histories in which the game is placed on a host
 /// (`PlaceGame`): histories recorded before hosts replay without the step.
 pub const PLACE_ON_HOST: &str = "place-on-host";
+
+/// The patch id that marks histories in which the workflow sets its search attributes.
+pub const SEARCH_ATTRIBUTES: &str = "search-attributes";
 
 /// The patch id that marks start histories in which a `running` record's container is
 /// inspected (`InspectGame`) before the record is trusted.
@@ -137,12 +141,45 @@ pub struct Op<'a, W> {
     held: std::cell::RefCell<Option<(GameId, LeaseToken)>>,
     /// The host the game's Docker steps run on, once the record or the placement named it.
     host: std::cell::RefCell<Option<HostRoute>>,
+    /// What the `progress` query answers, kept here and copied into the workflow's state.
+    progress: std::cell::RefCell<Progress>,
+    report: fn(&mut W, &Progress),
+    /// This workflow sets the search attributes (`GameId`, `OpKind`, `OpSource`, `Outcome`).
+    search_attributes: bool,
+}
+
+/// The search attributes every lifecycle workflow sets (Keyword), so that an operator lists a
+/// game's operations in the Web UI or with `temporal workflow list --query "GameId='g'"`.
+pub mod search {
+    use temporalio_workflow::common::search_attributes::SearchAttributeKey;
+
+    /// The game the operation is for.
+    pub const GAME_ID: SearchAttributeKey<String> = SearchAttributeKey::keyword("GameId");
+    /// `start`, `stop`, `restart` or `patch`.
+    pub const OP_KIND: SearchAttributeKey<String> = SearchAttributeKey::keyword("OpKind");
+    /// `rest`, `stream`, `admin` or `reconciler`.
+    pub const OP_SOURCE: SearchAttributeKey<String> = SearchAttributeKey::keyword("OpSource");
+    /// `success` or `failure`, once the operation ended.
+    pub const OUTCOME: SearchAttributeKey<String> = SearchAttributeKey::keyword("Outcome");
+    /// Every name, for registering them on a namespace.
+    pub const NAMES: [&str; 4] = ["GameId", "OpKind", "OpSource", "Outcome"];
 }
 
 impl<'a, W> Op<'a, W> {
     /// An operation of `kind` in the workflow of `ctx`; nothing is audited until it ends.
-    pub fn new(ctx: &'a WorkflowContext<W>, settings: &'a StepSettings, kind: OpKind) -> Self {
-        Self {
+    /// `report` copies the operation's progress into the workflow's state, where the
+    /// `progress` query reads it.
+    pub fn new(
+        ctx: &'a WorkflowContext<W>,
+        settings: &'a StepSettings,
+        kind: OpKind,
+        report: fn(&mut W, &Progress),
+    ) -> Self {
+        let search_attributes = settings.search_attributes && ctx.patched(SEARCH_ATTRIBUTES);
+        if search_attributes {
+            ctx.upsert_search_attributes([search::OP_KIND.value_set(kind.as_str().to_owned())]);
+        }
+        let op = Self {
             ctx,
             settings,
             kind,
@@ -151,7 +188,33 @@ impl<'a, W> Op<'a, W> {
             audit: Audit::default(),
             held: std::cell::RefCell::new(None),
             host: std::cell::RefCell::new(None),
-        }
+            progress: std::cell::RefCell::new(Progress {
+                op_kind: Some(kind.as_str().to_owned()),
+                step: "Parse".to_owned(),
+                ..Progress::default()
+            }),
+            report,
+            search_attributes,
+        };
+        op.track(|_| {});
+        op
+    }
+
+    /// Updates the operation's progress and hands it to the workflow's state.
+    pub fn track(&self, update: impl FnOnce(&mut Progress)) {
+        let snapshot = {
+            let mut progress = self.progress.borrow_mut();
+            update(&mut progress);
+            progress.clone()
+        };
+        self.ctx.state_mut(|w| (self.report)(w, &snapshot));
+    }
+
+    fn begin(&self, step: &str) {
+        self.track(|p| {
+            p.step = step.to_owned();
+            p.steps_begun += 1;
+        });
     }
 
     /// Parses the raw input with `parse`; on failure, audits `invalid_request` and returns the
@@ -216,6 +279,7 @@ impl<'a, W> Op<'a, W> {
         AD: ActivityDefinition,
         AD::Output: TemporalDeserializable,
     {
+        self.begin(activity.name());
         let (ctx, settings) = (self.ctx, self.settings);
         fast_step(
             ctx,
@@ -247,13 +311,25 @@ impl<'a, W> Op<'a, W> {
             .as_ref()
             .map(|route| route.task_queue.clone())
             .filter(|queue| queue != self.ctx.task_queue());
+        self.begin(activity.name());
         let (ctx, settings) = (self.ctx, self.settings);
         docker_step(ctx, settings, activity, input, cancel, remote.as_deref()).await
     }
 
     /// From now on, Docker steps run on this host.
     pub fn route_to(&self, route: HostRoute) {
+        self.track(|p| p.host = Some(route.host_id.to_string()));
         *self.host.borrow_mut() = Some(route);
+    }
+
+    /// The container the operation acts on, for its progress.
+    pub fn note_container(&self, container_id: &str) {
+        self.track(|p| p.container_id = Some(container_id.to_owned()));
+    }
+
+    /// The child workflow in flight (`None` once it ended), for its progress.
+    pub fn note_child(&self, child: Option<&str>) {
+        self.track(|p| p.child = child.map(str::to_owned));
     }
 
     /// The host the Docker steps run on, once known.
@@ -328,6 +404,7 @@ impl<'a, W> Op<'a, W> {
                 )
                 .await);
         }
+        self.track(|p| p.fence = token.fence());
         if !self.ctx.patched(INHERITED_LEASE_CHECK) {
             return Ok(token.clone());
         }
@@ -354,8 +431,17 @@ impl<'a, W> Op<'a, W> {
         Err(self.failure(code, message, Touched::default()).await)
     }
 
-    /// Sets the audit fields once the request parsed.
+    /// Sets the audit fields (and the `GameId` and `OpSource` search attributes) once the
+    /// request parsed.
     pub fn audit(&mut self, audit: Audit) {
+        if self.search_attributes {
+            self.ctx.upsert_search_attributes([
+                search::GAME_ID.value_set(audit.game_id.clone()),
+                search::OP_SOURCE.value_set(audit.op_source.clone()),
+            ]);
+        }
+        let game = audit.game_id.clone();
+        self.track(|p| p.game_id = Some(game));
         self.audit = audit;
     }
 
@@ -370,6 +456,7 @@ impl<'a, W> Op<'a, W> {
         // From the workflow's seeded random stream: deterministic on replay, so a retried
         // acquire recognises its own lease; unpredictable to anyone without the history.
         let secret = format!("{}{}", self.ctx.uuid4(), self.ctx.uuid4()).replace('-', "");
+        self.begin(AcquireLease.name());
         let acquired = fast_step(
             self.ctx,
             self.settings,
@@ -386,7 +473,10 @@ impl<'a, W> Op<'a, W> {
         )
         .await;
         match acquired {
-            Ok(LeaseOutcome::Acquired { fence }) => Ok(LeaseToken::issued(fence, &secret)),
+            Ok(LeaseOutcome::Acquired { fence }) => {
+                self.track(|p| p.fence = Some(fence));
+                Ok(LeaseToken::issued(fence, &secret))
+            }
             Ok(LeaseOutcome::HeldByOther) => Err(self
                 .failure(
                     ErrorCode::Conflict,
@@ -499,6 +589,14 @@ impl<'a, W> Op<'a, W> {
         error_message: Option<String>,
         touched: Touched,
     ) {
+        if self.search_attributes {
+            let outcome = search::OUTCOME.value_set(outcome.as_str().to_owned());
+            self.ctx.upsert_search_attributes([outcome]);
+        }
+        self.track(|p| {
+            p.step = "done".to_owned();
+            p.outcome = Some(outcome.as_str().to_owned());
+        });
         let entry = OperationEntry {
             operation_id: self.operation_id.clone(),
             game_id: self.audit.game_id.clone(),

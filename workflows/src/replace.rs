@@ -10,8 +10,7 @@
 //! A patch whose new image fails to start brings the previous image back up (automatic
 //! rollback) and reports the failure, saying so in `error_message` and in the audit row.
 
-use temporalio_macros::{workflow, workflow_methods};
-use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext, WorkflowResult};
+use temporalio_workflow::common::data_converters::RawValue;
 
 use rtmanager_domain::{
     ErrorCode, ImageRef, LeaseToken, OpKind, OperationOutput, ReplaceRequest, RuntimeStatus,
@@ -23,80 +22,31 @@ use crate::{
     start::StartRuntimeWorkflow,
     stop::StopRuntimeWorkflow,
     support::run_child,
-    StepSettings,
 };
 
-/// The `RestartRuntime` workflow: stop, then start the same image.
-#[workflow]
-#[derive(Default)]
-pub struct RestartRuntimeWorkflow {
-    settings: StepSettings,
-}
-
-impl RestartRuntimeWorkflow {
-    /// The workflow as the worker's factory builds it, with the worker's step options.
-    pub fn new(settings: StepSettings) -> Self {
-        Self { settings }
+lifecycle_workflow!(
+    /// The `RestartRuntime` workflow: stop, then start the same image.
+    RestartRuntimeWorkflow,
+    "RestartRuntime",
+    OpKind::Restart,
+    "Input: `{\"game_id\", \"op_source\", \"source_ref\"?}`.",
+    |op, input| match op.parse(&input, ReplaceRequest::restart_from_json).await {
+        Ok(request) => replace(&mut op, request).await,
+        Err(output) => output,
     }
-}
+);
 
-// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
-// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
-#[workflow_methods]
-impl RestartRuntimeWorkflow {
-    /// Input: `{"game_id", "op_source", "source_ref"?}`.
-    #[allow(missing_docs)]
-    #[run(name = "RestartRuntime")]
-    pub async fn run(
-        ctx: &mut WorkflowContext<Self>,
-        input: RawValue,
-    ) -> WorkflowResult<OperationOutput> {
-        let settings = ctx.state(|s| s.settings.clone());
-        let mut op = Op::new(ctx, &settings, OpKind::Restart);
-        Ok(
-            match op.parse(&input, ReplaceRequest::restart_from_json).await {
-                Ok(request) => replace(&mut op, request).await,
-                Err(output) => output,
-            },
-        )
+lifecycle_workflow!(
+    /// The `PatchRuntime` workflow: stop, then start a new image; roll back on failure.
+    PatchRuntimeWorkflow,
+    "PatchRuntime",
+    OpKind::Patch,
+    "Input: `{\"game_id\", \"image_ref\", \"op_source\", \"source_ref\"?}`.",
+    |op, input| match op.parse(&input, ReplaceRequest::patch_from_json).await {
+        Ok(request) => replace(&mut op, request).await,
+        Err(output) => output,
     }
-}
-
-/// The `PatchRuntime` workflow: stop, then start a new image; roll back on failure.
-#[workflow]
-#[derive(Default)]
-pub struct PatchRuntimeWorkflow {
-    settings: StepSettings,
-}
-
-impl PatchRuntimeWorkflow {
-    /// The workflow as the worker's factory builds it, with the worker's step options.
-    pub fn new(settings: StepSettings) -> Self {
-        Self { settings }
-    }
-}
-
-// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
-// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
-#[workflow_methods]
-impl PatchRuntimeWorkflow {
-    /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?}`.
-    #[allow(missing_docs)]
-    #[run(name = "PatchRuntime")]
-    pub async fn run(
-        ctx: &mut WorkflowContext<Self>,
-        input: RawValue,
-    ) -> WorkflowResult<OperationOutput> {
-        let settings = ctx.state(|s| s.settings.clone());
-        let mut op = Op::new(ctx, &settings, OpKind::Patch);
-        Ok(
-            match op.parse(&input, ReplaceRequest::patch_from_json).await {
-                Ok(request) => replace(&mut op, request).await,
-                Err(output) => output,
-            },
-        )
-    }
-}
+);
 
 async fn replace<W>(op: &mut Op<'_, W>, mut request: ReplaceRequest) -> OperationOutput {
     // The three rows share one source_ref: the caller's, or this operation's own id.
@@ -243,5 +193,8 @@ where
         + 'static,
 {
     let child_id = format!("{}/{step}", op.ctx.workflow_id());
-    run_child(op.ctx, workflow, child_id, &input).await
+    op.note_child(Some(&child_id));
+    let output = run_child(op.ctx, workflow, child_id, &input).await;
+    op.note_child(None);
+    output
 }

@@ -36,6 +36,9 @@ pub struct StepSettings {
     /// How long a Docker step sent to another host's task queue waits for that host's worker
     /// to take it before the operation answers `service_unavailable` (a host that is down).
     pub host_wait: Duration,
+    /// Set the `GameId`, `OpKind`, `OpSource` and `Outcome` search attributes (registered on
+    /// the namespace: the worker checks at start).
+    pub search_attributes: bool,
 }
 
 impl Default for StepSettings {
@@ -49,6 +52,7 @@ impl Default for StepSettings {
             docker_attempts: 4,
             lease_lock_delay: Duration::from_secs(5),
             host_wait: Duration::from_secs(30),
+            search_attributes: true,
         }
     }
 }

@@ -9,9 +9,6 @@
 //! this operation created but could not record is removed; the container the record named
 //! before (stopped) is removed once the new one is recorded.
 
-use temporalio_macros::{workflow, workflow_methods};
-use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext, WorkflowResult};
-
 use rtmanager_domain::{
     ErrorCode, GameId, LeaseToken, OpKind, OperationOutput, RuntimeRecord, RuntimeStatus,
     StartRequest,
@@ -26,64 +23,44 @@ use crate::{
     },
     operation::{Audit, Op, Touched, PLACE_ON_HOST, START_CHECKS_CONTAINER},
     support::{short_digest, Cancel, StepFailure},
-    StepSettings,
 };
 
-/// The `StartRuntime` workflow.
-#[workflow]
-#[derive(Default)]
-pub struct StartRuntimeWorkflow {
-    settings: StepSettings,
-}
-
-impl StartRuntimeWorkflow {
-    /// The workflow as the worker's factory builds it, with the worker's step options.
-    pub fn new(settings: StepSettings) -> Self {
-        Self { settings }
+lifecycle_workflow!(
+    /// The `StartRuntime` workflow.
+    StartRuntimeWorkflow,
+    "StartRuntime",
+    OpKind::Start,
+    "Input: `{\"game_id\", \"image_ref\", \"op_source\", \"source_ref\"?, \"lease_token\"?, \"host\"?}`.",
+    |op, input| match op.parse(&input, StartRequest::from_json).await {
+        Ok(request) => start(&mut op, &request).await,
+        Err(output) => output,
     }
-}
+);
 
-// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
-// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
-#[workflow_methods]
-impl StartRuntimeWorkflow {
-    /// Input: `{"game_id", "image_ref", "op_source", "source_ref"?, "lease_token"?, "host"?}`.
-    #[allow(missing_docs)]
-    #[run(name = "StartRuntime")]
-    pub async fn run(
-        ctx: &mut WorkflowContext<Self>,
-        input: RawValue,
-    ) -> WorkflowResult<OperationOutput> {
-        let settings = ctx.state(|s| s.settings.clone());
-        let mut op = Op::new(ctx, &settings, OpKind::Start);
-        let request = match op.parse(&input, StartRequest::from_json).await {
-            Ok(request) => request,
-            Err(output) => return Ok(output),
+/// The seed's `Handle` for a start: acquire, start, always release; or `Run` under an
+/// inherited lease.
+async fn start<W>(op: &mut Op<'_, W>, request: &StartRequest) -> OperationOutput {
+    op.audit(Audit::of(
+        &request.game_id,
+        request.op_source,
+        request.source_ref.as_ref(),
+        None,
+    ));
+    let op = &*op;
+    if let Some(token) = &request.lease_token {
+        return match op.inherited_lease(&request.game_id, token).await {
+            Ok(token) => start_under_lease(op, request, &token).await,
+            Err(output) => output,
         };
-        op.audit(Audit::of(
-            &request.game_id,
-            request.op_source,
-            request.source_ref.as_ref(),
-            None,
-        ));
-        if let Some(token) = &request.lease_token {
-            return Ok(match op.inherited_lease(&request.game_id, token).await {
-                Ok(token) => start_under_lease(&op, &request, &token).await,
-                Err(output) => output,
-            });
-        }
-        let token = match op.acquire_lease(&request.game_id).await {
-            Ok(token) => token,
-            Err(output) => return Ok(output),
-        };
-        let output = op
-            .with_lease(&request.game_id, token, |token| {
-                let (op, request) = (&op, &request);
-                async move { start_under_lease(op, request, &token).await }
-            })
-            .await;
-        Ok(output)
     }
+    let token = match op.acquire_lease(&request.game_id).await {
+        Ok(token) => token,
+        Err(output) => return output,
+    };
+    op.with_lease(&request.game_id, token, |token| async move {
+        start_under_lease(op, request, &token).await
+    })
+    .await
 }
 
 async fn start_under_lease<W>(
@@ -169,7 +146,10 @@ async fn start_under_lease<W>(
         )
         .await;
     let container_id = match ensured {
-        Ok(id) => id,
+        Ok(id) => {
+            op.note_container(&id);
+            id
+        }
         Err(err) => {
             let failure = StepFailure::from(err);
             let code = failure.code_or(ErrorCode::ServiceUnavailable);

@@ -9,9 +9,6 @@
 //! Every business outcome completes the workflow with an [`OperationOutput`]; the workflow
 //! itself never fails on bad input or a failing dependency.
 
-use temporalio_macros::{workflow, workflow_methods};
-use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext, WorkflowResult};
-
 use rtmanager_domain::{
     ErrorCode, LeaseToken, OpKind, OperationOutput, RuntimeRecord, RuntimeStatus, StopRequest,
 };
@@ -23,50 +20,28 @@ use crate::{
     },
     operation::{Audit, Op, Touched},
     support::{workflow_now, Cancel, StepFailure},
-    StepSettings,
 };
 
-/// The `StopRuntime` workflow. Registered with a factory that carries the worker's
-/// [`StepSettings`] (the `Default` is for replay tests and tools).
-#[workflow]
-#[derive(Default)]
-pub struct StopRuntimeWorkflow {
-    settings: StepSettings,
-}
-
-impl StopRuntimeWorkflow {
-    /// The workflow as the worker's factory builds it, with the worker's step options.
-    pub fn new(settings: StepSettings) -> Self {
-        Self { settings }
+lifecycle_workflow!(
+    /// The `StopRuntime` workflow. Registered with a factory that carries the worker's
+    /// [`crate::StepSettings`] (the `Default` is for replay tests and tools).
+    StopRuntimeWorkflow,
+    "StopRuntime",
+    OpKind::Stop,
+    "Input: `{\"game_id\", \"reason\", \"op_source\", \"source_ref\"?, \"lease_token\"?}` as raw JSON.",
+    |op, input| match op.parse(&input, StopRequest::from_json).await {
+        Ok(request) => {
+            op.audit(Audit::of(
+                &request.game_id,
+                request.op_source,
+                request.source_ref.as_ref(),
+                Some(request.reason.as_str()),
+            ));
+            handle(&op, &request).await
+        }
+        Err(output) => output,
     }
-}
-
-// `#[workflow_methods]` generates an undocumented constant per method; it copies each method's
-// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on the documented `run`.
-#[workflow_methods]
-impl StopRuntimeWorkflow {
-    /// Input: `{"game_id", "reason", "op_source", "source_ref"?, "lease_token"?}` as raw JSON.
-    #[allow(missing_docs)]
-    #[run(name = "StopRuntime")]
-    pub async fn run(
-        ctx: &mut WorkflowContext<Self>,
-        input: RawValue,
-    ) -> WorkflowResult<OperationOutput> {
-        let settings = ctx.state(|s| s.settings.clone());
-        let mut op = Op::new(ctx, &settings, OpKind::Stop);
-        let request = match op.parse(&input, StopRequest::from_json).await {
-            Ok(request) => request,
-            Err(output) => return Ok(output),
-        };
-        op.audit(Audit::of(
-            &request.game_id,
-            request.op_source,
-            request.source_ref.as_ref(),
-            Some(request.reason.as_str()),
-        ));
-        Ok(handle(&op, &request).await)
-    }
-}
+);
 
 /// The seed's `Handle` (no lease token: acquire, run, always release) or `Run` (a parent's lease
 /// token: run only).
@@ -130,6 +105,7 @@ async fn run_under_lease<W>(
             .await;
     };
 
+    op.note_container(&container_id);
     let stopped = op
         .docker(
             StopContainer,

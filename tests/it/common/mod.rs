@@ -1076,6 +1076,10 @@ pub fn rtmanager_command(config: &Config) -> Command {
         ),
         ("RTMANAGER_WATCH_EVENTS", config.watch_events.to_string()),
         (
+            "RTMANAGER_SEARCH_ATTRIBUTES",
+            config.search_attributes.to_string(),
+        ),
+        (
             "RTMANAGER_REMOVE_ORPHANS",
             config.remove_orphans.to_string(),
         ),

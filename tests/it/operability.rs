@@ -1,0 +1,183 @@
+//! Operating rtmanager from Temporal's side: every lifecycle workflow carries the `GameId`,
+//! `OpKind`, `OpSource` and `Outcome` search attributes whatever way it came in, and answers the
+//! `progress` query while it runs (also through `rtmanager status --operation`).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rtmanager_domain::GameId;
+use serde_json::Value;
+
+use crate::common::{eventually, rtmanager_command, run_ok, temporal_cli, TestApp};
+
+/// The workflow ids a visibility query lists.
+async fn listed(app: &TestApp, query: &str) -> Vec<String> {
+    let options = temporalio_client::WorkflowListOptions::default();
+    let mut stream = app.client.list_workflows(query.to_owned(), options);
+    let mut ids = Vec::new();
+    while let Some(execution) = stream.next().await {
+        ids.push(execution.expect("list workflows").id().to_owned());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_of_a_game_is_listed_by_its_search_attributes() {
+    let mut app = TestApp::spawn().await;
+    let bridge = app.spawn_bridge().await;
+    let (game, _) = app.started_game("sa").await;
+    let path = format!("/api/v1/internal/runtimes/{game}/stop");
+    let stopped = bridge
+        .call("POST", &path, &[], Some(r#"{"reason":"admin"}"#))
+        .await;
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    // A third way in: the `temporal` CLI, on the shared queue.
+    let input = format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#);
+    run_ok(
+        std::process::Command::new(temporal_cli()).args([
+            "workflow",
+            "execute",
+            "--address",
+            app.config().temporal_address.trim_start_matches("http://"),
+            "--task-queue",
+            &app.config().task_queue,
+            "--type",
+            "RestartRuntime",
+            "--input",
+            &input,
+        ]),
+        "temporal workflow execute",
+    );
+
+    let by_game = format!("GameId = '{game}'");
+    let all = eventually(
+        "visibility to list every operation",
+        Duration::from_secs(30),
+        || async {
+            let ids = listed(&app, &by_game).await;
+            // start, stop, restart and its two children
+            (ids.len() >= 5).then_some(ids)
+        },
+    )
+    .await;
+    assert_eq!(all.len(), 5, "{all:?}");
+    let count = |query: String| {
+        let app = &app;
+        async move { listed(app, &query).await.len() }
+    };
+    assert_eq!(
+        count(format!("{by_game} AND OpKind = 'stop'")).await,
+        2,
+        "the HTTP stop and the restart's"
+    );
+    assert_eq!(count(format!("{by_game} AND OpSource = 'rest'")).await, 1);
+    assert_eq!(count(format!("{by_game} AND OpSource = 'admin'")).await, 4);
+    assert_eq!(count(format!("{by_game} AND Outcome = 'success'")).await, 5);
+    // The CLI's own listing works the same way.
+    let out = run_ok(
+        std::process::Command::new(temporal_cli()).args([
+            "workflow",
+            "list",
+            "--address",
+            app.config().temporal_address.trim_start_matches("http://"),
+            "--query",
+            &format!("{by_game} AND OpKind = 'restart'"),
+        ]),
+        "temporal workflow list",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("RestartRuntime"));
+}
+
+/// Posts `verb` for `game` through a bridge in a task of its own; returns the task.
+fn post_in_background(
+    bridge: &std::sync::Arc<crate::common::Bridge>,
+    game: &str,
+    verb: &str,
+    body: &'static str,
+) -> tokio::task::JoinHandle<u16> {
+    let (bridge, path) = (
+        bridge.clone(),
+        format!("/api/v1/internal/runtimes/{game}/{verb}"),
+    );
+    tokio::spawn(async move { bridge.call("POST", &path, &[], Some(body)).await.status })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_operation_answers_where_it_is() {
+    // Normal Docker steps: the workflow task completes while Docker works, so the query is
+    // answered at once (with local ones it is answered when the task heartbeats or ends).
+    let mut app = TestApp::spawn_with(|c| {
+        c.stop_timeout = Duration::from_secs(6);
+        c.local_docker_steps = false;
+    })
+    .await;
+    let bridge = std::sync::Arc::new(app.spawn_bridge().await);
+    let (game, container) = app.slow_game("where").await;
+    let stop = post_in_background(&bridge, &game, "stop", r#"{"reason":"admin"}"#);
+    app.await_stop_signal(&container).await;
+    let game_id = GameId::parse(&game).unwrap();
+    let running = rtmanager::client::running_operations(&app.client, &game_id)
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1, "{running:?}");
+    let progress = running[0]
+        .progress
+        .clone()
+        .expect("the progress query answers");
+    assert_eq!(progress["step"], "StopContainer", "{progress}");
+    assert_eq!(progress["container_id"], container.as_str());
+    assert_eq!(progress["host"], "local");
+    assert_eq!(progress["game_id"], game.as_str());
+    assert!(progress["fence"].as_u64().is_some(), "{progress}");
+    // The operator's view of the same.
+    let out = run_ok(
+        rtmanager_command(app.config()).args(["status", &game, "--operation"]),
+        "rtmanager status --operation",
+    );
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("StopRuntime") && out.contains("StopContainer"),
+        "{out}"
+    );
+    assert_eq!(stop.await.unwrap(), 200);
+    let done = eventually(
+        "the stop to leave the running list",
+        Duration::from_secs(10),
+        || async {
+            let running = rtmanager::client::running_operations(&app.client, &game_id)
+                .await
+                .ok()?;
+            running.is_empty().then_some(())
+        },
+    );
+    done.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_names_its_child_in_flight() {
+    let mut app = TestApp::spawn_with(|c| {
+        c.stop_timeout = Duration::from_secs(6);
+        c.local_docker_steps = false;
+    })
+    .await;
+    let bridge = std::sync::Arc::new(app.spawn_bridge().await);
+    let (game, container) = app.slow_game("child").await;
+    let restart = post_in_background(&bridge, &game, "restart", "{}");
+    app.await_stop_signal(&container).await;
+    let game_id = GameId::parse(&game).unwrap();
+    let running = rtmanager::client::running_operations(&app.client, &game_id)
+        .await
+        .unwrap();
+    let parent = running
+        .iter()
+        .find(|op| op.workflow_type == "RestartRuntime")
+        .expect("the restart runs");
+    let progress: &Value = parent.progress.as_ref().expect("an answer");
+    let child = progress["child"].as_str().expect("a child in flight");
+    assert!(
+        child.starts_with(&parent.workflow_id) && child.ends_with("/stop"),
+        "{progress}"
+    );
+    assert!(progress["fence"].as_u64().is_some(), "{progress}");
+    assert_eq!(restart.await.unwrap(), 200);
+}
