@@ -44,13 +44,17 @@ pub fn workflow_type(kind: OpKind) -> &'static str {
 }
 
 /// Where an operation came from, with its idempotency key: together with the verb and the game
-/// it names the workflow, so the same request through the same way in is one operation.
+/// it names the workflow. A request id the caller gave (HTTP `X-Request-Id`, a stream entry's
+/// `request_id`, the CLI's `--request-id`) names the same workflow whichever way it came in, so
+/// one request sent through two ways in runs once; without one, each way keeps its own key.
 #[derive(Debug, Clone)]
 pub enum Origin {
-    /// The HTTP bridge: `X-Request-Id`, the caller's or a fresh one.
+    /// The HTTP bridge.
     Http {
         /// The caller's `X-Request-Id`, or a fresh one.
         request_id: SourceRef,
+        /// Whether the caller gave it (a fresh one names no other way in's operation).
+        given: bool,
     },
     /// A `runtime:stop_jobs` entry; `attempt` counts the retries after a held lease.
     Stream {
@@ -60,9 +64,14 @@ pub enum Origin {
         entry_id: String,
         /// 0 for the first run; each retry after a held lease is a new operation.
         attempt: u32,
+        /// The entry's `request_id` field, if any.
+        request_id: Option<SourceRef>,
     },
-    /// An operator's CLI invocation: a fresh id each time.
-    Cli,
+    /// An operator's CLI invocation: its `--request-id`, else a fresh id each time.
+    Cli {
+        /// The operator's `--request-id`, if any.
+        request_id: Option<SourceRef>,
+    },
     /// The events watcher restarting a game after its container `container_id` crashed: one
     /// restart per crash, however often the watcher reads the event again.
     Crash {
@@ -206,24 +215,39 @@ impl Router {
     }
 }
 
-/// `<way in>-<verb>-...`: HTTP `http-<verb>-<game>-<request id>`, stream
-/// `stream-<verb>-<stream>-<entry id>` (`-retry<n>` after a held lease), CLI
-/// `cli-<verb>-<game>-<uuid>`, a restart after a crash `crash-restart-<game>-<container>`.
+/// The workflow id. With a request id the caller gave, whichever way in:
+/// `req-<verb>-<game>-<request id>`. Without one: HTTP `http-<verb>-<game>-<fresh uuid>`,
+/// stream `stream-<verb>-<stream>-<entry id>`, CLI `cli-<verb>-<game>-<uuid>`. A stream retry
+/// after a held lease appends `-retry<n>`. A restart after a crash:
+/// `crash-restart-<game>-<container>`.
 fn workflow_id(kind: OpKind, game: Option<&GameId>, origin: &Origin) -> String {
     let game = game.map_or("", GameId::as_str);
+    let given = |request_id: &SourceRef| format!("req-{kind}-{game}-{}", request_id.as_str());
+    let retry = |attempt: u32| match attempt {
+        0 => String::new(),
+        n => format!("-retry{n}"),
+    };
     match origin {
-        Origin::Http { request_id } => format!("http-{kind}-{game}-{}", request_id.as_str()),
+        Origin::Http {
+            request_id,
+            given: true,
+        } => given(request_id),
+        Origin::Http { request_id, .. } => format!("http-{kind}-{game}-{}", request_id.as_str()),
         Origin::Stream {
-            stream,
-            entry_id,
-            attempt: 0,
-        } => format!("stream-{kind}-{stream}-{entry_id}"),
+            request_id: Some(request_id),
+            attempt,
+            ..
+        } if !game.is_empty() => format!("{}{}", given(request_id), retry(*attempt)),
         Origin::Stream {
             stream,
             entry_id,
             attempt,
-        } => format!("stream-{kind}-{stream}-{entry_id}-retry{attempt}"),
-        Origin::Cli => format!("cli-{kind}-{game}-{}", uuid::Uuid::new_v4()),
+            ..
+        } => format!("stream-{kind}-{stream}-{entry_id}{}", retry(*attempt)),
+        Origin::Cli {
+            request_id: Some(request_id),
+        } => given(request_id),
+        Origin::Cli { request_id: None } => format!("cli-{kind}-{game}-{}", uuid::Uuid::new_v4()),
         Origin::Crash { container_id } => format!("crash-{kind}-{game}-{container_id}"),
     }
 }
@@ -480,12 +504,40 @@ mod tests {
     #[test]
     fn the_same_request_id_names_the_same_workflow() {
         let origin = Origin::Http {
-            request_id: SourceRef::parse("req-1").unwrap(),
+            request_id: SourceRef::parse("r-1").unwrap(),
+            given: true,
         };
         let a = Operation::new(&stop("g-1"), &origin);
         let b = Operation::new(&stop("g-1"), &origin);
         assert_eq!(a.workflow_id(), b.workflow_id());
-        assert_eq!(a.workflow_id(), "http-stop-g-1-req-1");
+        assert_eq!(a.workflow_id(), "req-stop-g-1-r-1");
+        // The same request id through the stream or the CLI is the same operation.
+        let stream = Origin::Stream {
+            stream: "runtime:stop_jobs".into(),
+            entry_id: "9-0".into(),
+            attempt: 0,
+            request_id: SourceRef::parse("r-1").ok(),
+        };
+        let cli = Origin::Cli {
+            request_id: SourceRef::parse("r-1").ok(),
+        };
+        assert_eq!(
+            Operation::new(&stop("g-1"), &stream).workflow_id(),
+            a.workflow_id()
+        );
+        assert_eq!(
+            Operation::new(&stop("g-1"), &cli).workflow_id(),
+            a.workflow_id()
+        );
+        // A fresh id the bridge made up names only its own operation.
+        let fresh = Origin::Http {
+            request_id: SourceRef::parse("r-1").unwrap(),
+            given: false,
+        };
+        assert_eq!(
+            Operation::new(&stop("g-1"), &fresh).workflow_id(),
+            "http-stop-g-1-r-1"
+        );
         assert_ne!(
             a.workflow_id(),
             Operation::new(&stop("g-2"), &origin).workflow_id()
@@ -498,6 +550,7 @@ mod tests {
             stream: "runtime:stop_jobs".into(),
             entry_id: "1-0".into(),
             attempt,
+            request_id: None,
         };
         let first = Operation::new(&stop("g"), &entry(0));
         assert_eq!(first.workflow_id(), "stream-stop-runtime:stop_jobs-1-0");
@@ -506,7 +559,7 @@ mod tests {
             retry.workflow_id(),
             "stream-stop-runtime:stop_jobs-1-0-retry2"
         );
-        let cli = |_| Operation::new(&stop("g"), &Origin::Cli).workflow_id;
+        let cli = |_| Operation::new(&stop("g"), &Origin::Cli { request_id: None }).workflow_id;
         assert_ne!(cli(1), cli(2));
     }
 

@@ -20,6 +20,10 @@ struct Cli {
     /// Print JSON instead of a table (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// The operation's request id: the same id through the HTTP bridge (`X-Request-Id`) or the
+    /// stream (`request_id`) for the same verb and game is the same operation, run once.
+    #[arg(long, global = true)]
+    request_id: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,6 +129,7 @@ async fn async_main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     let json = cli.json;
+    let request_id = operator::parse_request_id(cli.request_id)?;
     match cli.command {
         Command::Worker => {
             let shutdown = shutdown_on_signal();
@@ -172,7 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await?;
             println!("applied {} migration(s)", applied.len());
         }
-        Command::Stop(args) => return operator::stop(&config, args, json).await,
+        Command::Stop(args) => return operator::stop(&config, args, request_id, json).await,
         Command::Start {
             game_id,
             image,
@@ -180,14 +185,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             host,
         } => {
             let request = operator::start_request(&game_id, &image, source_ref, host.as_deref())?;
-            return operator::operate(&config, request, json).await;
+            return operator::operate(&config, request, request_id, json).await;
         }
         Command::Restart {
             game_id,
             source_ref,
         } => {
             let request = operator::replace_request(&game_id, None, source_ref)?;
-            return operator::operate(&config, request, json).await;
+            return operator::operate(&config, request, request_id, json).await;
         }
         Command::Patch {
             game_id,
@@ -195,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             source_ref,
         } => {
             let request = operator::replace_request(&game_id, Some(&image), source_ref)?;
-            return operator::operate(&config, request, json).await;
+            return operator::operate(&config, request, request_id, json).await;
         }
         Command::Hosts => return operator::hosts(&config, json).await,
         Command::Reconcile { host } => {

@@ -42,6 +42,21 @@ pub struct StopArgs {
     concurrency: usize,
 }
 
+/// The operator's `--request-id`: the same id through the bridge (`X-Request-Id`) or the stream
+/// (`request_id`) names the same operation.
+pub fn parse_request_id(raw: Option<String>) -> anyhow::Result<Option<SourceRef>> {
+    raw.as_deref()
+        .map(|raw| {
+            SourceRef::parse(raw)
+                .ok()
+                .filter(|id| id.as_str().chars().all(|c| c.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--request-id must be 1-256 visible ASCII characters")
+                })
+        })
+        .transpose()
+}
+
 /// `rtmanager start <game> --image <ref>`, as a request from an operator.
 pub fn start_request(
     game_id: &str,
@@ -144,10 +159,11 @@ fn parse_source_ref(raw: Option<String>) -> anyhow::Result<Option<SourceRef>> {
 pub async fn operate(
     config: &Config,
     request: LifecycleRequest,
+    request_id: Option<SourceRef>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let temporal = worker::connect_temporal(config).await?;
-    let output = run_one(&temporal, &router(config)?, &request).await?;
+    let output = run_one(&temporal, &router(config)?, &request, request_id).await?;
     Ok(report(&[(request.game_id().clone(), output)], json))
 }
 
@@ -155,8 +171,9 @@ async fn run_one(
     temporal: &temporalio_client::Client,
     router: &Router,
     request: &LifecycleRequest,
+    request_id: Option<SourceRef>,
 ) -> anyhow::Result<OperationOutput> {
-    let operation = Operation::new(request, &Origin::Cli);
+    let operation = Operation::new(request, &Origin::Cli { request_id });
     client::run(temporal, router, &operation).await
 }
 
@@ -171,7 +188,12 @@ fn router(config: &Config) -> anyhow::Result<Router> {
 
 /// Stops one game or many: many run with bounded concurrency behind a progress bar, then a
 /// summary by outcome.
-pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn stop(
+    config: &Config,
+    args: StopArgs,
+    request_id: Option<SourceRef>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let reason = args.reason.parse::<StopReason>()?;
     let source_ref = parse_source_ref(args.source_ref)?;
     let games: Vec<GameId> = if args.all_running {
@@ -192,7 +214,16 @@ pub async fn stop(config: &Config, args: StopArgs, json: bool) -> anyhow::Result
             .collect::<anyhow::Result<_>>()?
     };
     let (concurrency, reason) = (args.concurrency, reason);
-    stop_games(config, games, reason, source_ref, concurrency, json).await
+    stop_games(
+        config,
+        games,
+        reason,
+        source_ref,
+        concurrency,
+        json,
+        request_id,
+    )
+    .await
 }
 
 /// Stops `games` with at most `concurrency` in flight behind a progress bar, then prints a
@@ -204,6 +235,7 @@ async fn stop_games(
     source_ref: Option<SourceRef>,
     concurrency: usize,
     json: bool,
+    request_id: Option<SourceRef>,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!games.is_empty(), "no game to stop");
     let temporal = Arc::new(worker::connect_temporal(config).await?);
@@ -235,9 +267,9 @@ async fn stop_games(
                 source_ref: source_ref.clone(),
                 lease_token: None,
             });
-            let bar = bar.clone();
+            let (bar, request_id) = (bar.clone(), request_id.clone());
             async move {
-                let output = run_one(&temporal, router, &request)
+                let output = run_one(&temporal, router, &request, request_id)
                     .await
                     .unwrap_or_else(|err| {
                         OperationOutput::failure(
@@ -352,7 +384,16 @@ pub async fn host(config: &Config, action: HostAction, json: bool) -> anyhow::Re
             println!("no game runs on host {host}");
             return Ok(ExitCode::SUCCESS);
         }
-        return stop_games(config, games, StopReason::Admin, None, concurrency, json).await;
+        return stop_games(
+            config,
+            games,
+            StopReason::Admin,
+            None,
+            concurrency,
+            json,
+            None,
+        )
+        .await;
     }
     Ok(ExitCode::SUCCESS)
 }

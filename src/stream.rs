@@ -30,7 +30,9 @@ use temporalio_client::Client;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use rtmanager_domain::{truncate_chars, ErrorCode, LifecycleRequest, OpKind, OperationOutput};
+use rtmanager_domain::{
+    truncate_chars, ErrorCode, LifecycleRequest, OpKind, OperationOutput, SourceRef,
+};
 
 use crate::client::{self, Operation, Origin, Router};
 
@@ -259,11 +261,19 @@ impl Consumer {
         let request = LifecycleRequest::from_json(OpKind::Stop, input.to_string().as_bytes());
         let mut backoff = self.settings.conflict_backoff;
         let mut attempt = 0;
+        // A request id that does not parse is no request id: the entry keeps its own key.
+        let request_id = entry
+            .map
+            .get("request_id")
+            .and_then(|value| redis::from_redis_value::<String>(value.clone()).ok())
+            .and_then(|raw| SourceRef::parse(&raw).ok())
+            .filter(|id| id.as_str().chars().all(|c| c.is_ascii_graphic()));
         loop {
             let origin = Origin::Stream {
                 stream: self.settings.stream.clone(),
                 entry_id: entry.id.clone(),
                 attempt,
+                request_id: request_id.clone(),
             };
             let operation = match &request {
                 Ok(request) => Operation::new(request, &origin),

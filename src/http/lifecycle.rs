@@ -38,6 +38,7 @@ async fn operate(
     request: Request,
     kind: OpKind,
 ) -> Response {
+    let given = request.headers().contains_key(REQUEST_ID);
     let request_id = match request_id(request.headers()) {
         Ok(id) => id,
         Err(response) => return *response,
@@ -54,6 +55,7 @@ async fn operate(
             &request,
             &Origin::Http {
                 request_id: request_id.clone(),
+                given,
             },
         ),
         Err(response) => return with_id(*response),

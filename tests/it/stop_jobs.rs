@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::common::{eventually, unique, TestApp};
+use crate::common::{eventually, rtmanager_command, unique, TestApp};
 use redis::AsyncCommands;
 use rtmanager::stream::{Consumer, StreamSettings};
 use rtmanager_domain::RuntimeStatus;
@@ -309,4 +309,49 @@ async fn consumers_share_the_group_and_each_entry_runs_once() {
         assert_eq!(app.op_log(game).await.len(), 1, "{game} ran once");
     }
     drop(consumers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_id_through_three_ways_in_is_one_operation() {
+    let mut app = TestApp::spawn().await;
+    let bridge = app.spawn_bridge().await;
+    let (stream, _consumer) = stream_with_consumer(&app);
+    let (game, _) = app.running_game("one-id").await;
+    let request_id = unique("rid");
+
+    let path = format!("/api/v1/internal/runtimes/{game}/stop");
+    let headers = [("X-Request-Id", request_id.as_str())];
+    let http = bridge
+        .call("POST", &path, &headers, Some(r#"{"reason":"admin"}"#))
+        .await;
+    assert_eq!(http.status, 200, "{}", http.body);
+    assert_eq!(
+        http.json()["error_code"],
+        serde_json::Value::Null,
+        "the first runs it"
+    );
+
+    let fields = [
+        ("game_id", game.as_str()),
+        ("reason", "finished"),
+        ("request_id", &request_id),
+    ];
+    xadd(&app, &stream, &fields).await;
+    await_acknowledged(&app, &stream, "the entry", Duration::from_secs(30)).await;
+    let cli = crate::common::run_ok(
+        rtmanager_command(app.config()).args(["stop", &game, "--request-id", &request_id]),
+        "rtmanager stop --request-id",
+    );
+    assert!(cli.status.success());
+
+    // One operation: one audit row, from the first way in; the others joined it.
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].op_source, "rest");
+    // Without a request id each way keeps its own: a second stop is a replay, audited apart.
+    let again = bridge
+        .call("POST", &path, &[], Some(r#"{"reason":"admin"}"#))
+        .await;
+    assert_eq!(again.json()["error_code"], "replay_no_op");
+    assert_eq!(app.op_log(&game).await.len(), 2);
 }
