@@ -138,6 +138,10 @@ pub struct Config {
     /// The crash-loop window.
     #[arg(long = "crash-loop-window-secs", env = "RTMANAGER_CRASH_LOOP_WINDOW_SECS", default_value = "600", value_parser = secs)]
     pub crash_loop_window: Duration,
+    /// Docker operations this worker runs at once; the rest wait their turn (a mass stop of
+    /// hundreds of games queues here, not in dockerd).
+    #[arg(long, env = "RTMANAGER_DOCKER_CONCURRENCY", default_value_t = 32, value_parser = count)]
+    pub docker_concurrency: usize,
     /// Docker's graceful stop timeout (SIGTERM, then SIGKILL).
     #[arg(long = "stop-timeout-secs", env = "RTMANAGER_STOP_TIMEOUT_SECS", default_value = "10", value_parser = secs)]
     pub stop_timeout: Duration,

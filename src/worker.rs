@@ -114,7 +114,8 @@ pub fn build_dependencies(
             pool: config.task_queue.clone(),
         },
     )
-    .with_context(|| format!("docker at {}", config.docker_host))?;
+    .with_context(|| format!("docker at {}", config.docker_host))?
+    .limited(config.docker_concurrency, &telemetry);
     Ok(Dependencies {
         store,
         redis: Arc::new(redis),

@@ -21,6 +21,9 @@ use bollard::{
 use rtmanager_domain::{GameId, ImageRef};
 use rtmanager_workflows::contract::{ContainerState, ContainerStopOutcome};
 
+/// Docker operations in flight at once unless configured (`RTMANAGER_DOCKER_CONCURRENCY`).
+pub const DEFAULT_CONCURRENCY: usize = 32;
+
 /// Label naming the game a container belongs to.
 pub const LABEL_GAME_ID: &str = "rtmanager.game_id";
 /// Label marking a container as rtmanager's.
@@ -80,6 +83,10 @@ pub struct DockerRuntime {
     docker: Docker,
     graceful_stop_timeout: Duration,
     containers: ContainerSettings,
+    /// Bounds the Docker calls in flight: the rest queue here (counted in `waiting`), so that
+    /// a mass operation does not open hundreds of connections to dockerd at once.
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    waiting: Option<prometheus::IntGauge>,
 }
 
 impl DockerRuntime {
@@ -101,7 +108,32 @@ impl DockerRuntime {
             docker,
             graceful_stop_timeout,
             containers,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENCY)),
+            waiting: None,
         })
+    }
+
+    /// At most `calls` Docker operations at once (`RTMANAGER_DOCKER_CONCURRENCY`); the number
+    /// waiting for a turn is the `rtmanager_docker_calls_waiting` gauge of `telemetry`.
+    pub fn limited(mut self, calls: usize, telemetry: &crate::Telemetry) -> Self {
+        self.permits = std::sync::Arc::new(tokio::sync::Semaphore::new(calls.max(1)));
+        self.waiting = Some(telemetry.docker_calls_waiting());
+        self
+    }
+
+    /// A turn to call Docker, held for the whole operation (a stop's graceful wait included).
+    async fn turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        if let Some(gauge) = &self.waiting {
+            gauge.inc();
+        }
+        let permit = self.permits.clone().acquire_owned().await;
+        if let Some(gauge) = &self.waiting {
+            gauge.dec();
+        }
+        permit.expect("the Docker semaphore is never closed")
     }
 
     /// The bollard client underneath; calls made through it skip the label check.
@@ -126,6 +158,7 @@ impl DockerRuntime {
         game_id: &GameId,
         container_id: &str,
     ) -> Result<ContainerStopOutcome, DockerError> {
+        let _turn = self.turn().await;
         let inspected = match self
             .docker
             .inspect_container(container_id, None::<InspectContainerOptions>)
@@ -163,6 +196,7 @@ impl DockerRuntime {
         image: &ImageRef,
         name: &str,
     ) -> Result<String, DockerError> {
+        let _turn = self.turn().await;
         let id = match self.inspect(name).await? {
             Some(existing) => {
                 check_labels(&existing, game_id, name, "adopt")?;
@@ -205,6 +239,7 @@ impl DockerRuntime {
 
     /// Removes one of the game's containers (running or not); a missing one is fine.
     pub async fn remove(&self, game_id: &GameId, container_id: &str) -> Result<(), DockerError> {
+        let _turn = self.turn().await;
         let Some(inspected) = self.inspect(container_id).await? else {
             return Ok(());
         };
@@ -259,6 +294,7 @@ impl DockerRuntime {
         game_id: &GameId,
         container_id: &str,
     ) -> Result<ContainerState, DockerError> {
+        let _turn = self.turn().await;
         let Some(inspected) = self.inspect(container_id).await? else {
             return Ok(ContainerState::Gone);
         };

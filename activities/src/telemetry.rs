@@ -14,6 +14,7 @@ pub struct Telemetry {
     operation_outcomes: IntCounterVec,
     lease_acquire_seconds: HistogramVec,
     health_events: IntCounterVec,
+    docker_waiting: prometheus::IntGauge,
 }
 
 impl Telemetry {
@@ -55,8 +56,14 @@ impl Telemetry {
             &["event_type"],
         )
         .expect("static metric definition");
+        let docker_waiting = prometheus::IntGauge::new(
+            "rtmanager_docker_calls_waiting",
+            "Docker calls queued behind RTMANAGER_DOCKER_CONCURRENCY",
+        )
+        .expect("static metric definition");
         for collector in [
-            Box::new(stop_outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(docker_waiting.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(stop_outcomes.clone()),
             Box::new(operation_outcomes.clone()),
             Box::new(lease_acquire_seconds.clone()),
             Box::new(health_events.clone()),
@@ -69,7 +76,13 @@ impl Telemetry {
             operation_outcomes,
             lease_acquire_seconds,
             health_events,
+            docker_waiting,
         }
+    }
+
+    /// The gauge of Docker calls waiting for a turn.
+    pub fn docker_calls_waiting(&self) -> prometheus::IntGauge {
+        self.docker_waiting.clone()
     }
 
     /// Where other components (the HTTP bridge) register their metrics, so `/metrics` has all.

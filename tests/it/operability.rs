@@ -181,3 +181,39 @@ async fn a_restart_names_its_child_in_flight() {
     assert!(progress["fence"].as_u64().is_some(), "{progress}");
     assert_eq!(restart.await.unwrap(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_calls_beyond_the_cap_wait_their_turn() {
+    let mut app = TestApp::spawn_with(|c| {
+        c.docker_concurrency = 1;
+        c.stop_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let (first, first_container) = app.slow_game("cap-a").await;
+    let (second, second_container) = app.slow_game("cap-b").await;
+    let first_stop = app.stop_holding_lease(&first).await;
+    app.await_stop_signal(&first_container).await;
+    let second_stop = app.stop_holding_lease(&second).await;
+    // The second stop holds its lease but not a turn: it waits, counted by the gauge.
+    let waiting = eventually(
+        "the second stop to queue",
+        Duration::from_secs(10),
+        || async {
+            let metrics = app.telemetry.render();
+            metrics
+                .lines()
+                .any(|l| l == "rtmanager_docker_calls_waiting 1")
+                .then_some(())
+        },
+    );
+    waiting.await;
+    assert_eq!(app.container_running(&second_container).await, Some(true));
+    for stop in [first_stop, second_stop] {
+        let out = crate::common::finish_within(&stop, Duration::from_secs(60), "a stop").await;
+        assert!(out.is_success(), "{out:?}");
+    }
+    assert!(app
+        .telemetry
+        .render()
+        .contains("rtmanager_docker_calls_waiting 0"));
+}
