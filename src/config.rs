@@ -175,6 +175,10 @@ pub struct Config {
     /// Worker build id (skips hashing the executable at start).
     #[arg(long, env = "RTMANAGER_BUILD_ID", default_value = concat!("rtmanager-", env!("CARGO_PKG_VERSION")))]
     pub build_id: String,
+    /// Where `rtmanager worker` (which runs no bridge) serves `/metrics`; empty: nowhere.
+    /// `serve` and `run` serve it on the bridge.
+    #[arg(long, env = "RTMANAGER_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = optional_addr)]
+    pub metrics_addr: OptionalAddr,
     /// Where the HTTP bridge listens (`host:port`).
     #[arg(long, env = "RTMANAGER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
@@ -394,6 +398,21 @@ impl Config {
             ..StepSettings::default()
         }
     }
+}
+
+/// A `host:port` to listen on, or none (an empty setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<std::net::SocketAddr>);
+
+/// A `host:port`, or nothing.
+fn optional_addr(raw: &str) -> Result<OptionalAddr, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(OptionalAddr(None));
+    }
+    raw.parse()
+        .map(|addr| OptionalAddr(Some(addr)))
+        .map_err(|_| format!("{raw:?} is not host:port"))
 }
 
 /// A host id.

@@ -134,6 +134,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker => {
             let shutdown = shutdown_on_signal();
             let parts = startup::build(&config).await?;
+            if let Some(addr) = config.metrics_addr.0 {
+                let telemetry = parts.deps.telemetry.clone();
+                let stop = shutdown.clone().cancelled_owned();
+                // A worker whose metrics port is taken still works: say so and go on.
+                tokio::spawn(async move {
+                    if let Err(err) =
+                        rtmanager::telemetry::serve_metrics(addr, telemetry, stop).await
+                    {
+                        tracing::error!(err = %format!("{err:#}"), "metrics endpoint");
+                    }
+                });
+            }
             worker::run_worker(
                 &config,
                 parts.client,

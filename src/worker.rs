@@ -160,7 +160,14 @@ pub async fn run_worker(
     if config.search_attributes {
         ensure_search_attributes(&client, &config.namespace).await?;
     }
-    let runtime = Runtime::from_current_tokio(Default::default())?;
+    let telemetry = temporalio_common::telemetry::TelemetryOptions::builder()
+        .maybe_metrics(crate::telemetry::sdk::meter())
+        .build();
+    let options = temporalio_sdk::runtime::RuntimeOptions::builder()
+        .telemetry_options(telemetry)
+        .build()
+        .map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::from_current_tokio(options)?;
     // Registered before the first poll: a start this worker picks up can be placed here.
     let registration = config.host_registration();
     if let Err(err) = deps.store.heartbeat_host(&registration).await {

@@ -25,11 +25,10 @@ pub(super) async fn openapi() -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<BridgeState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.telemetry.render(),
-    )
-        .into_response()
+    let mut text = state.telemetry.render();
+    // The SDK's worker metrics, when this process runs a worker (`rtmanager run`).
+    text.push_str(&crate::telemetry::sdk::render().await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Checks every dependency, each with its own deadline; names the failing ones.

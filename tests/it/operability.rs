@@ -217,3 +217,46 @@ async fn docker_calls_beyond_the_cap_wait_their_turn() {
         .render()
         .contains("rtmanager_docker_calls_waiting 0"));
 }
+
+/// The body of `GET http://<addr>/metrics`, once it answers 200.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    eventually("the metrics endpoint", Duration::from_secs(60), || async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_serves_its_metrics_and_the_sdks() {
+    let mut app = TestApp::spawn_without_worker(|_| {}).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    app.cfg.config.metrics_addr = rtmanager::config::OptionalAddr(Some(addr.parse().unwrap()));
+    let _worker = crate::common::worker_process(app.config());
+    let (game, _) = app.running_game("metrics").await;
+    let out = app.stop(&game).await;
+    assert!(out.is_success(), "{out:?}");
+    let metrics = scrape(&addr).await;
+    assert!(
+        metrics.contains("rtmanager_stop_outcomes_total{op_source=\"admin\",outcome=\"success\",reason=\"admin\"} 1"),
+        "rtmanager's own: {metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("temporal_") && l.contains("task_queue")),
+        "the SDK's worker metrics: {metrics}"
+    );
+}

@@ -137,6 +137,8 @@ impl TestConfig {
             start_settle: Duration::from_millis(200),
             // No Schedule per test; the reconciler tests run rounds themselves (or turn it on).
             reconcile_interval: Duration::ZERO,
+            // Worker processes serve no metrics port unless a test asks (they would collide).
+            metrics_addr: rtmanager::config::OptionalAddr(None),
             ..config
         };
         Self {
@@ -1075,6 +1077,14 @@ pub fn rtmanager_command(config: &Config) -> Command {
             secs(config.reconcile_interval),
         ),
         ("RTMANAGER_WATCH_EVENTS", config.watch_events.to_string()),
+        (
+            "RTMANAGER_METRICS_ADDR",
+            config
+                .metrics_addr
+                .0
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        ),
         (
             "RTMANAGER_SEARCH_ATTRIBUTES",
             config.search_attributes.to_string(),
