@@ -124,6 +124,16 @@ impl Operation {
         &self.workflow_id
     }
 
+    /// The game, or `""` for input that did not parse: a log field.
+    pub fn game_id_str(&self) -> &str {
+        self.game_id.as_ref().map_or("", GameId::as_str)
+    }
+
+    /// The workflow type the operation starts.
+    pub fn workflow_type(&self) -> &'static str {
+        workflow_type(self.kind)
+    }
+
     /// `GameId`, `OpKind` and `OpSource` from the start, so that visibility lists the operation
     /// while its first workflow task still runs (the workflow sets them too, for starts that do
     /// not come through here, and `Outcome` at its end).
@@ -261,17 +271,33 @@ pub async fn run(
     router: &Router,
     operation: &Operation,
 ) -> anyhow::Result<OperationOutput> {
-    let started = std::time::Instant::now();
-    let handle = start(client, router, operation).await?;
-    let start_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let output = result(&handle).await;
-    tracing::debug!(
-        workflow_id = operation.workflow_id,
-        start_ms,
-        total_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "workflow round trip"
+    use tracing::Instrument;
+    // Every line logged about the operation at the bridge or the consumer carries these.
+    let span = tracing::info_span!(
+        "operation",
+        game_id = operation.game_id.as_ref().map_or("", GameId::as_str),
+        workflow_id = operation.workflow_id.as_str(),
+        op = workflow_type(operation.kind),
     );
-    output
+    async {
+        let started = std::time::Instant::now();
+        let handle = start(client, router, operation).await?;
+        let start_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let output = result(&handle).await;
+        match &output {
+            Ok(output) => tracing::info!(
+                outcome = %output.outcome,
+                error_code = output.error_code.map_or("", |c| c.as_str()),
+                start_ms,
+                total_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "operation done"
+            ),
+            Err(err) => tracing::warn!(err = %format!("{err:#}"), "operation result unknown"),
+        }
+        output
+    }
+    .instrument(span)
+    .await
 }
 
 /// The durable half of [`run`]: returns once the workflow exists (started now, or joined).

@@ -167,6 +167,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let startup::Parts { client, deps } = startup::build(&config).await?;
             let adapters = serve::Adapters::of(&deps);
             let served = serve::serve(&config, client.clone(), adapters, shutdown.clone());
+            // A bridge that cannot start (no token, port taken) takes the worker down with it,
+            // instead of leaving a process that serves nothing it was asked to.
+            let served = async {
+                let result = served.await;
+                if let Err(err) = &result {
+                    tracing::error!(err = %format!("{err:#}"), "the HTTP bridge and consumer stopped");
+                    shutdown.cancel();
+                }
+                result
+            };
             let (worker, served) = tokio::join!(
                 async {
                     let result = worker::run_worker(

@@ -231,16 +231,25 @@ impl Consumer {
             () = keep_alive => unreachable!("keep-alive never ends"),
         };
         match outcome {
-            Ok(output) => {
+            Ok((output, operation)) => {
+                // The entry's lines carry the operation's fields too.
+                let (game_id, workflow_id, op) = (
+                    operation.game_id_str(),
+                    operation.workflow_id(),
+                    operation.workflow_type(),
+                );
                 let mut conn = conn;
                 let acked: redis::RedisResult<i64> = conn
                     .xack(&self.settings.stream, &self.settings.group, &[&id])
                     .await;
                 if let Err(err) = acked {
-                    tracing::warn!(entry_id = %id, err = %err, "ack stop_job (it will be redelivered and joined)");
+                    tracing::warn!(entry_id = %id, game_id, workflow_id, op, err = %err, "ack stop_job (it will be redelivered and joined)");
                 }
                 tracing::info!(
                     entry_id = %id,
+                    game_id,
+                    workflow_id,
+                    op,
                     outcome = %output.outcome,
                     error_code = output.error_code.map(ErrorCode::as_str).unwrap_or(""),
                     "stop_job done"
@@ -256,7 +265,7 @@ impl Consumer {
 
     /// Runs the entry's stop, retrying after `conflict` with fresh workflow ids. An entry that
     /// does not parse still runs, so that the workflow audits it as `invalid_request`.
-    async fn stop(&self, entry: &StreamId) -> anyhow::Result<OperationOutput> {
+    async fn stop(&self, entry: &StreamId) -> anyhow::Result<(OperationOutput, Operation)> {
         let input = entry_input(&entry.id, &entry.map);
         let request = LifecycleRequest::from_json(OpKind::Stop, input.to_string().as_bytes());
         let mut backoff = self.settings.conflict_backoff;
@@ -283,7 +292,7 @@ impl Consumer {
             if output.error_code != Some(ErrorCode::Conflict)
                 || attempt >= self.settings.conflict_retries
             {
-                return Ok(output);
+                return Ok((output, operation));
             }
             attempt += 1;
             tracing::info!(entry_id = %entry.id, attempt, "stop_job met a held lease; retrying");

@@ -24,7 +24,9 @@ pub fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if json {
-        builder.json().try_init()
+        // Event fields at the top level; the spans' fields (game_id, workflow_id, op) under
+        // `span` and `spans`.
+        builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };

@@ -518,6 +518,7 @@ impl RuntimeActivities {
             activity,
             workflow_id = info.workflow_id.as_deref().unwrap_or(""),
             game_id,
+            op = info.workflow_type.as_deref().unwrap_or(""),
             attempt = info.attempt,
         );
         async {

@@ -260,3 +260,122 @@ async fn a_worker_process_serves_its_metrics_and_the_sdks() {
         "the SDK's worker metrics: {metrics}"
     );
 }
+
+/// The value of `field` on a JSON log line: its own, or its current span's.
+fn log_field<'a>(line: &'a Value, field: &str) -> Option<&'a str> {
+    line.get(field)
+        .or_else(|| line.get("span").and_then(|span| span.get(field)))
+        .and_then(Value::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_game_the_workflow_and_the_op_at_every_way_in() {
+    use std::io::{BufRead, BufReader};
+    let mut app = TestApp::spawn_without_worker(|_| {}).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let stream = format!("{}stop_jobs", app.config().redis_prefix);
+    let mut run = rtmanager_command(app.config())
+        .env("RTMANAGER_HTTP_ADDR", &addr)
+        .env("RTMANAGER_API_TOKEN", "log-test-token-0123456789")
+        .env("RTMANAGER_STOP_STREAM", &stream)
+        .env("RTMANAGER_LOG_FORMAT", "json")
+        .env("RTMANAGER_LOG", "info")
+        .arg("run")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rtmanager run");
+    let stderr = run.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let (by_http, _) = app.running_game("log-http").await;
+    let (by_stream, _) = app.running_game("log-stream").await;
+    let status = eventually(
+        "rtmanager run's bridge",
+        Duration::from_secs(60),
+        || async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            let body = r#"{"reason":"admin"}"#;
+            let request = format!(
+                "POST /api/v1/internal/runtimes/{by_http}/stop HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer log-test-token-0123456789\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tcp.write_all(request.as_bytes()).await.ok()?;
+            let mut raw = Vec::new();
+            tcp.read_to_end(&mut raw).await.ok()?;
+            String::from_utf8_lossy(&raw)
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    assert_eq!(status, "200");
+    let _: String = redis::AsyncCommands::xadd(
+        &mut app.redis.clone(),
+        &stream,
+        "*",
+        &[("game_id", by_stream.as_str()), ("reason", "finished")],
+    )
+    .await
+    .unwrap();
+    eventually("the stream stop", Duration::from_secs(30), || async {
+        (app.status(&by_stream).await == rtmanager_domain::RuntimeStatus::Stopped).then_some(())
+    })
+    .await;
+    // SIGTERM: the process drains and exits, closing its log.
+    let _ = std::process::Command::new("kill")
+        .arg(run.id().to_string())
+        .status();
+    let _ = run.wait();
+    let lines = lines.join().unwrap();
+
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|line| {
+            assert!(
+                !line.contains('\u{1b}'),
+                "no colour codes in a log file: {line}"
+            );
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        })
+        .collect();
+    // Every line naming a workflow names its game and its op too.
+    for line in &parsed {
+        if log_field(line, "workflow_id").is_some_and(|w| !w.is_empty()) {
+            assert!(log_field(line, "game_id").is_some(), "{line}");
+            assert!(
+                log_field(line, "op").is_some_and(|op| !op.is_empty()),
+                "{line}"
+            );
+        }
+    }
+    let about = |game: &str, target: &str| {
+        parsed.iter().any(|line| {
+            log_field(line, "game_id") == Some(game)
+                && log_field(line, "workflow_id").is_some()
+                && line["target"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(target))
+        })
+    };
+    assert!(about(&by_http, "rtmanager::client"), "the bridge's lines");
+    assert!(
+        about(&by_http, "rtmanager_activities"),
+        "the worker's lines"
+    );
+    assert!(
+        about(&by_stream, "rtmanager::stream"),
+        "the consumer's lines"
+    );
+}
