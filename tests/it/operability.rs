@@ -333,11 +333,19 @@ async fn json_logs_name_the_game_the_workflow_and_the_op_at_every_way_in() {
         (app.status(&by_stream).await == rtmanager_domain::RuntimeStatus::Stopped).then_some(())
     })
     .await;
-    // SIGTERM: the process drains and exits, closing its log.
+    // SIGTERM: the process drains and exits, closing its log (SIGKILL if it does not).
     let _ = std::process::Command::new("kill")
         .arg(run.id().to_string())
         .status();
-    let _ = run.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while run.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("rtmanager run did not exit within 30 s of SIGTERM");
+        }
+        // Pacing of the poll for the process's exit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let lines = lines.join().unwrap();
 
     let parsed: Vec<Value> = lines
