@@ -103,37 +103,150 @@ impl std::fmt::Debug for LeaseToken {
 /// Longest image reference accepted.
 pub const IMAGE_REF_MAX_LEN: usize = 512;
 
-/// A Docker image reference (`name[:tag][@digest]`), as given by the platform.
+/// A Docker image reference, `[domain[:port]/]path[:tag][@digest]`, as given by the platform.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ImageRef(String);
 
+/// Longest repository name Docker accepts (domain and path).
+pub const IMAGE_NAME_MAX_LEN: usize = 255;
+
+/// The same grammar as a regular expression, for the OpenAPI document: Docker's reference
+/// grammar (distribution's `reference` package). `image_refs_follow_the_docker_grammar` checks
+/// that the parser and this pattern agree.
+pub const IMAGE_REF_PATTERN: &str = concat!(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]",
+    r"*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-",
+    r"z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?",
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+);
+
 impl ImageRef {
-    /// A conservative character check only; whether the engine has the image is Docker's answer.
+    /// Parses a reference with Docker's grammar and limits (at most 512 characters, a name of
+    /// at most 255, a tag of at most 128), so that every edge refuses what Docker would, before
+    /// any workflow runs. Whether the engine has the image is Docker's answer.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() || raw.len() > IMAGE_REF_MAX_LEN {
             return Err(format!(
                 "image_ref must be 1-{IMAGE_REF_MAX_LEN} characters"
             ));
         }
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/:@+".contains(c);
-        if !raw.chars().all(allowed)
-            || !raw
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphanumeric())
-        {
-            return Err(format!(
-                "image_ref {:?} is not a Docker image reference",
+        check_reference(raw).map_err(|why| {
+            format!(
+                "image_ref {:?} is not a Docker image reference: {why}",
                 truncate_chars(raw, 80)
-            ));
-        }
+            )
+        })?;
         Ok(Self(raw.to_owned()))
     }
 
     /// Handed to Docker verbatim.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Docker's reference grammar: `name[:tag][@digest]`, the name `[domain/]component(/component)*`.
+fn check_reference(raw: &str) -> Result<(), &'static str> {
+    let (rest, digest) = match raw.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (raw, None),
+    };
+    if let Some(digest) = digest {
+        let (algorithm, hex) = digest.split_once(':').ok_or("a digest is algorithm:hex")?;
+        let algorithm_ok = algorithm.split(['-', '_', '+', '.']).all(|part| {
+            part.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && part.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+        if !algorithm_ok || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("a digest is algorithm:hex with at least 32 hex digits");
+        }
+    }
+    // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let ok = tag.len() <= 128
+            && tag.chars().next().is_some_and(word)
+            && tag.chars().all(|c| word(c) || c == '.' || c == '-');
+        if !ok {
+            return Err("a tag is 1-128 of [A-Za-z0-9_.-], not starting with . or -");
+        }
+    }
+    if name.is_empty() || name.len() > IMAGE_NAME_MAX_LEN {
+        return Err("the name must be 1-255 characters");
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    let first = components[0];
+    let is_domain = components.len() > 1
+        && (first.contains(['.', ':'])
+            || first == "localhost"
+            || first.chars().any(|c| c.is_ascii_uppercase()));
+    if is_domain {
+        check_domain(first)?;
+        components.remove(0);
+    }
+    if components.iter().all(|c| path_component(c)) {
+        Ok(())
+    } else {
+        Err("a path component is lowercase letters and digits, separated by '.', '_', '__' or '-'")
+    }
+}
+
+/// `[a-z0-9]+` separated by `.`, `_`, `__` or runs of `-`.
+fn path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(&bytes[0]) || !alnum(&bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(&bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(&bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        let ok = separator == "."
+            || separator == "_"
+            || separator == "__"
+            || separator.chars().all(|c| c == '-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// `host[:port]`, the host DNS labels (letters, digits, inner hyphens). IPv6 literals are not
+/// accepted: the OpenAPI document's pattern could not state them to every client's regex engine.
+fn check_domain(domain: &str) -> Result<(), &'static str> {
+    let (host, port) = match domain.split_once(':') {
+        Some((host, port)) => (Some(host), Some(port)),
+        None => (Some(domain), None),
+    };
+    if let Some(port) = port {
+        if port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()) {
+            return Err("a registry port is digits");
+        }
+    }
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    match host {
+        Some(host) if !host.split('.').all(label) => Err("a registry host is DNS labels"),
+        _ => Ok(()),
     }
 }
 
@@ -500,6 +613,70 @@ impl Fields {
 mod tests {
     use super::*;
 
+    const GOOD_REFS: &[&str] = &[
+        "rtmanager-game:dev",
+        "busybox",
+        "library/busybox:1.36",
+        "registry.local/game:1.2@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "localhost:5000/team/game-server",
+        "Registry.Example.com/a/b__c/d.e-f:v_1.2-rc",
+        "game@sha256:0123456789abcdef0123456789abcdef",
+    ];
+    const BAD_REFS: &[&str] = &[
+        "[::1]:5000/game",
+        "",
+        "Game",
+        "game:",
+        "game:.tag",
+        "-game",
+        "game-",
+        "ga..me",
+        "a/b/",
+        "a//b",
+        "registry:port/game",
+        "-bad.registry/game",
+        "game@sha256:abc",
+        "game@:0123456789abcdef0123456789abcdef",
+        "game name",
+        "game\nname",
+    ];
+
+    #[test]
+    fn image_refs_follow_the_docker_grammar() {
+        let pattern = regex::Regex::new(IMAGE_REF_PATTERN).unwrap();
+        for good in GOOD_REFS {
+            assert!(
+                ImageRef::parse(good).is_ok(),
+                "{good}: {:?}",
+                ImageRef::parse(good)
+            );
+            assert!(pattern.is_match(good), "the pattern refuses {good}");
+        }
+        for bad in BAD_REFS {
+            assert!(ImageRef::parse(bad).is_err(), "{bad} accepted");
+            assert!(!pattern.is_match(bad), "the pattern accepts {bad}");
+        }
+        // The limits: a tag of 128, a name of 255, a reference of 512.
+        assert!(ImageRef::parse(&format!("g:{}", "t".repeat(128))).is_ok());
+        assert!(ImageRef::parse(&format!("g:{}", "t".repeat(129))).is_err());
+        assert!(ImageRef::parse(&"g".repeat(255)).is_ok());
+        assert!(ImageRef::parse(&"g".repeat(256)).is_err());
+        let long = format!("g@sha256:{}", "a".repeat(600));
+        assert!(ImageRef::parse(&long).is_err());
+    }
+
+    #[test]
+    fn the_openapi_document_states_the_same_grammar() {
+        let doc: Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
+        for verb in ["start", "patch"] {
+            let path = format!("/api/v1/internal/runtimes/{{game_id}}/{verb}");
+            let schema = &doc["paths"][path.as_str()]["post"]["requestBody"]["content"]
+                ["application/json"]["schema"]["properties"]["image_ref"];
+            assert_eq!(schema["pattern"], IMAGE_REF_PATTERN, "{verb}");
+            assert_eq!(schema["maxLength"], IMAGE_REF_MAX_LEN, "{verb}");
+        }
+    }
+
     fn parse(json: &str) -> Result<StopRequest, InvalidRequest> {
         StopRequest::from_json(json.as_bytes())
     }
@@ -566,12 +743,12 @@ mod tests {
     #[test]
     fn start_restart_and_patch_requests_parse() {
         let start = StartRequest::from_json(
-            br#"{"game_id":"g","image_ref":"registry.local/game:1.2@sha256:ab","op_source":"rest"}"#,
+            br#"{"game_id":"g","image_ref":"registry.local/game:1.2@sha256:0123456789abcdef0123456789abcdef","op_source":"rest"}"#,
         )
         .unwrap();
         assert_eq!(
             start.image_ref.as_str(),
-            "registry.local/game:1.2@sha256:ab"
+            "registry.local/game:1.2@sha256:0123456789abcdef0123456789abcdef"
         );
         assert_eq!(
             StartRequest::from_json(start.to_json().to_string().as_bytes()).unwrap(),

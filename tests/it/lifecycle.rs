@@ -158,7 +158,7 @@ async fn an_image_reference_docker_rejects_is_invalid_at_once() {
     let mut app = TestApp::spawn().await;
     let game = app.new_game("badref");
     let started = std::time::Instant::now();
-    // Passes rtmanager's character check; Docker wants lowercase repository names.
+    // Docker wants lowercase repository names: refused by the reference grammar at once.
     let out = app.start(&game, "Rtmanager-Game:dev").await;
     assert_eq!(
         out.error_code,

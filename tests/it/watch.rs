@@ -347,8 +347,13 @@ async fn a_crashed_game_is_restarted_until_it_crash_loops() {
         .await;
         assert_eq!(app.container_running(&container).await, Some(true));
     }
-    let restarts = app.op_log(&game).await;
-    let restarts: Vec<_> = restarts.iter().filter(|r| r.op_kind == "restart").collect();
+    // The restart's own row follows its start child's record write.
+    let rows = eventually("both restarts' rows", Duration::from_secs(30), || async {
+        let rows = app.op_log(&game).await;
+        (rows.iter().filter(|r| r.op_kind == "restart").count() >= 2).then_some(rows)
+    })
+    .await;
+    let restarts: Vec<_> = rows.iter().filter(|r| r.op_kind == "restart").collect();
     assert_eq!(restarts.len(), 2, "{restarts:?}");
     assert!(restarts
         .iter()
