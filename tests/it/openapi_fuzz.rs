@@ -23,7 +23,7 @@ async fn the_api_conforms_to_its_openapi_document_under_generated_input() {
                 "--checks",
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             ])
-            .args(["-n", "25", "--request-timeout", "60", "--phases", "coverage,fuzzing"])
+            .args(["-n", "25", "--request-timeout", "60", "--phases", "coverage,fuzzing,stateful"])
             .env("NO_COLOR", "1")
             .output()
             .unwrap_or_else(|e| panic!("run {schemathesis} (installed by scripts/dev): {e}"))
