@@ -157,9 +157,10 @@ async fn an_oom_kill_is_container_oom() {
     let mut app = TestApp::spawn().await;
     let game = app.new_game("oom");
     let labels = app.game_labels(&game);
-    // A game that runs a moment (its record is written meanwhile), then doubles a string
+    // A game that runs for a while (its record is written meanwhile, even on a loaded
+    // machine: an exit before the record exists is nobody's crash), then doubles a string
     // until the 16 MiB limit kills it.
-    let hog = vec!["sh", "-c", "sleep 2; x=yyyyyyyy; while :; do x=$x$x; done"];
+    let hog = vec!["sh", "-c", "sleep 10; x=yyyyyyyy; while :; do x=$x$x; done"];
     let container = app
         .container_limited(labels, Some(hog), Some(16 * 1024 * 1024))
         .await;
