@@ -429,14 +429,7 @@ pub async fn reconcile(
             options,
         )
         .await?;
-    let raw = handle
-        .get_result(WorkflowGetResultOptions::default())
-        .await?;
-    let payload = raw
-        .payloads
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("reconcile round completed without a report"))?;
-    Ok(serde_json::from_slice(&payload.data)?)
+    decoded(&handle).await
 }
 
 /// A lifecycle operation of a game that is still running, with what its `progress` query
@@ -493,6 +486,11 @@ pub async fn running_operations(
 
 /// Waits for a workflow's output and decodes the contract JSON.
 pub async fn result(handle: &Handle) -> anyhow::Result<OperationOutput> {
+    decoded(handle).await
+}
+
+/// Waits for a workflow's output and decodes its single JSON payload as `T`.
+async fn decoded<T: serde::de::DeserializeOwned>(handle: &Handle) -> anyhow::Result<T> {
     let raw = handle
         .get_result(WorkflowGetResultOptions::default())
         .await?;

@@ -261,22 +261,11 @@ impl DockerRuntime {
 
     /// Removes every container labelled for the game except `keep`; returns how many.
     pub async fn remove_stale(&self, game_id: &GameId, keep: &str) -> Result<u32, DockerError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_GAME_ID}={game_id}"),
-                format!("{LABEL_MANAGED}=true"),
-            ],
-        )]);
-        let listed = self
-            .docker
-            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|err| DockerError::Unavailable(format!("list: {err}")))?;
+        let labels = vec![
+            format!("{LABEL_GAME_ID}={game_id}"),
+            format!("{LABEL_MANAGED}=true"),
+        ];
+        let listed = self.list(labels).await?;
         let mut removed = 0;
         for id in listed.into_iter().filter_map(|c| c.id) {
             if id != keep && !keep.is_empty() && !id.starts_with(keep) {
@@ -314,16 +303,7 @@ impl DockerRuntime {
     /// Every managed container on the engine, running or not, with its deployment label: one
     /// list call.
     pub async fn list_managed(&self) -> Result<Vec<ListedContainer>, DockerError> {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
-        let listed = self
-            .docker
-            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|err| DockerError::Unavailable(format!("list: {err}")))?;
+        let listed = self.list(vec![format!("{LABEL_MANAGED}=true")]).await?;
         Ok(listed
             .into_iter()
             .filter_map(|c| {
@@ -339,6 +319,22 @@ impl DockerRuntime {
                 })
             })
             .collect())
+    }
+
+    /// Every container (running or not) carrying all of `labels` (`key=value`): one call.
+    async fn list(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+        let filters = HashMap::from([("label".to_owned(), labels)]);
+        self.docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|err| DockerError::Unavailable(format!("list: {err}")))
     }
 
     /// This deployment's name on its containers.

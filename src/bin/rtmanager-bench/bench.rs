@@ -1113,7 +1113,7 @@ pub fn table(report: &Report) -> String {
             "",
         ));
         out.push_str(&row(
-            "two-host worker CPU per stop, ms",
+            "two-host CPU per stop, ms (first host's process)",
             opt(two.worker_cpu_ms_per_stop, 2),
             "-".into(),
             "".into(),
