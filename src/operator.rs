@@ -11,8 +11,8 @@ use futures::StreamExt;
 
 use rtmanager_activities::store::Store;
 use rtmanager_domain::{
-    GameId, HostId, ImageRef, LifecycleRequest, OpSource, OperationOutput, ReplaceRequest,
-    RuntimeRecord, SourceRef, StartRequest, StopReason, StopRequest,
+    stop_timeout_secs, GameId, HostId, ImageRef, LifecycleRequest, OpSource, OperationOutput,
+    ReplaceRequest, RuntimeRecord, SourceRef, StartRequest, StopReason, StopRequest, StopSignal,
 };
 
 use crate::{
@@ -37,6 +37,14 @@ pub struct StopArgs {
     /// A reference shared by every stop of this invocation (e.g. a ticket).
     #[arg(long)]
     source_ref: Option<String>,
+    /// The signal sent first (SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2); default:
+    /// the container's `rtmanager.stop_signal` label, else SIGTERM.
+    #[arg(long)]
+    signal: Option<String>,
+    /// Seconds to wait for the process after the signal before it is killed (0-3600);
+    /// default: the container's `rtmanager.stop_timeout` label, else the worker's setting.
+    #[arg(long = "timeout")]
+    timeout_secs: Option<u64>,
     /// Stops in flight at once during a mass stop.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -194,8 +202,19 @@ pub async fn stop(
     request_id: Option<SourceRef>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let reason = args.reason.parse::<StopReason>()?;
-    let source_ref = parse_source_ref(args.source_ref)?;
+    let how = StopHow {
+        reason: args.reason.parse::<StopReason>()?,
+        source_ref: parse_source_ref(args.source_ref)?,
+        timeout_secs: args
+            .timeout_secs
+            .map(stop_timeout_secs)
+            .transpose()
+            .map_err(|err| anyhow::anyhow!("--{err}"))?,
+        signal: args
+            .signal
+            .map(|raw| raw.parse::<StopSignal>())
+            .transpose()?,
+    };
     let games: Vec<GameId> = if args.all_running {
         Store::new(config.database_url.expose_secret(), 2)?
             .running_game_ids_on(None)
@@ -213,17 +232,16 @@ pub async fn stop(
             .map(|id| GameId::parse(id).map_err(|e| anyhow::anyhow!("{id:?}: {e}")))
             .collect::<anyhow::Result<_>>()?
     };
-    let (concurrency, reason) = (args.concurrency, reason);
-    stop_games(
-        config,
-        games,
-        reason,
-        source_ref,
-        concurrency,
-        json,
-        request_id,
-    )
-    .await
+    stop_games(config, games, how, args.concurrency, json, request_id).await
+}
+
+/// How `rtmanager stop` stops each game: the reason and reference on the audit row, and the
+/// signal and timeout (`None`: the container's labels, else the worker's defaults).
+struct StopHow {
+    reason: StopReason,
+    source_ref: Option<SourceRef>,
+    timeout_secs: Option<u32>,
+    signal: Option<StopSignal>,
 }
 
 /// Stops `games` with at most `concurrency` in flight behind a progress bar, then prints a
@@ -231,8 +249,7 @@ pub async fn stop(
 async fn stop_games(
     config: &Config,
     games: Vec<GameId>,
-    reason: StopReason,
-    source_ref: Option<SourceRef>,
+    how: StopHow,
     concurrency: usize,
     json: bool,
     request_id: Option<SourceRef>,
@@ -259,13 +276,16 @@ async fn stop_games(
     };
     let results: Vec<(GameId, OperationOutput)> = futures::stream::iter(games)
         .map(|game_id| {
-            let (temporal, router) = (temporal.clone(), &router);
+            let (temporal, router, how) = (temporal.clone(), &router, &how);
             let request = LifecycleRequest::Stop(StopRequest {
-                game_id: game_id.clone(),
-                reason,
-                op_source: OpSource::Admin,
-                source_ref: source_ref.clone(),
-                lease_token: None,
+                timeout_secs: how.timeout_secs,
+                signal: how.signal,
+                ..StopRequest::new(
+                    game_id.clone(),
+                    how.reason,
+                    OpSource::Admin,
+                    how.source_ref.clone(),
+                )
             });
             let (bar, request_id) = (bar.clone(), request_id.clone());
             async move {
@@ -384,16 +404,13 @@ pub async fn host(config: &Config, action: HostAction, json: bool) -> anyhow::Re
             println!("no game runs on host {host}");
             return Ok(ExitCode::SUCCESS);
         }
-        return stop_games(
-            config,
-            games,
-            StopReason::Admin,
-            None,
-            concurrency,
-            json,
-            None,
-        )
-        .await;
+        let how = StopHow {
+            reason: StopReason::Admin,
+            source_ref: None,
+            timeout_secs: None,
+            signal: None,
+        };
+        return stop_games(config, games, how, concurrency, json, None).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -568,6 +585,15 @@ pub async fn status(
 /// Prints operation outputs (a table, or JSON: the output itself for one, an array for many);
 /// exit code 1 when any failed.
 /// Prints each output (a table, or JSON) and exits 1 when one is not a success.
+/// How a stop ended, in words: `SIGTERM, exited within 10s` or `SIGTERM, killed after 10s`.
+fn stop_summary(stop: rtmanager_domain::StopReport) -> String {
+    let (signal, secs) = (stop.signal, stop.timeout_secs);
+    match stop.ended {
+        rtmanager_domain::StopEnded::Graceful => format!("{signal}, exited within {secs}s"),
+        rtmanager_domain::StopEnded::Killed => format!("{signal}, killed after {secs}s"),
+    }
+}
+
 fn report(results: &[(GameId, OperationOutput)], json: bool) -> ExitCode {
     if json {
         let text = if let [(_, output)] = results {
@@ -592,7 +618,11 @@ fn report(results: &[(GameId, OperationOutput)], json: bool) -> ExitCode {
                 output.outcome,
                 output.error_code.map_or("-", |c| c.as_str()),
                 output.record.as_ref().map_or("-", |r| r.status.as_str()),
-                output.error_message.as_deref().unwrap_or(""),
+                output
+                    .error_message
+                    .clone()
+                    .or_else(|| output.stop.map(stop_summary))
+                    .unwrap_or_default(),
             );
         }
     }

@@ -327,16 +327,30 @@ impl Consumer {
 /// `op_source: stream` and the entry id as `source_ref`.
 pub fn entry_input(entry_id: &str, fields: &HashMap<String, redis::Value>) -> Value {
     let mut input = Map::new();
-    for name in ["game_id", "reason"] {
+    for name in ["game_id", "reason", "signal"] {
         if let Some(value) = fields.get(name) {
-            let raw: Vec<u8> = redis::from_redis_value(value.clone()).unwrap_or_default();
-            let text = String::from_utf8_lossy(&raw[..raw.len().min(FIELD_MAX_BYTES)]).into_owned();
-            input.insert(name.to_owned(), Value::String(text));
+            input.insert(name.to_owned(), Value::String(field_text(value)));
         }
+    }
+    // Stream fields are strings: digits become the number the workflow takes; anything else
+    // goes as it came, for the workflow to refuse as `invalid_request`.
+    if let Some(value) = fields.get("timeout_secs") {
+        let text = field_text(value);
+        let number = text.parse::<u64>().ok().map(Value::from);
+        input.insert(
+            "timeout_secs".to_owned(),
+            number.unwrap_or(Value::String(text)),
+        );
     }
     input.insert("op_source".into(), "stream".into());
     input.insert("source_ref".into(), truncate_chars(entry_id, 256).into());
     Value::Object(input)
+}
+
+/// A stream field as text: at most `FIELD_MAX_BYTES`, invalid UTF-8 replaced.
+fn field_text(value: &redis::Value) -> String {
+    let raw: Vec<u8> = redis::from_redis_value(value.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&raw[..raw.len().min(FIELD_MAX_BYTES)]).into_owned()
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ pub fn build_dependencies(
     let settings = config.step_settings();
     let docker = DockerRuntime::connect(
         &config.docker_host,
-        settings.docker_stop_timeout() + Duration::from_secs(5),
+        settings.graceful_stop_timeout + settings.docker_queue_allowance + Duration::from_secs(5),
         config.stop_timeout,
         ContainerSettings {
             network: config.container_network.clone(),

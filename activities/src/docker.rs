@@ -1,4 +1,4 @@
-//! Docker through bollard: the label check and the graceful stop.
+//! Docker through bollard: the label check and the graceful stop (signal, wait, kill).
 //!
 //! rtmanager never stops or removes a container that does not carry both
 //! `rtmanager.game_id=<game>` and `rtmanager.managed=true`: a record pointing elsewhere is a
@@ -12,13 +12,14 @@ use bollard::{
     errors::Error as BollardError,
     models::{ContainerCreateBody, ContainerInspectResponse, HostConfig},
     query_parameters::{
-        CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
-        StartContainerOptions, StopContainerOptions,
+        CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
+        RemoveContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
     },
     Docker, API_DEFAULT_VERSION,
 };
 
-use rtmanager_domain::{GameId, ImageRef};
+use futures::StreamExt;
+use rtmanager_domain::{stop_timeout_secs, GameId, ImageRef, StopEnded, StopReport, StopSignal};
 use rtmanager_workflows::contract::{ContainerState, ContainerStopOutcome};
 
 /// Docker operations in flight at once unless configured (`RTMANAGER_DOCKER_CONCURRENCY`).
@@ -32,6 +33,22 @@ pub const LABEL_MANAGED: &str = "rtmanager.managed";
 /// reconciler reports and removes orphans of its own deployment only, never another's that
 /// shares the engine.
 pub const LABEL_POOL: &str = "rtmanager.pool";
+/// Label (set on the game's image or container) naming the signal a stop sends first, when
+/// the request names none.
+pub const LABEL_STOP_SIGNAL: &str = "rtmanager.stop_signal";
+/// Label with the seconds a stop waits after the signal before it kills, when the request
+/// names none.
+pub const LABEL_STOP_TIMEOUT: &str = "rtmanager.stop_timeout";
+
+/// What a stop request asks for; what it leaves out comes from the container's labels, then
+/// the worker's configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopAsk {
+    /// Seconds between the signal and the kill.
+    pub timeout_secs: Option<u32>,
+    /// The signal sent first.
+    pub signal: Option<StopSignal>,
+}
 
 /// Why a Docker step did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +99,8 @@ pub struct ListedContainer {
 pub struct DockerRuntime {
     docker: Docker,
     graceful_stop_timeout: Duration,
+    /// A call's timeout beyond the wait for the game's process (dockerd's queueing).
+    call_slack: Duration,
     containers: ContainerSettings,
     /// Bounds the Docker calls in flight: the rest queue here (counted in `waiting`), so that
     /// a mass operation does not open hundreds of connections to dockerd at once.
@@ -107,6 +126,7 @@ impl DockerRuntime {
         Ok(Self {
             docker,
             graceful_stop_timeout,
+            call_slack: request_timeout.saturating_sub(graceful_stop_timeout),
             containers,
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(DEFAULT_CONCURRENCY)),
             waiting: None,
@@ -150,13 +170,19 @@ impl DockerRuntime {
             .map_err(|err| DockerError::Unavailable(err.to_string()))
     }
 
-    /// Stops the game's container with the graceful timeout. A missing container is
+    /// Stops the game's container: sends the signal, waits up to the timeout for the process
+    /// to exit, then kills it, and says which it was. A missing container is
     /// [`ContainerStopOutcome::Vanished`]; one that is not running (Docker's 304) is
     /// [`ContainerStopOutcome::AlreadyStopped`].
+    ///
+    /// When the signal is the container's own stop signal, Docker's stop does all three in one
+    /// call; any other signal is sent with a kill, waited for, then followed by SIGKILL (the
+    /// engines this runs on predate the stop's `signal` parameter).
     pub async fn stop(
         &self,
         game_id: &GameId,
         container_id: &str,
+        ask: StopAsk,
     ) -> Result<ContainerStopOutcome, DockerError> {
         let _turn = self.turn().await;
         let inspected = match self
@@ -172,19 +198,137 @@ impl DockerRuntime {
         if !is_running(&inspected) {
             return Ok(ContainerStopOutcome::AlreadyStopped);
         }
-        let options = StopContainerOptions {
-            t: Some(i32::try_from(self.graceful_stop_timeout.as_secs()).unwrap_or(i32::MAX)),
-            signal: None,
-        };
-        match self
+        let (signal, timeout_secs) = self.resolve(&inspected, container_id, ask);
+        // The call waits for the process: its own timeout follows the stop's.
+        let docker = self
             .docker
-            .stop_container(container_id, Some(options))
+            .clone()
+            .with_timeout(Duration::from_secs(timeout_secs.into()) + self.call_slack);
+        let own_signal = inspected
+            .config
+            .as_ref()
+            .and_then(|c| c.stop_signal.as_deref())
+            .unwrap_or("SIGTERM");
+        let began = std::time::Instant::now();
+        let ended = if signal.as_str() == own_signal {
+            let options = StopContainerOptions {
+                t: Some(i32::try_from(timeout_secs).unwrap_or(i32::MAX)),
+                signal: None,
+            };
+            match docker.stop_container(container_id, Some(options)).await {
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => return Ok(ContainerStopOutcome::Vanished),
+                Err(err) => return Err(DockerError::Unavailable(format!("stop: {err}"))),
+            }
+            if began.elapsed() < Duration::from_secs(timeout_secs.into()) {
+                StopEnded::Graceful
+            } else {
+                // Docker waited the whole timeout: killed, unless the process exited at the
+                // last moment (then its exit code is its own, not SIGKILL's 137).
+                match self.inspect(container_id).await? {
+                    Some(after) if exit_code(&after) != Some(137) => StopEnded::Graceful,
+                    _ => StopEnded::Killed,
+                }
+            }
+        } else {
+            match self
+                .signal_wait_kill(&docker, container_id, signal, timeout_secs)
+                .await?
+            {
+                Some(ended) => ended,
+                None => return Ok(ContainerStopOutcome::Vanished),
+            }
+        };
+        Ok(ContainerStopOutcome::StoppedAs(StopReport {
+            signal,
+            timeout_secs,
+            ended,
+        }))
+    }
+
+    /// The signal and timeout of a stop: the request's, else the container's labels, else the
+    /// worker's (a label that does not parse is logged and passed over).
+    fn resolve(
+        &self,
+        inspected: &ContainerInspectResponse,
+        container_id: &str,
+        ask: StopAsk,
+    ) -> (StopSignal, u32) {
+        let labels = inspected
+            .config
+            .as_ref()
+            .and_then(|config| config.labels.as_ref());
+        let label = |name: &str| {
+            labels
+                .and_then(|l| l.get(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let signal = ask.signal.or_else(|| {
+            let raw = label(LABEL_STOP_SIGNAL)?;
+            raw.parse::<StopSignal>()
+                .map_err(
+                    |err| tracing::warn!(container_id, %err, "ignoring label {LABEL_STOP_SIGNAL}"),
+                )
+                .ok()
+        });
+        let timeout = ask.timeout_secs.or_else(|| {
+            let raw = label(LABEL_STOP_TIMEOUT)?;
+            raw.parse::<u64>()
+                .map_err(|err| err.to_string())
+                .and_then(stop_timeout_secs)
+                .map_err(
+                    |err| tracing::warn!(container_id, %err, "ignoring label {LABEL_STOP_TIMEOUT}"),
+                )
+                .ok()
+        });
+        let default_timeout =
+            u32::try_from(self.graceful_stop_timeout.as_secs()).unwrap_or(u32::MAX);
+        (
+            signal.unwrap_or(StopSignal::Term),
+            timeout.unwrap_or(default_timeout),
+        )
+    }
+
+    /// Sends `signal`, waits up to `timeout_secs` for the process to exit, then SIGKILLs it;
+    /// `None` when the container disappeared meanwhile.
+    async fn signal_wait_kill(
+        &self,
+        docker: &Docker,
+        container_id: &str,
+        signal: StopSignal,
+        timeout_secs: u32,
+    ) -> Result<Option<StopEnded>, DockerError> {
+        let kill = |signal: &str| KillContainerOptions {
+            signal: signal.to_owned(),
+        };
+        match docker
+            .kill_container(container_id, Some(kill(signal.as_str())))
             .await
         {
-            Ok(()) => Ok(ContainerStopOutcome::Stopped),
-            Err(err) if is_not_found(&err) => Ok(ContainerStopOutcome::Vanished),
-            Err(err) => Err(DockerError::Unavailable(format!("stop: {err}"))),
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => return Ok(None),
+            // 409: it stopped between the inspect and the signal.
+            Err(err) if status(&err) == Some(409) => return Ok(Some(StopEnded::Graceful)),
+            Err(err) => return Err(DockerError::Unavailable(format!("kill -{signal}: {err}"))),
         }
+        let grace = Duration::from_secs(timeout_secs.into());
+        if tokio::time::timeout(grace, wait_not_running(docker, container_id))
+            .await
+            .is_ok()
+        {
+            return Ok(Some(StopEnded::Graceful));
+        }
+        match docker
+            .kill_container(container_id, Some(kill("SIGKILL")))
+            .await
+        {
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) if status(&err) == Some(409) => return Ok(Some(StopEnded::Graceful)),
+            Err(err) => return Err(DockerError::Unavailable(format!("kill -SIGKILL: {err}"))),
+        }
+        wait_not_running(docker, container_id).await;
+        Ok(Some(StopEnded::Killed))
     }
 
     /// Creates the container `name` from `image` (or adopts it: a retried attempt finds the one
@@ -437,6 +581,31 @@ impl DockerRuntime {
         if let Err(err) = self.docker.remove_container(id, Some(options)).await {
             tracing::warn!(container_id = id, err = %err, "remove a failed container");
         }
+    }
+}
+
+/// Waits until the container's process is not running (or the container is gone, or Docker
+/// answers otherwise: the caller's next call tells).
+async fn wait_not_running(docker: &Docker, container_id: &str) {
+    let options = WaitContainerOptions {
+        condition: "not-running".to_owned(),
+    };
+    let _ = docker
+        .wait_container(container_id, Some(options))
+        .next()
+        .await;
+}
+
+/// The exit code of a container that has stopped.
+fn exit_code(inspected: &ContainerInspectResponse) -> Option<i64> {
+    inspected.state.as_ref().and_then(|state| state.exit_code)
+}
+
+/// The HTTP status of a Docker error answer.
+fn status(err: &BollardError) -> Option<u16> {
+    match err {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
     }
 }
 

@@ -42,7 +42,7 @@ use rtmanager_workflows::contract::{
     UpdateStatusInput, UpdateStatusOutcome,
 };
 
-pub use docker::{ContainerSettings, DockerRuntime};
+pub use docker::{ContainerSettings, DockerRuntime, StopAsk};
 pub use holder::{HolderLiveness, HolderState};
 pub use hosts::{GameHost, HostRegistration, HostStatus};
 pub use redis_store::{Acquire, LeaseHolder, RedisKeys, RedisStore, TakeOver};
@@ -324,7 +324,14 @@ impl RuntimeActivities {
         input: StopContainerInput,
     ) -> Result<ContainerStopOutcome, ActivityError> {
         self.step(&ctx, input.game_id.as_str(), async {
-            let stop = self.deps.docker.stop(&input.game_id, &input.container_id);
+            let ask = StopAsk {
+                timeout_secs: input.timeout_secs,
+                signal: input.signal,
+            };
+            let stop = self
+                .deps
+                .docker
+                .stop(&input.game_id, &input.container_id, ask);
             let result = self
                 .keeping_lease(&ctx, &input.game_id, &input.lease, stop)
                 .await?;
@@ -540,6 +547,9 @@ impl RuntimeActivities {
         telemetry.record_operation_outcome(entry.op_kind.as_str(), outcome, &entry.op_source_label);
         if entry.op_kind == OpKind::Stop {
             telemetry.record_stop_outcome(outcome, &entry.reason_label, &entry.op_source_label);
+        }
+        if let Some(stop) = entry.stop {
+            telemetry.record_container_stop(stop.signal.as_str(), stop.ended.as_str());
         }
     }
 

@@ -32,6 +32,9 @@ diesel::table! {
         error_message -> Nullable<Text>,
         started_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        stop_signal -> Nullable<Text>,
+        stop_timeout_secs -> Nullable<Int4>,
+        stop_ended -> Nullable<Text>,
     }
 }
 

@@ -400,6 +400,11 @@ impl Store {
             error_message: entry.error_message.as_deref(),
             started_at: entry.started_at,
             finished_at: Some(Utc::now().trunc_subsecs(6)),
+            stop_signal: entry.stop.map(|s| s.signal.as_str()),
+            stop_timeout_secs: entry
+                .stop
+                .map(|s| i32::try_from(s.timeout_secs).unwrap_or(i32::MAX)),
+            stop_ended: entry.stop.map(|s| s.ended.as_str()),
         };
         let written = diesel::insert_into(operation_log::table)
             .values(&row)
@@ -510,4 +515,7 @@ struct NewOperation<'a> {
     error_message: Option<&'a str>,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    stop_signal: Option<&'a str>,
+    stop_timeout_secs: Option<i32>,
+    stop_ended: Option<&'a str>,
 }

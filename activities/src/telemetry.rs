@@ -14,6 +14,7 @@ pub struct Telemetry {
     operation_outcomes: IntCounterVec,
     lease_acquire_seconds: HistogramVec,
     health_events: IntCounterVec,
+    container_stops: IntCounterVec,
     docker_waiting: prometheus::IntGauge,
 }
 
@@ -56,6 +57,14 @@ impl Telemetry {
             &["event_type"],
         )
         .expect("static metric definition");
+        let container_stops = IntCounterVec::new(
+            Opts::new(
+                "rtmanager_container_stops_total",
+                "Containers stopped, by the signal sent and how they ended (graceful or killed)",
+            ),
+            &["signal", "ended"],
+        )
+        .expect("static metric definition");
         let docker_waiting = prometheus::IntGauge::new(
             "rtmanager_docker_calls_waiting",
             "Docker calls queued behind RTMANAGER_DOCKER_CONCURRENCY",
@@ -67,6 +76,7 @@ impl Telemetry {
             Box::new(operation_outcomes.clone()),
             Box::new(lease_acquire_seconds.clone()),
             Box::new(health_events.clone()),
+            Box::new(container_stops.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -76,6 +86,7 @@ impl Telemetry {
             operation_outcomes,
             lease_acquire_seconds,
             health_events,
+            container_stops,
             docker_waiting,
         }
     }
@@ -88,6 +99,13 @@ impl Telemetry {
     /// Where other components (the HTTP bridge) register their metrics, so `/metrics` has all.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Counts one container a stop operation stopped, once per operation.
+    pub fn record_container_stop(&self, signal: &str, ended: &str) {
+        self.container_stops
+            .with_label_values(&[signal, ended])
+            .inc();
     }
 
     /// Counts one stop; the caller counts each operation once, however often its audit row is

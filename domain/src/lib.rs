@@ -22,7 +22,10 @@ pub use record::RuntimeRecord;
 pub use request::{
     ImageRef, InvalidRequest, LeaseToken, ReplaceRequest, SourceRef, StartRequest, StopRequest,
 };
-pub use vocabulary::{ErrorCode, OpKind, OpSource, Outcome, RuntimeStatus, StopReason};
+pub use vocabulary::{
+    stop_timeout_secs, ErrorCode, OpKind, OpSource, Outcome, RuntimeStatus, StopEnded, StopReason,
+    StopReport, StopSignal, STOP_TIMEOUT_MAX_SECS,
+};
 
 /// Truncates `value` to at most `max` characters (on a char boundary). Used where raw, possibly
 /// hostile input is echoed into logs or audit rows.

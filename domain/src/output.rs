@@ -3,10 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, Outcome, RuntimeRecord};
+use crate::{ErrorCode, Outcome, RuntimeRecord, StopReport};
 
 /// `{"outcome", "error_code", "error_message", "record"}`: `record` is present on success and
-/// replay, null on failure.
+/// replay, null on failure. A stop that reached Docker adds `"stop"`: the signal, the timeout
+/// and how the container ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperationOutput {
     /// A failure still completes the workflow; only this field says it failed.
@@ -17,6 +18,9 @@ pub struct OperationOutput {
     pub error_message: Option<String>,
     /// As the operation left it (on a replay, as it was found).
     pub record: Option<RuntimeRecord>,
+    /// What the Docker stop did, when the operation stopped a running container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopReport>,
 }
 
 impl OperationOutput {
@@ -27,6 +31,7 @@ impl OperationOutput {
             error_code: None,
             error_message: None,
             record: Some(record),
+            stop: None,
         }
     }
 
@@ -37,6 +42,7 @@ impl OperationOutput {
             error_code: Some(ErrorCode::ReplayNoOp),
             error_message: None,
             record: Some(record),
+            stop: None,
         }
     }
 
@@ -47,6 +53,7 @@ impl OperationOutput {
             error_code: Some(code),
             error_message: Some(message.into()),
             record: None,
+            stop: None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{truncate_chars, GameId, HostId, OpSource, StopReason};
+use crate::{stop_timeout_secs, truncate_chars, GameId, HostId, OpSource, StopReason, StopSignal};
 
 /// Longest `source_ref` accepted (stream entry ids, request ids, user ids are far shorter).
 pub const SOURCE_REF_MAX_LEN: usize = 256;
@@ -294,11 +294,36 @@ pub struct StopRequest {
     pub source_ref: Option<SourceRef>,
     /// Set only by a parent workflow that already holds the game's lease (the seed's `Run`).
     pub lease_token: Option<LeaseToken>,
+    /// How long Docker waits after the signal before it kills; `None`: the container's
+    /// `rtmanager.stop_timeout` label, else the worker's default.
+    pub timeout_secs: Option<u32>,
+    /// The signal sent first; `None`: the container's `rtmanager.stop_signal` label, else
+    /// `SIGTERM`.
+    pub signal: Option<StopSignal>,
 }
 
 impl StopRequest {
-    /// Parses `{"game_id", "reason", "op_source", "source_ref"?, "lease_token"?}`; unknown
-    /// fields are rejected so a misspelt optional field is not silently dropped.
+    /// A stop with the container's own (or the worker's) signal and timeout.
+    pub fn new(
+        game_id: GameId,
+        reason: StopReason,
+        op_source: OpSource,
+        source_ref: Option<SourceRef>,
+    ) -> Self {
+        Self {
+            game_id,
+            reason,
+            op_source,
+            source_ref,
+            lease_token: None,
+            timeout_secs: None,
+            signal: None,
+        }
+    }
+
+    /// Parses `{"game_id", "reason", "op_source", "source_ref"?, "lease_token"?,
+    /// "timeout_secs"?, "signal"?}`; unknown fields are rejected so a misspelt optional field
+    /// is not silently dropped.
     pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidRequest> {
         let mut fields = Fields::parse(bytes)?;
         let game_id = fields.game_id();
@@ -306,12 +331,18 @@ impl StopRequest {
         let op_source = fields.required_enum::<OpSource>("op_source");
         let source_ref = fields.optional_with("source_ref", SourceRef::parse);
         let lease_token = fields.optional_with("lease_token", LeaseToken::parse);
+        let timeout_secs = fields.optional_integer("timeout_secs", stop_timeout_secs);
+        let signal = fields.optional_with("signal", |raw| {
+            raw.parse::<StopSignal>().map_err(|err| err.to_string())
+        });
         fields.finish(&[
             "game_id",
             "reason",
             "op_source",
             "source_ref",
             "lease_token",
+            "timeout_secs",
+            "signal",
         ])?;
         Ok(Self {
             game_id: game_id.expect("checked by finish"),
@@ -319,6 +350,8 @@ impl StopRequest {
             op_source: op_source.expect("checked by finish"),
             source_ref: source_ref.expect("checked by finish"),
             lease_token: lease_token.expect("checked by finish"),
+            timeout_secs: timeout_secs.expect("checked by finish"),
+            signal: signal.expect("checked by finish"),
         })
     }
 
@@ -334,6 +367,10 @@ impl StopRequest {
         if let Some(token) = &self.lease_token {
             map.insert("lease_token".into(), token.as_str().into());
         }
+        if let Some(secs) = self.timeout_secs {
+            map.insert("timeout_secs".into(), secs.into());
+        }
+        insert_optional(&mut map, "signal", self.signal.map(StopSignal::as_str));
         Value::Object(map)
     }
 }
@@ -586,6 +623,30 @@ impl Fields {
         }
     }
 
+    /// Like [`Self::optional_with`], for a whole number (JSON number, not string).
+    fn optional_integer<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(u64) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => match value.as_u64().map(&parse) {
+                Some(Ok(v)) => Some(Some(v)),
+                Some(Err(err)) => {
+                    self.errors.push(err);
+                    None
+                }
+                None => {
+                    self.errors.push(format!(
+                        "{name} must be a whole number of seconds, 0 or more"
+                    ));
+                    None
+                }
+            },
+        }
+    }
+
     fn finish(self, known: &[&str]) -> Result<(), InvalidRequest> {
         let known: BTreeSet<&str> = known.iter().copied().collect();
         let mut errors = self.errors;
@@ -693,6 +754,33 @@ mod tests {
         assert_eq!(req.source_ref.as_ref().unwrap().as_str(), "r1");
         let again = StopRequest::from_json(req.to_json().to_string().as_bytes()).unwrap();
         assert_eq!(again, req);
+    }
+
+    #[test]
+    fn a_stop_signal_and_timeout_parse_within_their_limits() {
+        let req = parse(
+            r#"{"game_id":"g","reason":"admin","op_source":"rest","timeout_secs":3600,"signal":"SIGUSR1"}"#,
+        )
+        .unwrap();
+        assert_eq!(req.timeout_secs, Some(3600));
+        assert_eq!(req.signal, Some(StopSignal::Usr1));
+        let again = StopRequest::from_json(req.to_json().to_string().as_bytes()).unwrap();
+        assert_eq!(again, req);
+        let zero = parse(r#"{"game_id":"g","reason":"admin","op_source":"rest","timeout_secs":0}"#);
+        assert_eq!(zero.unwrap().timeout_secs, Some(0));
+        for (bad, needle) in [
+            (r#""timeout_secs":3601"#, "timeout_secs must be 0-3600"),
+            (r#""timeout_secs":-1"#, "whole number"),
+            (r#""timeout_secs":1.5"#, "whole number"),
+            (r#""timeout_secs":"10""#, "whole number"),
+            (r#""signal":"SIGKILL""#, "signal \"SIGKILL\" is unsupported"),
+            (r#""signal":"sigterm""#, "signal"),
+            (r#""signal":15"#, "signal must be a string"),
+        ] {
+            let json = format!(r#"{{"game_id":"g","reason":"admin","op_source":"rest",{bad}}}"#);
+            let err = parse(&json).unwrap_err();
+            assert!(err.message.contains(needle), "{bad}: {}", err.message);
+        }
     }
 
     #[test]

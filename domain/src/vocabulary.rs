@@ -1,5 +1,4 @@
-//! The closed vocabularies of the contract. Each enum serialises as its snake_case contract
-//! spelling and parses with [`std::str::FromStr`], so an unknown value is rejected at the edge.
+//! The closed vocabularies of the contract. Each enum serialises as its contract spelling and parses with [`std::str::FromStr`], so an unknown value is rejected at the edge.
 
 use std::{fmt, str::FromStr};
 
@@ -24,8 +23,7 @@ macro_rules! vocabulary {
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
+        pub enum $name { $($(#[$vmeta])* #[serde(rename = $text)] $variant),+ }
 
         impl $name {
             /// Every value, in contract order.
@@ -158,6 +156,58 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
         }
     }
+}
+
+vocabulary!(
+    /// The signal a stop sends first; Docker kills the process if it has not exited when the
+    /// stop's timeout runs out.
+    StopSignal, "signal", {
+        /// The default: "terminate".
+        Term => "SIGTERM",
+        /// What a terminal's Ctrl-C sends; some servers save state only on it.
+        Int => "SIGINT",
+        /// Quit, often with a core dump or a thread dump.
+        Quit => "SIGQUIT",
+        /// Hang up.
+        Hup => "SIGHUP",
+        /// Left to the game server's own meaning.
+        Usr1 => "SIGUSR1",
+        /// Left to the game server's own meaning.
+        Usr2 => "SIGUSR2",
+    }
+);
+
+vocabulary!(
+    /// How a stop that reached Docker ended.
+    StopEnded, "ended", {
+        /// The process exited within the timeout after the signal.
+        Graceful => "graceful",
+        /// The timeout ran out and Docker killed the process (SIGKILL).
+        Killed => "killed",
+    }
+);
+
+/// The largest stop timeout a request or a label may ask for, in seconds.
+pub const STOP_TIMEOUT_MAX_SECS: u32 = 3600;
+
+/// Parses a stop timeout in seconds, `0..=3600` (`0`: kill right after the signal).
+pub fn stop_timeout_secs(raw: u64) -> Result<u32, String> {
+    u32::try_from(raw)
+        .ok()
+        .filter(|secs| *secs <= STOP_TIMEOUT_MAX_SECS)
+        .ok_or_else(|| format!("timeout_secs must be 0-{STOP_TIMEOUT_MAX_SECS}, not {raw}"))
+}
+
+/// What a stop that reached Docker did: the signal it sent, how long it waited, how the
+/// container ended. In the stop's output (`"stop"`), its audit row and a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopReport {
+    /// The signal sent first.
+    pub signal: StopSignal,
+    /// How long Docker waited for the process to exit before killing it.
+    pub timeout_secs: u32,
+    /// Whether the process exited within the timeout or was killed.
+    pub ended: StopEnded,
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::client::{self, Operation, Origin};
 /// The body fields each verb takes (the path gives the game, the bridge the source).
 fn body_fields(kind: OpKind) -> &'static [&'static str] {
     match kind {
-        OpKind::Stop => &["reason"],
+        OpKind::Stop => &["reason", "timeout_secs", "signal"],
         OpKind::Start => &["image_ref", "host"],
         OpKind::Patch => &["image_ref"],
         OpKind::Restart => &[],
@@ -50,13 +50,17 @@ async fn operate(
         response
     };
     let parsed = parse_operation(&state, &game_id, request, kind, &request_id).await;
-    let operation = match parsed {
-        Ok(request) => Operation::new(
-            &request,
-            &Origin::Http {
-                request_id: request_id.clone(),
-                given,
-            },
+    let (operation, wait) = match parsed {
+        Ok(request) => (
+            Operation::new(
+                &request,
+                &Origin::Http {
+                    request_id: request_id.clone(),
+                    given,
+                },
+            ),
+            // A stop asked to wait long for its game's process gets that long on top.
+            state.wait + request_grace(&request),
         ),
         Err(response) => return with_id(*response),
     };
@@ -66,7 +70,7 @@ async fn operate(
         let state = state.clone();
         async move { client::run(&state.client, &state.router, &operation).await }
     });
-    let response = match tokio::time::timeout(state.wait, task).await {
+    let response = match tokio::time::timeout(wait, task).await {
         Ok(Ok(Ok(output))) => {
             let status = output.error_code.map_or(200, ErrorCode::http_status);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -91,13 +95,23 @@ async fn operate(
                 format!(
                     "the operation is still running after {}s; retry with the same \
                      X-Request-Id to get its result",
-                    state.wait.as_secs()
+                    wait.as_secs()
                 ),
             );
             (StatusCode::SERVICE_UNAVAILABLE, Json(output)).into_response()
         }
     };
     with_id(response)
+}
+
+/// How long the game's process may be waited for beyond the usual: a stop's requested timeout.
+fn request_grace(request: &LifecycleRequest) -> std::time::Duration {
+    match request {
+        LifecycleRequest::Stop(stop) => {
+            std::time::Duration::from_secs(stop.timeout_secs.unwrap_or(0).into())
+        }
+        _ => std::time::Duration::ZERO,
+    }
 }
 
 /// The caller's request id, or a fresh one.

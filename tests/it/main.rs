@@ -27,5 +27,6 @@ mod security;
 mod seed_branches;
 mod stop_jobs;
 mod stop_runtime;
+mod stop_signals;
 mod temporal_cli;
 mod watch;

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::common::{eventually, rtmanager_command, unique, TestApp};
+use crate::stop_signals::{game_with, EXITS_ON_USR1};
 use redis::AsyncCommands;
 use rtmanager::stream::{Consumer, StreamSettings};
 use rtmanager_domain::RuntimeStatus;
@@ -160,6 +161,36 @@ async fn malformed_entries_are_recorded_and_acknowledged() {
         xadd(
             &app,
             &stream,
+            &[
+                ("game_id", "ok-game"),
+                ("reason", "admin"),
+                ("timeout_secs", "soon"),
+            ],
+        )
+        .await,
+        xadd(
+            &app,
+            &stream,
+            &[
+                ("game_id", "ok-game"),
+                ("reason", "admin"),
+                ("timeout_secs", "3601"),
+            ],
+        )
+        .await,
+        xadd(
+            &app,
+            &stream,
+            &[
+                ("game_id", "ok-game"),
+                ("reason", "admin"),
+                ("signal", "SIGKILL"),
+            ],
+        )
+        .await,
+        xadd(
+            &app,
+            &stream,
             &[("game_id", long.as_str()), ("reason", "finished")],
         )
         .await,
@@ -198,6 +229,29 @@ async fn malformed_entries_are_recorded_and_acknowledged() {
     // cannot be polled for, and an empty blocking read leaves no trace in Redis to wait on.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.op_log_count().await, entries.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_names_the_signal_and_the_timeout() {
+    let mut app = TestApp::spawn().await;
+    let (stream, _c1) = stream_with_consumer(&app);
+    let (game, container) = game_with(&mut app, "job-usr1", EXITS_ON_USR1, &[]).await;
+    let fields = [
+        ("game_id", game.as_str()),
+        ("reason", "finished"),
+        ("signal", "SIGUSR1"),
+        ("timeout_secs", "120"),
+    ];
+    xadd(&app, &stream, &fields).await;
+    await_stopped(&app, &[&game], Duration::from_secs(30)).await;
+    let what = "the entry to be acknowledged";
+    await_acknowledged(&app, &stream, what, Duration::from_secs(10)).await;
+    assert_eq!(app.container_running(&container).await, Some(false));
+    let rows = app.op_log(&game).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].stop_signal.as_deref(), Some("SIGUSR1"));
+    assert_eq!(rows[0].stop_timeout_secs, Some(120));
+    assert_eq!(rows[0].stop_ended.as_deref(), Some("graceful"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

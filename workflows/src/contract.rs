@@ -12,6 +12,7 @@ use temporalio_workflow::common::ActivityDefinition;
 
 use rtmanager_domain::{
     ErrorCode, GameId, HostId, ImageRef, LeaseToken, OpKind, Outcome, RuntimeRecord, RuntimeStatus,
+    StopReport, StopSignal,
 };
 
 macro_rules! activity_contract {
@@ -220,7 +221,9 @@ pub struct ReleaseLeaseInput {
     pub token: LeaseToken,
 }
 
-/// Input of [`StopContainer`]. The graceful timeout is the worker's configuration.
+/// Input of [`StopContainer`]. A signal or timeout the request leaves out comes from the
+/// container's labels (`rtmanager.stop_signal`, `rtmanager.stop_timeout`), else the worker's
+/// configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StopContainerInput {
     /// Must match the container's `rtmanager.game_id` label, or the stop is refused.
@@ -229,6 +232,12 @@ pub struct StopContainerInput {
     pub container_id: String,
     /// The lease to keep alive while Docker works (a stop may outlast the lease TTL).
     pub lease: LeaseToken,
+    /// The request's timeout, in seconds (absent in histories from before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
+    /// The request's signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<StopSignal>,
 }
 
 /// Input of [`EnsureContainer`].
@@ -286,8 +295,13 @@ pub struct RemoveContainerInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerStopOutcome {
-    /// It was running and Docker stopped it within the graceful timeout (or killed it after).
+    /// It was running and Docker stopped it (what histories from before [`StoppedAs`] say).
+    ///
+    /// [`StoppedAs`]: ContainerStopOutcome::StoppedAs
     Stopped,
+    /// It was running and Docker stopped it: with which signal and timeout, and whether it
+    /// exited within the timeout or was killed.
+    StoppedAs(StopReport),
     /// It was not running: counts as stopped.
     AlreadyStopped,
     /// No such container: the stop records `removed` and publishes [`CONTAINER_DISAPPEARED`].
@@ -515,6 +529,10 @@ pub struct OperationEntry {
     pub reason_label: String,
     /// Telemetry label: the op source, or `invalid` when the request did not parse.
     pub op_source_label: String,
+    /// What the Docker stop did (signal, timeout, how the container ended), when the
+    /// operation stopped a running container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopReport>,
 }
 
 /// Application failure types raised by activities for definitive faults: the workflow turns

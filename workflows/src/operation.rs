@@ -12,7 +12,7 @@ use temporalio_workflow::{
 
 use rtmanager_domain::{
     request::RequestEcho, truncate_chars, ErrorCode, GameId, HostId, InvalidRequest, LeaseToken,
-    OpKind, OpSource, OperationOutput, Outcome, RuntimeRecord, SourceRef,
+    OpKind, OpSource, OperationOutput, Outcome, RuntimeRecord, SourceRef, StopReport,
 };
 
 use temporalio_workflow::common::{data_converters::TemporalDeserializable, ActivityDefinition};
@@ -57,6 +57,8 @@ pub struct Touched {
     pub container_id: Option<String>,
     /// The image that container runs, or the one a start asked for.
     pub image_ref: Option<String>,
+    /// What a Docker stop did to that container; carried to the audit row and the output.
+    pub stop: Option<StopReport>,
 }
 
 impl Touched {
@@ -65,7 +67,13 @@ impl Touched {
         Self {
             container_id: record.current_container_id.clone(),
             image_ref: record.current_image_ref.clone(),
+            stop: None,
         }
+    }
+
+    /// The same, with what the Docker stop did.
+    pub fn stopped(self, stop: Option<StopReport>) -> Self {
+        Self { stop, ..self }
     }
 }
 
@@ -305,6 +313,24 @@ impl<'a, W> Op<'a, W> {
         AD: ActivityDefinition,
         AD::Output: TemporalDeserializable,
     {
+        let grace = self.settings.graceful_stop_timeout;
+        self.docker_waiting(activity, input, cancel, grace).await
+    }
+
+    /// [`Self::docker`] for a step during which Docker may wait up to `grace` for the game's
+    /// process (a stop with a long timeout): each attempt may take that long plus the queue
+    /// allowance.
+    pub async fn docker_waiting<AD>(
+        &self,
+        activity: AD,
+        input: AD::Input,
+        cancel: Cancel,
+        grace: std::time::Duration,
+    ) -> Result<AD::Output, ActivityExecutionError>
+    where
+        AD: ActivityDefinition,
+        AD::Output: TemporalDeserializable,
+    {
         let remote = self
             .host
             .borrow()
@@ -313,7 +339,8 @@ impl<'a, W> Op<'a, W> {
             .filter(|queue| queue != self.ctx.task_queue());
         self.begin(activity.name());
         let (ctx, settings) = (self.ctx, self.settings);
-        docker_step(ctx, settings, activity, input, cancel, remote.as_deref()).await
+        let remote = remote.as_deref();
+        docker_step(ctx, settings, activity, input, cancel, remote, grace).await
     }
 
     /// From now on, Docker steps run on this host.
@@ -535,8 +562,12 @@ impl<'a, W> Op<'a, W> {
 
     /// Ends the operation: it changed what it was asked to change.
     pub async fn success(&self, record: RuntimeRecord, touched: Touched) -> OperationOutput {
+        let stop = touched.stop;
         self.append(Outcome::Success, None, None, touched).await;
-        OperationOutput::success(record)
+        OperationOutput {
+            stop,
+            ..OperationOutput::success(record)
+        }
     }
 
     /// Ends the operation: nothing had to change (the seed's `recordReplayNoOp`).
@@ -554,9 +585,13 @@ impl<'a, W> Op<'a, W> {
         message: String,
         touched: Touched,
     ) -> OperationOutput {
+        let stop = touched.stop;
         self.append(Outcome::Failure, Some(code), Some(message.clone()), touched)
             .await;
-        OperationOutput::failure(code, message)
+        OperationOutput {
+            stop,
+            ..OperationOutput::failure(code, message)
+        }
     }
 
     /// Ends the operation: the game has no runtime record.
@@ -611,6 +646,7 @@ impl<'a, W> Op<'a, W> {
             started_at: self.started_at,
             reason_label: self.audit.reason_label.clone(),
             op_source_label: self.audit.op_source_label.clone(),
+            stop: touched.stop,
         };
         let append = self.best_effort(AppendOperationLog, entry);
         let held = self.held.borrow_mut().take();

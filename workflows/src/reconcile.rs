@@ -154,6 +154,7 @@ async fn reconcile<W>(
         scan_input,
         Cancel::WithWorkflow,
         remote,
+        settings.graceful_stop_timeout,
     );
     let scan: HostScan = match scanned.await {
         Ok(scan) => scan,
@@ -170,13 +171,12 @@ async fn reconcile<W>(
     report.busy = scan.busy.iter().map(|g| g.to_string()).collect();
 
     for drift in scan.drift {
-        let stop = StopRequest {
-            game_id: drift.game_id.clone(),
-            reason: StopReason::Finished,
-            op_source: OpSource::Reconciler,
-            source_ref: SourceRef::parse(ctx.workflow_id()).ok(),
-            lease_token: None,
-        };
+        let stop = StopRequest::new(
+            drift.game_id.clone(),
+            StopReason::Finished,
+            OpSource::Reconciler,
+            SourceRef::parse(ctx.workflow_id()).ok(),
+        );
         let child_id = format!("{}/stop-{}", ctx.workflow_id(), drift.game_id);
         let output = run_child(ctx, StopRuntimeWorkflow::run, child_id, &stop.to_json()).await;
         let repaired = output.is_success() && output.error_code.is_none();
@@ -219,7 +219,9 @@ async fn reconcile<W>(
                 container_id: orphan.container_id.clone(),
                 game_label: orphan.game_label.clone(),
             };
-            let step = docker_step(ctx, settings, RemoveOrphan, input, Cancel::Detached, remote);
+            let grace = settings.graceful_stop_timeout;
+            let cancel = Cancel::Detached;
+            let step = docker_step(ctx, settings, RemoveOrphan, input, cancel, remote, grace);
             removed = step.await.unwrap_or(false);
         }
         report.orphans.push(OrphanReport {

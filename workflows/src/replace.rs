@@ -109,11 +109,13 @@ async fn replace_under_lease<W>(
         StopReason::Restart
     };
     let stop = StopRequest {
-        game_id: game_id.clone(),
-        reason,
-        op_source: request.op_source,
-        source_ref: request.source_ref.clone(),
         lease_token: Some(lease.clone()),
+        ..StopRequest::new(
+            game_id.clone(),
+            reason,
+            request.op_source,
+            request.source_ref.clone(),
+        )
     };
     let stopped = child(op, StopRuntimeWorkflow::run, "stop", stop.to_json()).await;
     if !stopped.is_success() {

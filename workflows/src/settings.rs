@@ -10,8 +10,9 @@ use std::time::Duration;
 /// task queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepSettings {
-    /// Docker's graceful stop timeout (SIGTERM to SIGKILL). The stop activity's own timeout is
-    /// derived from it plus `docker_queue_allowance`.
+    /// Docker's graceful stop timeout (signal to SIGKILL) when neither the request nor the
+    /// container's label names one. A Docker step's own timeout is derived from the longest
+    /// wait it may meet plus `docker_queue_allowance`.
     pub graceful_stop_timeout: Duration,
     /// Extra time a Docker call may wait in dockerd's queue during a mass stop (dockerd tears
     /// containers down one at a time, ~15/s).
@@ -54,12 +55,5 @@ impl Default for StepSettings {
             host_wait: Duration::from_secs(30),
             search_attributes: true,
         }
-    }
-}
-
-impl StepSettings {
-    /// The start-to-close timeout of one Docker stop attempt.
-    pub fn docker_stop_timeout(&self) -> Duration {
-        self.graceful_stop_timeout + self.docker_queue_allowance
     }
 }

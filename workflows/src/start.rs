@@ -73,6 +73,7 @@ async fn start_under_lease<W>(
     let touched = |container_id: Option<&str>| Touched {
         container_id: container_id.map(str::to_owned),
         image_ref: Some(image.to_owned()),
+        stop: None,
     };
     let loaded = op.load_record(game_id).await;
     let existing = match loaded {

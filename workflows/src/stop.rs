@@ -9,8 +9,11 @@
 //! Every business outcome completes the workflow with an [`OperationOutput`]; the workflow
 //! itself never fails on bad input or a failing dependency.
 
+use std::time::Duration;
+
 use rtmanager_domain::{
     ErrorCode, LeaseToken, OpKind, OperationOutput, RuntimeRecord, RuntimeStatus, StopRequest,
+    STOP_TIMEOUT_MAX_SECS,
 };
 
 use crate::{
@@ -28,7 +31,7 @@ lifecycle_workflow!(
     StopRuntimeWorkflow,
     "StopRuntime",
     OpKind::Stop,
-    "Input: `{\"game_id\", \"reason\", \"op_source\", \"source_ref\"?, \"lease_token\"?}` as raw JSON.",
+    "Input: `{\"game_id\", \"reason\", \"op_source\", \"source_ref\"?, \"lease_token\"?, \"timeout_secs\"?, \"signal\"?}` as raw JSON.",
     |op, input| match op.parse(&input, StopRequest::from_json).await {
         Ok(request) => {
             op.audit(Audit::of(
@@ -83,6 +86,7 @@ async fn run_under_lease<W>(
                     .clone()
                     .or(loaded.last_container_id),
                 image_ref: record.current_image_ref.clone(),
+                stop: None,
             };
             if record.status == RuntimeStatus::Removed {
                 publish_disappeared(op, request, &record, touched.container_id.clone()).await;
@@ -106,19 +110,26 @@ async fn run_under_lease<W>(
     };
 
     op.note_container(&container_id);
+    // The container's label may ask for any timeout up to the maximum: without a requested
+    // one, the attempt allows for the longest.
+    let grace = request.timeout_secs.unwrap_or(STOP_TIMEOUT_MAX_SECS);
     let stopped = op
-        .docker(
+        .docker_waiting(
             StopContainer,
             StopContainerInput {
                 game_id: game_id.clone(),
                 container_id: container_id.clone(),
                 lease: lease.clone(),
+                timeout_secs: request.timeout_secs,
+                signal: request.signal,
             },
             Cancel::WithWorkflow,
+            Duration::from_secs(grace.into()),
         )
         .await;
-    match stopped {
-        Ok(ContainerStopOutcome::Stopped | ContainerStopOutcome::AlreadyStopped) => {}
+    let report = match stopped {
+        Ok(ContainerStopOutcome::StoppedAs(report)) => Some(report),
+        Ok(ContainerStopOutcome::Stopped | ContainerStopOutcome::AlreadyStopped) => None,
         Ok(ContainerStopOutcome::Vanished) => {
             return handle_vanished(op, request, lease, existing, container_id).await
         }
@@ -128,7 +139,8 @@ async fn run_under_lease<W>(
             let message = format!("docker stop: {}", failure.message);
             return op.failure(code, message, Touched::of(&existing)).await;
         }
-    }
+    };
+    let touched = Touched::of(&existing).stopped(report);
 
     let updated = update_status(
         op,
@@ -140,29 +152,25 @@ async fn run_under_lease<W>(
     )
     .await;
     match updated {
-        Ok(UpdateStatusOutcome::Updated { record }) => {
-            op.success(record, Touched::of(&existing)).await
-        }
+        Ok(UpdateStatusOutcome::Updated { record }) => op.success(record, touched).await,
         // CAS race: a concurrent reconciler or restart moved the record first; the desired
         // terminal state was reached by another path.
         Ok(UpdateStatusOutcome::Conflict { current }) => op.replay_no_op(current).await,
         Ok(refused @ (UpdateStatusOutcome::Fenced { .. } | UpdateStatusOutcome::LeaseLost)) => {
             let message = stale_write_message(&refused);
-            op.failure(ErrorCode::Conflict, message, Touched::of(&existing))
-                .await
+            op.failure(ErrorCode::Conflict, message, touched).await
         }
         Ok(UpdateStatusOutcome::NotFound) => {
             let message = format!(
                 "runtime record for game {:?} vanished mid-stop",
                 game_id.as_str()
             );
-            op.failure(ErrorCode::NotFound, message, Touched::of(&existing))
-                .await
+            op.failure(ErrorCode::NotFound, message, touched).await
         }
         Err(failure) => {
             let code = failure.code_or(ErrorCode::Internal);
             let message = format!("update runtime status: {}", failure.message);
-            op.failure(code, message, Touched::of(&existing)).await
+            op.failure(code, message, touched).await
         }
     }
 }

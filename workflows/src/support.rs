@@ -124,7 +124,8 @@ where
 /// `remote` is the task queue of the game's host when the workflow runs elsewhere (the shared
 /// queue, or another host's): the step then goes there as a normal activity, whatever the
 /// settings, and waits at most `StepSettings::host_wait` for that host's worker to take it, so
-/// a host that is down answers `service_unavailable` in bounded time.
+/// a host that is down answers `service_unavailable` in bounded time. An attempt may take
+/// `grace` (how long Docker may wait for the process) plus `StepSettings::docker_queue_allowance`.
 pub async fn docker_step<W, AD>(
     ctx: &WorkflowContext<W>,
     settings: &StepSettings,
@@ -132,12 +133,13 @@ pub async fn docker_step<W, AD>(
     input: AD::Input,
     cancel: Cancel,
     remote: Option<&str>,
+    grace: Duration,
 ) -> Result<AD::Output, ActivityExecutionError>
 where
     AD: ActivityDefinition,
     AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
 {
-    let attempt_timeout = settings.docker_stop_timeout();
+    let attempt_timeout = grace + settings.docker_queue_allowance;
     let policy = retry(
         settings.docker_attempts,
         Duration::from_millis(500),

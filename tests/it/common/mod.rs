@@ -674,6 +674,9 @@ impl TestApp {
                 o::op_source,
                 o::finished_at.is_not_null(),
                 o::op_kind,
+                o::stop_signal,
+                o::stop_timeout_secs,
+                o::stop_ended,
             ))
             .load::<OpRow>(&mut self.pg().await)
             .await
@@ -852,6 +855,9 @@ pub struct OpRow {
     pub op_source: String,
     pub finished: bool,
     pub op_kind: String,
+    pub stop_signal: Option<String>,
+    pub stop_timeout_secs: Option<i32>,
+    pub stop_ended: Option<String>,
 }
 
 /// Asserts an operation's outcome and error code, showing the whole output when they differ.
