@@ -89,6 +89,8 @@ pub struct Operation {
     workflow_id: String,
     game_id: Option<GameId>,
     host: Option<HostId>,
+    /// What the Web UI shows for the workflow: a one-line summary and the request's fields.
+    summary: Option<(String, String)>,
 }
 
 impl Operation {
@@ -104,6 +106,7 @@ impl Operation {
                 LifecycleRequest::Start(start) => start.host.clone(),
                 _ => None,
             },
+            summary: Some((request.summary(), request.details())),
         }
     }
 
@@ -112,10 +115,14 @@ impl Operation {
     pub fn unparsed(kind: OpKind, input: Value, origin: &Origin) -> Self {
         Self {
             kind,
-            input,
             workflow_id: workflow_id(kind, None, origin),
             game_id: None,
             host: None,
+            summary: Some((
+                format!("{kind} (a request that does not parse)"),
+                format!("```json\n{input}\n```"),
+            )),
+            input,
         }
     }
 
@@ -315,6 +322,13 @@ pub async fn start(
             operation
                 .search_attributes()
                 .filter(|_| router.search_attributes),
+        )
+        .maybe_static_summary(operation.summary.as_ref().map(|(line, _)| line.clone()))
+        .maybe_static_details(
+            operation
+                .summary
+                .as_ref()
+                .map(|(_, details)| details.clone()),
         )
         .build();
     let input = json_input(operation.input.to_string().as_bytes());

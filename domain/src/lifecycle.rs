@@ -70,6 +70,65 @@ impl LifecycleRequest {
         }
     }
 
+    /// One line that tells an operator what was asked, for the Web UI (the workflow's static
+    /// summary): `stop demo-1 · reason admin · SIGUSR1, 30 s · via rest · ref r-9`.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!("{} {}", self.kind(), self.game_id().as_str())];
+        match self {
+            Self::Start(r) => {
+                parts.push(format!("image {}", r.image_ref));
+                if let Some(host) = &r.host {
+                    parts.push(format!("on host {}", host.as_str()));
+                }
+            }
+            Self::Stop(r) => {
+                parts.push(format!("reason {}", r.reason));
+                match (r.signal, r.timeout_secs) {
+                    (None, None) => {}
+                    (signal, timeout) => parts.push(format!(
+                        "{}, {}",
+                        signal.map_or("signal from labels", |s| s.as_str()),
+                        timeout.map_or("timeout from labels".to_owned(), |t| format!("{t} s")),
+                    )),
+                }
+            }
+            Self::Patch(r) => {
+                if let Some(image) = &r.image_ref {
+                    parts.push(format!("to image {image}"));
+                }
+            }
+            Self::Restart(_) => {}
+        }
+        parts.push(format!("via {}", self.op_source()));
+        if let Some(source_ref) = self.source_ref() {
+            parts.push(format!("ref {}", source_ref.as_str()));
+        }
+        if self.inherits_lease() {
+            parts.push("under its parent's lease".to_owned());
+        }
+        parts.join(" · ")
+    }
+
+    /// The request's fields as a Markdown code block, for the Web UI (the workflow's static
+    /// details): the input without the lease token, which is a capability.
+    pub fn details(&self) -> String {
+        let mut input = self.to_json();
+        if let Value::Object(map) = &mut input {
+            map.remove("lease_token");
+        }
+        let pretty = serde_json::to_string_pretty(&input).unwrap_or_default();
+        format!("```json\n{pretty}\n```")
+    }
+
+    /// Whether a parent's lease token came with the request (the seed's `Run`).
+    fn inherits_lease(&self) -> bool {
+        match self {
+            Self::Start(r) => r.lease_token.is_some(),
+            Self::Stop(r) => r.lease_token.is_some(),
+            Self::Restart(_) | Self::Patch(_) => false,
+        }
+    }
+
     /// The workflow input: exactly what a `temporal` CLI user would send.
     pub fn to_json(&self) -> Value {
         match self {
@@ -111,6 +170,19 @@ mod tests {
                 request
             );
         }
+    }
+
+    #[test]
+    fn the_summary_and_details_tell_the_request_without_its_lease() {
+        let json = r#"{"game_id":"g-1","reason":"admin","op_source":"rest","source_ref":"r-9","signal":"SIGUSR1","timeout_secs":30,"lease_token":"7:secret"}"#;
+        let request = LifecycleRequest::from_json(OpKind::Stop, json.as_bytes()).unwrap();
+        assert_eq!(
+            request.summary(),
+            "stop g-1 · reason admin · SIGUSR1, 30 s · via rest · ref r-9 · under its parent's lease"
+        );
+        let details = request.details();
+        assert!(details.contains("\"signal\": \"SIGUSR1\""), "{details}");
+        assert!(!details.contains("secret"), "{details}");
     }
 
     #[test]

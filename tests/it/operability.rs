@@ -387,3 +387,100 @@ async fn json_logs_name_the_game_the_workflow_and_the_op_at_every_way_in() {
         "the consumer's lines"
     );
 }
+
+/// `temporal <args> --address <dev server> -o json`, parsed.
+fn temporal_json(app: &TestApp, args: &[&str]) -> Value {
+    let address = app.config().temporal_address.trim_start_matches("http://");
+    let out = run_ok(
+        std::process::Command::new(temporal_cli()).args(args).args([
+            "--address",
+            address,
+            "-o",
+            "json",
+        ]),
+        "temporal",
+    );
+    serde_json::from_slice(&out.stdout).expect("temporal -o json")
+}
+
+/// Every `userMetadata.summary` in a workflow's history, in event order.
+fn step_summaries(app: &TestApp, workflow_id: &str) -> Vec<String> {
+    let history = temporal_json(app, &["workflow", "show", "-w", workflow_id]);
+    history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|event| {
+            // `show -o json` leaves payloads encoded: base64 of a JSON string.
+            use base64::Engine;
+            let data = event["userMetadata"]["summary"]["data"].as_str()?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(data).ok()?;
+            serde_json::from_slice::<String>(&bytes).ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_ui_tells_an_operation_without_the_logs() {
+    let mut app = TestApp::spawn().await;
+    let bridge = app.spawn_bridge().await;
+    let (game, container) = app.running_game("ui").await;
+    let path = format!("/api/v1/internal/runtimes/{game}/stop");
+    let body = r#"{"reason":"finished","signal":"SIGTERM","timeout_secs":5}"#;
+    let headers = [("X-Request-Id", "ui-req-1")];
+    let stopped = bridge.call("POST", &path, &headers, Some(body)).await;
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+
+    // The workflow's own summary and details: what was asked, by whom.
+    let workflow_id = format!("req-stop-{game}-ui-req-1");
+    let described = temporal_json(&app, &["workflow", "describe", "-w", &workflow_id]);
+    let metadata = &described["executionConfig"]["userMetadata"];
+    assert_eq!(
+        metadata["summary"],
+        format!("stop {game} · reason finished · SIGTERM, 5 s · via rest · ref ui-req-1")
+    );
+    assert!(metadata["details"]
+        .as_str()
+        .is_some_and(|d| d.contains("\"timeout_secs\": 5")));
+    // Where it ended, as the UI's current details show it.
+    let current = temporal_json(&app, &["workflow", "metadata", "-w", &workflow_id]);
+    let line = current.to_string();
+    assert!(line.contains("done: success"), "{line}");
+    assert!(line.contains(&container[..12]), "{line}");
+
+    // Each step's marker carries its input, without the lease's secret.
+    let summaries = step_summaries(&app, &workflow_id);
+    let docker = format!("\"container_id\":\"{container}\"");
+    assert!(
+        summaries
+            .iter()
+            .any(|s| s.contains(&docker) && s.contains("SIGTERM")),
+        "{summaries:?}"
+    );
+    assert!(summaries.len() >= 5, "a summary per step: {summaries:?}");
+    for summary in &summaries {
+        assert!(
+            !summary.contains("lease") && !summary.contains("secret"),
+            "{summary}"
+        );
+    }
+
+    // A restart's children are summarised too.
+    let restarted = bridge
+        .call(
+            "POST",
+            &format!("/api/v1/internal/runtimes/{game}/restart"),
+            &[("X-Request-Id", "ui-req-2")],
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(restarted.status, 200, "{}", restarted.body);
+    let parent = format!("req-restart-{game}-ui-req-2");
+    let summaries = step_summaries(&app, &parent);
+    assert!(
+        summaries.iter().any(
+            |s| s.starts_with(&format!("start {game} · image")) && s.contains("parent's lease")
+        ),
+        "{summaries:?}"
+    );
+}

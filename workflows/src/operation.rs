@@ -25,7 +25,7 @@ use crate::{
     },
     progress::Progress,
     support::{
-        docker_step, fast_step, operation_id, request_bytes, workflow_now, Cancel, StepFailure,
+        operation_id, request_bytes, run_step, workflow_now, Cancel, StepFailure, StepShape,
         FAST_STEP_TIMEOUT,
     },
     StepSettings,
@@ -215,6 +215,7 @@ impl<'a, W> Op<'a, W> {
             update(&mut progress);
             progress.clone()
         };
+        self.ctx.set_current_details(snapshot.line());
         self.ctx.state_mut(|w| (self.report)(w, &snapshot));
     }
 
@@ -259,6 +260,7 @@ impl<'a, W> Op<'a, W> {
     ) -> Result<AD::Output, ActivityExecutionError>
     where
         AD: ActivityDefinition,
+        AD::Input: serde::Serialize,
         AD::Output: TemporalDeserializable,
     {
         let attempts = self.settings.fast_step_attempts;
@@ -270,6 +272,7 @@ impl<'a, W> Op<'a, W> {
     pub async fn best_effort<AD>(&self, activity: AD, input: AD::Input)
     where
         AD: ActivityDefinition,
+        AD::Input: serde::Serialize,
         AD::Output: TemporalDeserializable,
     {
         let attempts = BEST_EFFORT_ATTEMPTS;
@@ -285,20 +288,12 @@ impl<'a, W> Op<'a, W> {
     ) -> Result<AD::Output, ActivityExecutionError>
     where
         AD: ActivityDefinition,
+        AD::Input: serde::Serialize,
         AD::Output: TemporalDeserializable,
     {
         self.begin(activity.name());
-        let (ctx, settings) = (self.ctx, self.settings);
-        fast_step(
-            ctx,
-            settings,
-            activity,
-            input,
-            attempts,
-            cancel,
-            FAST_STEP_TIMEOUT,
-        )
-        .await
+        let shape = StepShape::fast(self.settings, attempts, cancel, FAST_STEP_TIMEOUT);
+        run_step(self.ctx, activity, input, shape).await
     }
 
     /// Runs a Docker step on the game's host: here, when the workflow runs on that host's task
@@ -311,6 +306,7 @@ impl<'a, W> Op<'a, W> {
     ) -> Result<AD::Output, ActivityExecutionError>
     where
         AD: ActivityDefinition,
+        AD::Input: serde::Serialize,
         AD::Output: TemporalDeserializable,
     {
         let grace = self.settings.graceful_stop_timeout;
@@ -329,6 +325,7 @@ impl<'a, W> Op<'a, W> {
     ) -> Result<AD::Output, ActivityExecutionError>
     where
         AD: ActivityDefinition,
+        AD::Input: serde::Serialize,
         AD::Output: TemporalDeserializable,
     {
         let remote = self
@@ -338,9 +335,8 @@ impl<'a, W> Op<'a, W> {
             .map(|route| route.task_queue.clone())
             .filter(|queue| queue != self.ctx.task_queue());
         self.begin(activity.name());
-        let (ctx, settings) = (self.ctx, self.settings);
-        let remote = remote.as_deref();
-        docker_step(ctx, settings, activity, input, cancel, remote, grace).await
+        let shape = StepShape::docker(self.settings, cancel, remote.as_deref(), grace);
+        run_step(self.ctx, activity, input, shape).await
     }
 
     /// From now on, Docker steps run on this host.
@@ -484,21 +480,19 @@ impl<'a, W> Op<'a, W> {
         // acquire recognises its own lease; unpredictable to anyone without the history.
         let secret = format!("{}{}", self.ctx.uuid4(), self.ctx.uuid4()).replace('-', "");
         self.begin(AcquireLease.name());
-        let acquired = fast_step(
-            self.ctx,
+        let shape = StepShape::fast(
             self.settings,
-            AcquireLease,
-            AcquireLeaseInput {
-                game_id: game_id.clone(),
-                secret: secret.clone(),
-            },
             self.settings.fast_step_attempts,
             Cancel::WithWorkflow,
             // A takeover waits out the lock-delay, and once more if the dead holder's lease
             // was still being renewed.
             FAST_STEP_TIMEOUT + self.settings.lease_lock_delay * 2,
-        )
-        .await;
+        );
+        let input = AcquireLeaseInput {
+            game_id: game_id.clone(),
+            secret: secret.clone(),
+        };
+        let acquired = run_step(self.ctx, AcquireLease, input, shape).await;
         match acquired {
             Ok(LeaseOutcome::Acquired { fence }) => {
                 self.track(|p| p.fence = Some(fence));

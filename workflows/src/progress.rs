@@ -28,3 +28,31 @@ pub struct Progress {
     /// `success` or `failure` once the operation ended.
     pub outcome: Option<String>,
 }
+
+impl Progress {
+    /// One line for the Web UI's "current details": the step, then what is known.
+    pub fn line(&self) -> String {
+        let mut parts = vec![match &self.outcome {
+            Some(outcome) => format!("done: {outcome}"),
+            None => format!("step {} (#{})", self.step, self.steps_begun),
+        }];
+        let known = [
+            ("game", self.game_id.clone()),
+            ("host", self.host.clone()),
+            (
+                "container",
+                self.container_id
+                    .as_ref()
+                    .map(|c| c.chars().take(12).collect()),
+            ),
+            ("fence", self.fence.map(|f| f.to_string())),
+            ("child", self.child.clone()),
+        ];
+        parts.extend(
+            known
+                .into_iter()
+                .filter_map(|(name, value)| Some(format!("{name} {}", value?))),
+        );
+        parts.join(" · ")
+    }
+}

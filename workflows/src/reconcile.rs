@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_workflow::{common::data_converters::RawValue, WorkflowContext, WorkflowResult};
 
-use rtmanager_domain::{GameId, HostId, OpSource, Outcome, SourceRef, StopReason, StopRequest};
+use rtmanager_domain::{
+    GameId, HostId, LifecycleRequest, OpSource, Outcome, SourceRef, StopReason, StopRequest,
+};
 
 use crate::{
     contract::{
@@ -28,7 +30,7 @@ use crate::{
     operation::BEST_EFFORT_ATTEMPTS,
     stop::StopRuntimeWorkflow,
     support::{
-        docker_step, fast_step, request_bytes, run_child, workflow_now, Cancel, StepFailure,
+        request_bytes, run_child, run_step, workflow_now, Cancel, StepFailure, StepShape,
         FAST_STEP_TIMEOUT,
     },
     StepSettings,
@@ -147,15 +149,9 @@ async fn reconcile<W>(
     let scan_input = ScanHostInput {
         host_id: host.clone(),
     };
-    let scanned = docker_step(
-        ctx,
-        settings,
-        ScanHost,
-        scan_input,
-        Cancel::WithWorkflow,
-        remote,
-        settings.graceful_stop_timeout,
-    );
+    let grace = settings.graceful_stop_timeout;
+    let shape = StepShape::docker(settings, Cancel::WithWorkflow, remote, grace);
+    let scanned = run_step(ctx, ScanHost, scan_input, shape);
     let scan: HostScan = match scanned.await {
         Ok(scan) => scan,
         Err(err) => {
@@ -178,7 +174,8 @@ async fn reconcile<W>(
             SourceRef::parse(ctx.workflow_id()).ok(),
         );
         let child_id = format!("{}/stop-{}", ctx.workflow_id(), drift.game_id);
-        let output = run_child(ctx, StopRuntimeWorkflow::run, child_id, &stop.to_json()).await;
+        let stop = LifecycleRequest::Stop(stop);
+        let output = run_child(ctx, StopRuntimeWorkflow::run, child_id, &stop).await;
         let repaired = output.is_success() && output.error_code.is_none();
         if let (
             true,
@@ -220,8 +217,8 @@ async fn reconcile<W>(
                 game_label: orphan.game_label.clone(),
             };
             let grace = settings.graceful_stop_timeout;
-            let cancel = Cancel::Detached;
-            let step = docker_step(ctx, settings, RemoveOrphan, input, cancel, remote, grace);
+            let shape = StepShape::docker(settings, Cancel::Detached, remote, grace);
+            let step = run_step(ctx, RemoveOrphan, input, shape);
             removed = step.await.unwrap_or(false);
         }
         report.orphans.push(OrphanReport {
@@ -237,14 +234,6 @@ async fn reconcile<W>(
 /// Best effort, like every health event: the activity logs a failure.
 async fn publish<W>(ctx: &WorkflowContext<W>, settings: &StepSettings, event: HealthEvent) {
     let attempts = BEST_EFFORT_ATTEMPTS;
-    let step = fast_step(
-        ctx,
-        settings,
-        PublishHealth,
-        event,
-        attempts,
-        Cancel::Detached,
-        FAST_STEP_TIMEOUT,
-    );
-    let _ = step.await;
+    let shape = StepShape::fast(settings, attempts, Cancel::Detached, FAST_STEP_TIMEOUT);
+    let _ = run_step(ctx, PublishHealth, event, shape).await;
 }

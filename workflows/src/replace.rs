@@ -13,8 +13,8 @@
 use temporalio_workflow::common::data_converters::RawValue;
 
 use rtmanager_domain::{
-    ErrorCode, ImageRef, LeaseToken, OpKind, OperationOutput, ReplaceRequest, RuntimeStatus,
-    StartRequest, StopReason, StopRequest,
+    ErrorCode, ImageRef, LeaseToken, LifecycleRequest, OpKind, OperationOutput, ReplaceRequest,
+    RuntimeStatus, StartRequest, StopReason, StopRequest,
 };
 
 use crate::{
@@ -117,7 +117,13 @@ async fn replace_under_lease<W>(
             request.source_ref.clone(),
         )
     };
-    let stopped = child(op, StopRuntimeWorkflow::run, "stop", stop.to_json()).await;
+    let stopped = child(
+        op,
+        StopRuntimeWorkflow::run,
+        "stop",
+        LifecycleRequest::Stop(stop),
+    )
+    .await;
     if !stopped.is_success() {
         let code = stopped.error_code.unwrap_or(ErrorCode::Internal);
         let message = format!("stop: {}", stopped.error_message.unwrap_or_default());
@@ -180,7 +186,13 @@ async fn start<W>(
         // The start keeps the game on the host its record names.
         host: None,
     };
-    child(op, StartRuntimeWorkflow::run, step, start.to_json()).await
+    child(
+        op,
+        StartRuntimeWorkflow::run,
+        step,
+        LifecycleRequest::Start(start),
+    )
+    .await
 }
 
 /// Runs one child workflow `<parent id>/<step>` to completion.
@@ -188,7 +200,7 @@ async fn child<W, C>(
     op: &Op<'_, W>,
     workflow: C,
     step: &str,
-    input: serde_json::Value,
+    request: LifecycleRequest,
 ) -> OperationOutput
 where
     C: temporalio_workflow::common::WorkflowDefinition<Input = RawValue, Output = OperationOutput>
@@ -196,7 +208,7 @@ where
 {
     let child_id = format!("{}/{step}", op.ctx.workflow_id());
     op.note_child(Some(&child_id));
-    let output = run_child(op.ctx, workflow, child_id, &input).await;
+    let output = run_child(op.ctx, workflow, child_id, &request).await;
     op.note_child(None);
     output
 }

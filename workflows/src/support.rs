@@ -79,92 +79,134 @@ fn retry(attempts: u32, initial: Duration, max: Duration) -> RetryPolicy {
 /// this only bounds a dependency that hangs.
 pub const FAST_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs a sub-millisecond step (Redis or PostgreSQL) as a local or a normal activity
-/// (`StepSettings::local_fast_steps`), with `attempt_timeout` per attempt (the lease acquire's
-/// is longer: it may wait out a lock-delay) and bounded retries.
-pub async fn fast_step<W, AD>(
-    ctx: &WorkflowContext<W>,
-    settings: &StepSettings,
-    activity: AD,
-    input: AD::Input,
+/// How one step runs: as a local or a normal activity, on which task queue, with which
+/// timeouts, retries and cancellation. [`StepShape::fast`] and [`StepShape::docker`] are the
+/// two kinds; [`run_step`] runs a step in either.
+#[derive(Debug, Clone)]
+pub struct StepShape<'q> {
+    local: bool,
     attempts: u32,
-    cancel: Cancel,
     attempt_timeout: Duration,
-) -> Result<AD::Output, ActivityExecutionError>
-where
-    AD: ActivityDefinition,
-    AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
-{
-    let policy = retry(attempts, Duration::from_millis(100), Duration::from_secs(2));
-    let token = match cancel {
-        Cancel::WithWorkflow => None,
-        Cancel::Detached => Some(WorkflowCancellationToken::new()),
-    };
-    let future = if settings.local_fast_steps {
-        let opts = LocalActivityOptions::builder()
-            .start_to_close_timeout(attempt_timeout)
-            .schedule_to_close_timeout(attempt_timeout * (attempts.max(1) + 1))
-            .retry_policy(policy)
-            .maybe_cancellation_token(token)
-            .build();
-        Either::Left(ctx.execute_local_activity(activity, input, opts))
-    } else {
-        let opts = ActivityOptions::with_start_to_close_timeout(attempt_timeout)
-            .retry_policy(policy)
-            .maybe_cancellation_token(token)
-            .build();
-        Either::Right(ctx.execute_activity(activity, input, opts))
-    };
-    future.await
+    backoff: (Duration, Duration),
+    cancel: Cancel,
+    /// Docker steps heartbeat as normal activities and are cancelled with `TryCancel` as local
+    /// ones.
+    docker: bool,
+    /// Another host's task queue, and how long its worker may take to pick the step up.
+    remote: Option<(&'q str, Duration)>,
 }
 
-/// Runs a Docker step: a local activity, or a normal activity that heartbeats so a crashed
-/// worker is noticed within the heartbeat timeout (`StepSettings::local_docker_steps`).
-///
-/// `remote` is the task queue of the game's host when the workflow runs elsewhere (the shared
-/// queue, or another host's): the step then goes there as a normal activity, whatever the
-/// settings, and waits at most `StepSettings::host_wait` for that host's worker to take it, so
-/// a host that is down answers `service_unavailable` in bounded time. An attempt may take
-/// `grace` (how long Docker may wait for the process) plus `StepSettings::docker_queue_allowance`.
-pub async fn docker_step<W, AD>(
+impl StepShape<'static> {
+    /// A sub-millisecond step (Redis or PostgreSQL): local or normal as the settings say
+    /// (`StepSettings::local_fast_steps`), with `attempt_timeout` per attempt (the lease
+    /// acquire's is longer: it may wait out a lock-delay) and bounded retries.
+    pub fn fast(
+        settings: &StepSettings,
+        attempts: u32,
+        cancel: Cancel,
+        attempt_timeout: Duration,
+    ) -> Self {
+        Self {
+            local: settings.local_fast_steps,
+            attempts,
+            attempt_timeout,
+            backoff: (Duration::from_millis(100), Duration::from_secs(2)),
+            cancel,
+            docker: false,
+            remote: None,
+        }
+    }
+}
+
+impl<'q> StepShape<'q> {
+    /// A Docker step: a local activity, or a normal activity that heartbeats so a crashed
+    /// worker is noticed within the heartbeat timeout (`StepSettings::local_docker_steps`).
+    ///
+    /// `remote` is the task queue of the game's host when the workflow runs elsewhere (the
+    /// shared queue, or another host's): the step then goes there as a normal activity,
+    /// whatever the settings, and waits at most `StepSettings::host_wait` for that host's
+    /// worker to take it, so a host that is down answers `service_unavailable` in bounded time.
+    /// An attempt may take `grace` (how long Docker may wait for the process) plus
+    /// `StepSettings::docker_queue_allowance`.
+    pub fn docker(
+        settings: &StepSettings,
+        cancel: Cancel,
+        remote: Option<&'q str>,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            local: settings.local_docker_steps && remote.is_none(),
+            attempts: settings.docker_attempts,
+            attempt_timeout: grace + settings.docker_queue_allowance,
+            backoff: (Duration::from_millis(500), Duration::from_secs(5)),
+            cancel,
+            docker: true,
+            remote: remote.map(|queue| (queue, settings.host_wait)),
+        }
+    }
+}
+
+/// Longest step summary shown in the Web UI.
+const SUMMARY_MAX_CHARS: usize = 200;
+
+/// Input fields that carry a lease's secret: never shown in a summary.
+const SECRET_FIELDS: [&str; 4] = ["lease", "lease_token", "token", "secret"];
+
+/// What a step is asked, in one line for the Web UI and `temporal workflow show` (the step's
+/// user metadata; a local activity's marker carries it): its input as compact JSON, without
+/// the lease secrets, cut at 200 characters.
+pub fn step_summary(input: &impl serde::Serialize) -> Option<String> {
+    let mut value = serde_json::to_value(input).ok()?;
+    if let serde_json::Value::Object(map) = &mut value {
+        for field in SECRET_FIELDS {
+            map.remove(field);
+        }
+    }
+    let text = value.to_string();
+    Some(match text.char_indices().nth(SUMMARY_MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    })
+}
+
+/// Runs one step in the given shape.
+pub async fn run_step<W, AD>(
     ctx: &WorkflowContext<W>,
-    settings: &StepSettings,
     activity: AD,
     input: AD::Input,
-    cancel: Cancel,
-    remote: Option<&str>,
-    grace: Duration,
+    shape: StepShape<'_>,
 ) -> Result<AD::Output, ActivityExecutionError>
 where
     AD: ActivityDefinition,
+    AD::Input: serde::Serialize,
     AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
 {
-    let attempt_timeout = grace + settings.docker_queue_allowance;
-    let policy = retry(
-        settings.docker_attempts,
-        Duration::from_millis(500),
-        Duration::from_secs(5),
-    );
-    let token = match cancel {
+    let policy = retry(shape.attempts, shape.backoff.0, shape.backoff.1);
+    let token = match shape.cancel {
         Cancel::WithWorkflow => None,
         Cancel::Detached => Some(WorkflowCancellationToken::new()),
     };
-    let future = if settings.local_docker_steps && remote.is_none() {
+    let summary = step_summary(&input);
+    let attempt_timeout = shape.attempt_timeout;
+    let future = if shape.local {
+        let try_cancel = temporalio_workflow::ActivityCancellationType::TryCancel;
         let opts = LocalActivityOptions::builder()
             .start_to_close_timeout(attempt_timeout)
-            .schedule_to_close_timeout(attempt_timeout * (settings.docker_attempts.max(1) + 1))
+            .schedule_to_close_timeout(attempt_timeout * (shape.attempts.max(1) + 1))
             .retry_policy(policy)
-            .cancel_type(temporalio_workflow::ActivityCancellationType::TryCancel)
+            .maybe_cancel_type(shape.docker.then_some(try_cancel))
             .maybe_cancellation_token(token)
+            .maybe_summary(summary)
             .build();
         Either::Left(ctx.execute_local_activity(activity, input, opts))
     } else {
         let opts = ActivityOptions::with_start_to_close_timeout(attempt_timeout)
-            .heartbeat_timeout(Duration::from_secs(10))
+            .maybe_heartbeat_timeout(shape.docker.then_some(Duration::from_secs(10)))
             .retry_policy(policy)
             .maybe_cancellation_token(token)
-            .maybe_task_queue(remote.map(str::to_owned))
-            .maybe_schedule_to_start_timeout(remote.map(|_| settings.host_wait))
+            .maybe_task_queue(shape.remote.map(|(queue, _)| queue.to_owned()))
+            .maybe_schedule_to_start_timeout(shape.remote.map(|(_, wait)| wait))
+            .maybe_summary(summary)
             .build();
         Either::Right(ctx.execute_activity(activity, input, opts))
     };
@@ -268,7 +310,7 @@ pub async fn run_child<W, C>(
     ctx: &WorkflowContext<W>,
     workflow: C,
     child_id: String,
-    input: &serde_json::Value,
+    request: &rtmanager_domain::LifecycleRequest,
 ) -> rtmanager_domain::OperationOutput
 where
     C: temporalio_workflow::common::WorkflowDefinition<
@@ -282,9 +324,11 @@ where
     let options = ChildWorkflowOptions::builder()
         .workflow_id(child_id)
         .parent_close_policy(ParentClosePolicy::RequestCancel)
+        .static_summary(request.summary())
+        .static_details(request.details())
         .build();
     let started = match ctx
-        .start_child_workflow(workflow, json_input(input), options)
+        .start_child_workflow(workflow, json_input(&request.to_json()), options)
         .await
     {
         Ok(started) => started,
