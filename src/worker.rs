@@ -309,42 +309,41 @@ fn worker_options(
     deps: Dependencies,
 ) -> anyhow::Result<WorkerOptions> {
     let settings = config.step_settings();
-    let (stop, start, restart, patch, reconcile) = (
-        settings.clone(),
-        settings.clone(),
-        settings.clone(),
-        settings.clone(),
-        settings,
-    );
-    Ok(WorkerOptions::new(task_queue.to_owned())
-        .register_activities(RuntimeActivities::new(deps))
-        .register_workflow_with_factory::<StopRuntimeWorkflow, _>(move || {
-            StopRuntimeWorkflow::new(stop.clone())
-        })?
-        .register_workflow_with_factory::<StartRuntimeWorkflow, _>(move || {
-            StartRuntimeWorkflow::new(start.clone())
-        })?
-        .register_workflow_with_factory::<RestartRuntimeWorkflow, _>(move || {
-            RestartRuntimeWorkflow::new(restart.clone())
-        })?
-        .register_workflow_with_factory::<PatchRuntimeWorkflow, _>(move || {
-            PatchRuntimeWorkflow::new(patch.clone())
-        })?
-        .register_workflow_with_factory::<ReconcileHostWorkflow, _>(move || {
-            ReconcileHostWorkflow::new(reconcile.clone())
-        })?
-        .sticky_queue_schedule_to_start_timeout(config.sticky_queue_timeout)
-        // Every operation is one workflow task (local activities), so new workflows, which
-        // arrive on the normal queue, get as many pollers as sticky ones.
-        .nonsticky_to_sticky_poll_ratio(1.0)
-        .workflow_task_poller_behavior(temporalio_sdk::runtime::PollerBehavior::SimpleMaximum(
-            config.workflow_pollers,
-        ))
-        .deployment_options(WorkerDeploymentOptions::from_build_id(
-            config.build_id.clone(),
-        ))
-        .graceful_shutdown_period(config.stop_timeout + Duration::from_secs(5))
-        .build())
+    // Each workflow type gets a factory that hands its instances the worker's step settings.
+    macro_rules! with_workflows {
+        ($options:expr, $($workflow:ty),+) => {{
+            let options = $options;
+            $(let options = {
+                let settings = settings.clone();
+                options.register_workflow_with_factory::<$workflow, _>(move || {
+                    <$workflow>::new(settings.clone())
+                })?
+            };)+
+            options
+        }};
+    }
+    let options = WorkerOptions::new(task_queue.to_owned());
+    let options = options.register_activities(RuntimeActivities::new(deps));
+    Ok(with_workflows!(
+        options,
+        StopRuntimeWorkflow,
+        StartRuntimeWorkflow,
+        RestartRuntimeWorkflow,
+        PatchRuntimeWorkflow,
+        ReconcileHostWorkflow
+    )
+    .sticky_queue_schedule_to_start_timeout(config.sticky_queue_timeout)
+    // Every operation is one workflow task (local activities), so new workflows, which
+    // arrive on the normal queue, get as many pollers as sticky ones.
+    .nonsticky_to_sticky_poll_ratio(1.0)
+    .workflow_task_poller_behavior(temporalio_sdk::runtime::PollerBehavior::SimpleMaximum(
+        config.workflow_pollers,
+    ))
+    .deployment_options(WorkerDeploymentOptions::from_build_id(
+        config.build_id.clone(),
+    ))
+    .graceful_shutdown_period(config.stop_timeout + Duration::from_secs(5))
+    .build())
 }
 
 /// Registers the host and renews its heartbeat every `every`; marks hosts whose heartbeat is

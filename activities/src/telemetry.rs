@@ -6,6 +6,17 @@ use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+/// A counter family; the definitions are static, so a bad one is a bug caught by any test.
+pub fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+/// A histogram family with `buckets`, in seconds.
+pub fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition")
+}
+
 /// Metric handles plus the registry that owns them.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -22,49 +33,34 @@ impl Telemetry {
     /// A fresh registry with every metric in it: each process (or test) counts on its own.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let stop_outcomes = IntCounterVec::new(
-            Opts::new(
-                "rtmanager_stop_outcomes_total",
-                "Stop operations by outcome, reason and op_source",
-            ),
+        let stop_outcomes = counter(
+            "rtmanager_stop_outcomes_total",
+            "Stop operations by outcome, reason and op_source",
             &["outcome", "reason", "op_source"],
-        )
-        .expect("static metric definition");
-        let operation_outcomes = IntCounterVec::new(
-            Opts::new(
-                "rtmanager_operation_outcomes_total",
-                "Lifecycle operations by kind, outcome and op_source",
-            ),
+        );
+        let operation_outcomes = counter(
+            "rtmanager_operation_outcomes_total",
+            "Lifecycle operations by kind, outcome and op_source",
             &["op_kind", "outcome", "op_source"],
-        )
-        .expect("static metric definition");
-        let lease_acquire_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "rtmanager_lease_acquire_seconds",
-                "Latency of one game-lease acquire attempt",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
-            ]),
+        );
+        let lease_acquire_seconds = histogram(
+            "rtmanager_lease_acquire_seconds",
+            "Latency of one game-lease acquire attempt",
             &["result"],
-        )
-        .expect("static metric definition");
-        let health_events = IntCounterVec::new(
-            Opts::new(
-                "rtmanager_health_events_total",
-                "Health events published, by event type",
-            ),
+            vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ],
+        );
+        let health_events = counter(
+            "rtmanager_health_events_total",
+            "Health events published, by event type",
             &["event_type"],
-        )
-        .expect("static metric definition");
-        let container_stops = IntCounterVec::new(
-            Opts::new(
-                "rtmanager_container_stops_total",
-                "Containers stopped, by the signal sent and how they ended (graceful or killed)",
-            ),
+        );
+        let container_stops = counter(
+            "rtmanager_container_stops_total",
+            "Containers stopped, by the signal sent and how they ended (graceful or killed)",
             &["signal", "ended"],
-        )
-        .expect("static metric definition");
+        );
         let docker_waiting = prometheus::IntGauge::new(
             "rtmanager_docker_calls_waiting",
             "Docker calls queued behind RTMANAGER_DOCKER_CONCURRENCY",

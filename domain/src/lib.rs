@@ -20,7 +20,8 @@ pub use lifecycle::LifecycleRequest;
 pub use output::OperationOutput;
 pub use record::RuntimeRecord;
 pub use request::{
-    ImageRef, InvalidRequest, LeaseToken, ReplaceRequest, SourceRef, StartRequest, StopRequest,
+    Addressed, ImageRef, InvalidRequest, LeaseToken, ReplaceRequest, SourceRef, StartRequest,
+    StopRequest, Who,
 };
 pub use vocabulary::{
     stop_timeout_secs, ErrorCode, OpKind, OpSource, Outcome, RuntimeStatus, StopEnded, StopReason,

@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use crate::{
+    request::{Addressed, Who},
     GameId, InvalidRequest, OpKind, OpSource, ReplaceRequest, SourceRef, StartRequest, StopRequest,
 };
 
@@ -20,6 +21,16 @@ pub enum LifecycleRequest {
     Restart(ReplaceRequest),
     /// A `ReplaceRequest` with the image to patch to.
     Patch(ReplaceRequest),
+}
+
+impl Addressed for LifecycleRequest {
+    fn who(&self) -> Who<'_> {
+        match self {
+            Self::Start(r) => r.who(),
+            Self::Stop(r) => r.who(),
+            Self::Restart(r) | Self::Patch(r) => r.who(),
+        }
+    }
 }
 
 impl LifecycleRequest {
@@ -45,29 +56,17 @@ impl LifecycleRequest {
 
     /// The game the request is about.
     pub fn game_id(&self) -> &GameId {
-        match self {
-            Self::Start(r) => &r.game_id,
-            Self::Stop(r) => &r.game_id,
-            Self::Restart(r) | Self::Patch(r) => &r.game_id,
-        }
+        self.who().game_id
     }
 
     /// How the request came in.
     pub fn op_source(&self) -> OpSource {
-        match self {
-            Self::Start(r) => r.op_source,
-            Self::Stop(r) => r.op_source,
-            Self::Restart(r) | Self::Patch(r) => r.op_source,
-        }
+        self.who().op_source
     }
 
     /// The caller's reference, if any (the idempotency key of the HTTP bridge and the stream).
     pub fn source_ref(&self) -> Option<&SourceRef> {
-        match self {
-            Self::Start(r) => r.source_ref.as_ref(),
-            Self::Stop(r) => r.source_ref.as_ref(),
-            Self::Restart(r) | Self::Patch(r) => r.source_ref.as_ref(),
-        }
+        self.who().source_ref
     }
 
     /// One line that tells an operator what was asked, for the Web UI (the workflow's static

@@ -281,6 +281,37 @@ pub struct InvalidRequest {
     pub echo: Box<RequestEcho>,
 }
 
+/// What every request names, whatever its verb: the game, who asked, and the caller's
+/// reference. The audit row, the metrics and the workflow id are made from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Who<'a> {
+    /// The game the request is about.
+    pub game_id: &'a GameId,
+    /// How the request came in.
+    pub op_source: OpSource,
+    /// The caller's reference, if any.
+    pub source_ref: Option<&'a SourceRef>,
+}
+
+/// A request that names a game, a source and maybe a reference.
+pub trait Addressed {
+    /// The request's [`Who`].
+    fn who(&self) -> Who<'_>;
+}
+
+macro_rules! addressed {
+    ($($request:ty),+) => {$(
+        impl Addressed for $request {
+            fn who(&self) -> Who<'_> {
+                let (game_id, op_source) = (&self.game_id, self.op_source);
+                Who { game_id, op_source, source_ref: self.source_ref.as_ref() }
+            }
+        }
+    )+};
+}
+
+addressed!(StopRequest, StartRequest, ReplaceRequest);
+
 /// A parsed `StopRuntime` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopRequest {

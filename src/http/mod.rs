@@ -27,7 +27,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramVec, IntCounterVec};
 use serde_json::json;
 use temporalio_client::Client;
 
@@ -103,23 +103,20 @@ struct HttpMetrics {
 
 impl HttpMetrics {
     fn register(telemetry: &Telemetry) -> Self {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "rtmanager_http_requests_total",
-                "HTTP requests by route and status",
-            ),
+        use rtmanager_activities::telemetry::{counter, histogram};
+        let requests = counter(
+            "rtmanager_http_requests_total",
+            "HTTP requests by route and status",
             &["method", "route", "status"],
-        )
-        .expect("static metric definition");
-        let latency = HistogramVec::new(
-            HistogramOpts::new("rtmanager_http_request_seconds", "HTTP request latency").buckets(
-                vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
-                ],
-            ),
+        );
+        let latency = histogram(
+            "rtmanager_http_request_seconds",
+            "HTTP request latency",
             &["method", "route"],
-        )
-        .expect("static metric definition");
+            vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+            ],
+        );
         // A second bridge on the same registry (tests) reuses the first one's collectors.
         let _ = telemetry.registry().register(Box::new(requests.clone()));
         let _ = telemetry.registry().register(Box::new(latency.clone()));

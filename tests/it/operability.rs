@@ -414,7 +414,9 @@ fn step_summaries(app: &TestApp, workflow_id: &str) -> Vec<String> {
             // `show -o json` leaves payloads encoded: base64 of a JSON string.
             use base64::Engine;
             let data = event["userMetadata"]["summary"]["data"].as_str()?;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(data).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .ok()?;
             serde_json::from_slice::<String>(&bytes).ok()
         })
         .collect()

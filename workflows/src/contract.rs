@@ -16,7 +16,7 @@ use rtmanager_domain::{
 };
 
 macro_rules! activity_contract {
-    ($(#[$meta:meta])* $marker:ident = $name:literal : $input:ty => $output:ty) => {
+    ($($(#[$meta:meta])* $marker:ident = $name:literal : $input:ty => $output:ty;)+) => {$(
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, Default)]
         pub struct $marker;
@@ -28,86 +28,56 @@ macro_rules! activity_contract {
                 $name
             }
         }
-    };
+    )+};
 }
 
 activity_contract!(
     /// Takes the game's lease with a fresh fence, or re-confirms it when this secret already
     /// holds it (a retried attempt).
-    AcquireLease = "AcquireLease": AcquireLeaseInput => LeaseOutcome
-);
-activity_contract!(
+    AcquireLease = "AcquireLease": AcquireLeaseInput => LeaseOutcome;
     /// Whether Redis holds exactly this token as the game's lease now: how an operation that
     /// inherits a parent's token proves the token is real and current before it does anything.
-    CheckLease = "CheckLease": CheckLeaseInput => bool
-);
-activity_contract!(
+    CheckLease = "CheckLease": CheckLeaseInput => bool;
     /// Gives the lease back if, and only if, this token still holds it (compare-and-delete).
-    ReleaseLease = "ReleaseLease": ReleaseLeaseInput => bool
-);
-activity_contract!(
+    ReleaseLease = "ReleaseLease": ReleaseLeaseInput => bool;
     /// Reads the runtime record; `None` when the game has none.
-    LoadRecord = "LoadRecord": LoadRecordInput => Option<LoadedRecord>
-);
-activity_contract!(
+    LoadRecord = "LoadRecord": LoadRecordInput => Option<LoadedRecord>;
     /// Chooses the host a start runs on: the one the game's container lives on, else the one
     /// the request names, else the policy's pick among the active hosts with room. Runs under
     /// the game's lease, so two starts of one game never place it twice.
-    PlaceGame = "PlaceGame": PlaceGameInput => Placement
-);
-activity_contract!(
+    PlaceGame = "PlaceGame": PlaceGameInput => Placement;
     /// What became of the container a `running` record names: still running, exited (with its
     /// exit code), or gone. A start checks it before it trusts the record.
-    InspectGame = "InspectGame": InspectGameInput => ContainerState
-);
-activity_contract!(
+    InspectGame = "InspectGame": InspectGameInput => ContainerState;
     /// One reconcile round's view of a host: each `running` record of the host against its
     /// container (games whose lease is held are skipped), and the labelled containers of this
     /// deployment that no record names (orphans), with how long each has been one.
-    ScanHost = "ScanHost": ScanHostInput => HostScan
-);
-activity_contract!(
+    ScanHost = "ScanHost": ScanHostInput => HostScan;
     /// Removes an orphan container, unless a record names it or its game's lease is held by
     /// now; returns whether it removed it.
-    RemoveOrphan = "RemoveOrphan": RemoveOrphanInput => bool
-);
-activity_contract!(
+    RemoveOrphan = "RemoveOrphan": RemoveOrphanInput => bool;
     /// Stops the game's container gracefully, after checking it carries the game's labels.
     /// Renews the lease while Docker works.
-    StopContainer = "StopContainer": StopContainerInput => ContainerStopOutcome
-);
-activity_contract!(
+    StopContainer = "StopContainer": StopContainerInput => ContainerStopOutcome;
     /// Creates (or adopts, by its per-operation name) and starts the game's container, then
     /// checks it is still running after a short settle time. Returns the container id.
-    EnsureContainer = "EnsureContainer": EnsureContainerInput => String
-);
-activity_contract!(
+    EnsureContainer = "EnsureContainer": EnsureContainerInput => String;
     /// Upserts the record to `running` with the new container, unless it is running already
     /// or a newer lease holder (higher fence) wrote it.
-    RecordRunning = "RecordRunning": RecordRunningInput => UpdateStatusOutcome
-);
-activity_contract!(
+    RecordRunning = "RecordRunning": RecordRunningInput => UpdateStatusOutcome;
     /// Removes one of the game's containers (force), after checking its labels; a missing
     /// container is already removed.
-    RemoveContainer = "RemoveContainer": RemoveContainerInput => ()
-);
-activity_contract!(
+    RemoveContainer = "RemoveContainer": RemoveContainerInput => ();
     /// Removes every container labelled for the game except `keep`; returns how many.
-    RemoveStaleContainers = "RemoveStaleContainers": RemoveContainerInput => u32
-);
-activity_contract!(
+    RemoveStaleContainers = "RemoveStaleContainers": RemoveContainerInput => u32;
     /// Compare-and-swap of a record's status, guarded by the expected status and container id.
-    UpdateStatus = "UpdateStatus": UpdateStatusInput => UpdateStatusOutcome
-);
-activity_contract!(
+    UpdateStatus = "UpdateStatus": UpdateStatusInput => UpdateStatusOutcome;
     /// Publishes one health event to `runtime:health_events` and upserts `health_snapshots`.
     /// Best effort, and idempotent per operation.
-    PublishHealth = "PublishHealth": HealthEvent => ()
-);
-activity_contract!(
+    PublishHealth = "PublishHealth": HealthEvent => ();
     /// Appends the operation's audit row (at most one per operation) and records its telemetry.
     /// Best effort.
-    AppendOperationLog = "AppendOperationLog": OperationEntry => ()
+    AppendOperationLog = "AppendOperationLog": OperationEntry => ();
 );
 
 /// Input of [`AcquireLease`]. The TTL is the worker's configuration, applied by the activity.

@@ -11,11 +11,11 @@ use temporalio_workflow::{
 };
 
 use rtmanager_domain::{
-    request::RequestEcho, truncate_chars, ErrorCode, GameId, HostId, InvalidRequest, LeaseToken,
-    OpKind, OpSource, OperationOutput, Outcome, RuntimeRecord, SourceRef, StopReport,
+    request::RequestEcho, truncate_chars, Addressed, ErrorCode, GameId, HostId, InvalidRequest,
+    LeaseToken, OpKind, OpSource, OperationOutput, Outcome, RuntimeRecord, StopReport,
 };
 
-use temporalio_workflow::common::{data_converters::TemporalDeserializable, ActivityDefinition};
+use temporalio_workflow::common::ActivityDefinition;
 
 use crate::{
     contract::{
@@ -25,7 +25,7 @@ use crate::{
     },
     progress::Progress,
     support::{
-        operation_id, request_bytes, run_step, workflow_now, Cancel, StepFailure, StepShape,
+        operation_id, request_bytes, run_step, workflow_now, Cancel, Step, StepFailure, StepShape,
         FAST_STEP_TIMEOUT,
     },
     StepSettings,
@@ -93,19 +93,15 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// The audit fields of a parsed request.
-    pub fn of(
-        game_id: &GameId,
-        op_source: OpSource,
-        source_ref: Option<&SourceRef>,
-        reason: Option<&str>,
-    ) -> Self {
+    /// The audit fields of a parsed request; `reason` for a stop.
+    pub fn of(request: &impl Addressed, reason: Option<&str>) -> Self {
+        let who = request.who();
         Self {
-            game_id: game_id.as_str().to_owned(),
-            op_source: op_source.as_str().to_owned(),
-            source_ref: source_ref.map(|s| s.as_str().to_owned()),
+            game_id: who.game_id.as_str().to_owned(),
+            op_source: who.op_source.as_str().to_owned(),
+            source_ref: who.source_ref.map(|s| s.as_str().to_owned()),
             reason_label: reason.unwrap_or("none").to_owned(),
-            op_source_label: op_source.as_str().to_owned(),
+            op_source_label: who.op_source.as_str().to_owned(),
         }
     }
 
@@ -252,45 +248,30 @@ impl<'a, W> Op<'a, W> {
     }
 
     /// Runs a sub-millisecond step (Redis, PostgreSQL) with the worker's fast-step options.
-    pub async fn step<AD>(
+    pub async fn step<AD: Step>(
         &self,
         activity: AD,
         input: AD::Input,
         cancel: Cancel,
-    ) -> Result<AD::Output, ActivityExecutionError>
-    where
-        AD: ActivityDefinition,
-        AD::Input: serde::Serialize,
-        AD::Output: TemporalDeserializable,
-    {
+    ) -> Result<AD::Output, ActivityExecutionError> {
         let attempts = self.settings.fast_step_attempts;
         self.fast(activity, input, attempts, cancel).await
     }
 
     /// Runs a best-effort step (audit row, health event): few attempts, detached from a
     /// cancellation; its failure is logged by the activity and never changes the outcome.
-    pub async fn best_effort<AD>(&self, activity: AD, input: AD::Input)
-    where
-        AD: ActivityDefinition,
-        AD::Input: serde::Serialize,
-        AD::Output: TemporalDeserializable,
-    {
+    pub async fn best_effort<AD: Step>(&self, activity: AD, input: AD::Input) {
         let attempts = BEST_EFFORT_ATTEMPTS;
         let _ = self.fast(activity, input, attempts, Cancel::Detached).await;
     }
 
-    async fn fast<AD>(
+    async fn fast<AD: Step>(
         &self,
         activity: AD,
         input: AD::Input,
         attempts: u32,
         cancel: Cancel,
-    ) -> Result<AD::Output, ActivityExecutionError>
-    where
-        AD: ActivityDefinition,
-        AD::Input: serde::Serialize,
-        AD::Output: TemporalDeserializable,
-    {
+    ) -> Result<AD::Output, ActivityExecutionError> {
         self.begin(activity.name());
         let shape = StepShape::fast(self.settings, attempts, cancel, FAST_STEP_TIMEOUT);
         run_step(self.ctx, activity, input, shape).await
@@ -298,17 +279,12 @@ impl<'a, W> Op<'a, W> {
 
     /// Runs a Docker step on the game's host: here, when the workflow runs on that host's task
     /// queue (or no host is known: histories from before hosts), else sent to that host's queue.
-    pub async fn docker<AD>(
+    pub async fn docker<AD: Step>(
         &self,
         activity: AD,
         input: AD::Input,
         cancel: Cancel,
-    ) -> Result<AD::Output, ActivityExecutionError>
-    where
-        AD: ActivityDefinition,
-        AD::Input: serde::Serialize,
-        AD::Output: TemporalDeserializable,
-    {
+    ) -> Result<AD::Output, ActivityExecutionError> {
         let grace = self.settings.graceful_stop_timeout;
         self.docker_waiting(activity, input, cancel, grace).await
     }
@@ -316,18 +292,13 @@ impl<'a, W> Op<'a, W> {
     /// [`Self::docker`] for a step during which Docker may wait up to `grace` for the game's
     /// process (a stop with a long timeout): each attempt may take that long plus the queue
     /// allowance.
-    pub async fn docker_waiting<AD>(
+    pub async fn docker_waiting<AD: Step>(
         &self,
         activity: AD,
         input: AD::Input,
         cancel: Cancel,
         grace: std::time::Duration,
-    ) -> Result<AD::Output, ActivityExecutionError>
-    where
-        AD: ActivityDefinition,
-        AD::Input: serde::Serialize,
-        AD::Output: TemporalDeserializable,
-    {
+    ) -> Result<AD::Output, ActivityExecutionError> {
         let remote = self
             .host
             .borrow()
@@ -520,6 +491,27 @@ impl<'a, W> Op<'a, W> {
                     .await;
                 Err(output)
             }
+        }
+    }
+
+    /// The seed's `Handle` and `Run` in one: runs `body` under the parent's `inherited` token
+    /// once it is checked (and leaves it to the parent), else under a lease this operation
+    /// acquires and releases on every path.
+    pub async fn under_lease<F: std::future::Future<Output = OperationOutput>>(
+        &self,
+        game_id: &GameId,
+        inherited: Option<&LeaseToken>,
+        body: impl FnOnce(LeaseToken) -> F,
+    ) -> OperationOutput {
+        if let Some(token) = inherited {
+            return match self.inherited_lease(game_id, token).await {
+                Ok(token) => body(token).await,
+                Err(output) => output,
+            };
+        }
+        match self.acquire_lease(game_id).await {
+            Ok(token) => self.with_lease(game_id, token, body).await,
+            Err(output) => output,
         }
     }
 

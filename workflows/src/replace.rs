@@ -53,19 +53,10 @@ async fn replace<W>(op: &mut Op<'_, W>, mut request: ReplaceRequest) -> Operatio
     if request.source_ref.is_none() {
         request.source_ref = rtmanager_domain::SourceRef::parse(op.ctx.workflow_id()).ok();
     }
-    op.audit(Audit::of(
-        &request.game_id,
-        request.op_source,
-        request.source_ref.as_ref(),
-        None,
-    ));
-    let token = match op.acquire_lease(&request.game_id).await {
-        Ok(token) => token,
-        Err(output) => return output,
-    };
+    op.audit(Audit::of(&request, None));
     let game_id = request.game_id.clone();
     let op = &*op;
-    op.with_lease(&game_id, token, |token| {
+    op.under_lease(&game_id, None, |token| {
         let request = &request;
         async move { replace_under_lease(op, request, &token).await }
     })

@@ -40,24 +40,9 @@ lifecycle_workflow!(
 /// The seed's `Handle` for a start: acquire, start, always release; or `Run` under an
 /// inherited lease.
 async fn start<W>(op: &mut Op<'_, W>, request: &StartRequest) -> OperationOutput {
-    op.audit(Audit::of(
-        &request.game_id,
-        request.op_source,
-        request.source_ref.as_ref(),
-        None,
-    ));
-    let op = &*op;
-    if let Some(token) = &request.lease_token {
-        return match op.inherited_lease(&request.game_id, token).await {
-            Ok(token) => start_under_lease(op, request, &token).await,
-            Err(output) => output,
-        };
-    }
-    let token = match op.acquire_lease(&request.game_id).await {
-        Ok(token) => token,
-        Err(output) => return output,
-    };
-    op.with_lease(&request.game_id, token, |token| async move {
+    op.audit(Audit::of(request, None));
+    let (op, inherited) = (&*op, request.lease_token.as_ref());
+    op.under_lease(&request.game_id, inherited, |token| async move {
         start_under_lease(op, request, &token).await
     })
     .await

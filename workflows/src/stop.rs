@@ -34,36 +34,17 @@ lifecycle_workflow!(
     "Input: `{\"game_id\", \"reason\", \"op_source\", \"source_ref\"?, \"lease_token\"?, \"timeout_secs\"?, \"signal\"?}` as raw JSON.",
     |op, input| match op.parse(&input, StopRequest::from_json).await {
         Ok(request) => {
-            op.audit(Audit::of(
-                &request.game_id,
-                request.op_source,
-                request.source_ref.as_ref(),
-                Some(request.reason.as_str()),
-            ));
-            handle(&op, &request).await
+            op.audit(Audit::of(&request, Some(request.reason.as_str())));
+            let (op, request) = (&op, &request);
+            let inherited = request.lease_token.as_ref();
+            op.under_lease(&request.game_id, inherited, |token| async move {
+                run_under_lease(op, request, &token).await
+            })
+            .await
         }
         Err(output) => output,
     }
 );
-
-/// The seed's `Handle` (no lease token: acquire, run, always release) or `Run` (a parent's lease
-/// token: run only).
-async fn handle<W>(op: &Op<'_, W>, request: &StopRequest) -> OperationOutput {
-    if let Some(token) = &request.lease_token {
-        return match op.inherited_lease(&request.game_id, token).await {
-            Ok(token) => run_under_lease(op, request, &token).await,
-            Err(output) => output,
-        };
-    }
-    let token = match op.acquire_lease(&request.game_id).await {
-        Ok(token) => token,
-        Err(output) => return output,
-    };
-    op.with_lease(&request.game_id, token, |token| async move {
-        run_under_lease(op, request, &token).await
-    })
-    .await
-}
 
 /// The seed's `runUnderLease`: load, branch on status, stop, compare-and-swap.
 async fn run_under_lease<W>(

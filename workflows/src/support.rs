@@ -169,18 +169,31 @@ pub fn step_summary(input: &impl serde::Serialize) -> Option<String> {
     })
 }
 
+/// An activity a workflow runs as a step: its input is shown as the step's summary, its
+/// output comes back as JSON.
+pub trait Step:
+    ActivityDefinition<
+    Input: serde::Serialize,
+    Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
+>
+{
+}
+
+impl<T> Step for T
+where
+    T: ActivityDefinition,
+    T::Input: serde::Serialize,
+    T::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
+{
+}
+
 /// Runs one step in the given shape.
-pub async fn run_step<W, AD>(
+pub async fn run_step<W, AD: Step>(
     ctx: &WorkflowContext<W>,
     activity: AD,
     input: AD::Input,
     shape: StepShape<'_>,
-) -> Result<AD::Output, ActivityExecutionError>
-where
-    AD: ActivityDefinition,
-    AD::Input: serde::Serialize,
-    AD::Output: temporalio_workflow::common::data_converters::TemporalDeserializable,
-{
+) -> Result<AD::Output, ActivityExecutionError> {
     let policy = retry(shape.attempts, shape.backoff.0, shape.backoff.1);
     let token = match shape.cancel {
         Cancel::WithWorkflow => None,
