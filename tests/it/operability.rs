@@ -26,11 +26,9 @@ async fn every_operation_of_a_game_is_listed_by_its_search_attributes() {
     let mut app = TestApp::spawn().await;
     let bridge = app.spawn_bridge().await;
     let (game, _) = app.started_game("sa").await;
-    let path = format!("/api/v1/internal/runtimes/{game}/stop");
-    let stopped = bridge
-        .call("POST", &path, &[], Some(r#"{"reason":"admin"}"#))
+    bridge
+        .operate_ok("stop", &game, None, r#"{"reason":"admin"}"#)
         .await;
-    assert_eq!(stopped.status, 200, "{}", stopped.body);
     // A third way in: the `temporal` CLI, on the shared queue.
     let input = format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#);
     run_ok(
@@ -95,23 +93,27 @@ fn post_in_background(
     verb: &str,
     body: &'static str,
 ) -> tokio::task::JoinHandle<u16> {
-    let (bridge, path) = (
-        bridge.clone(),
-        format!("/api/v1/internal/runtimes/{game}/{verb}"),
-    );
-    tokio::spawn(async move { bridge.call("POST", &path, &[], Some(body)).await.status })
+    let (bridge, game, verb) = (bridge.clone(), game.to_owned(), verb.to_owned());
+    tokio::spawn(async move { bridge.operate(&verb, &game, None, body).await.status })
+}
+
+/// An app whose Docker steps are normal activities (the workflow task completes while Docker
+/// works, so a query is answered at once) and whose stops wait 6 s, with its bridge.
+async fn app_with_normal_docker_steps() -> (TestApp, std::sync::Arc<crate::common::Bridge>) {
+    let app = TestApp::spawn_with(|c| {
+        c.stop_timeout = Duration::from_secs(6);
+        c.local_docker_steps = false;
+    })
+    .await;
+    let bridge = std::sync::Arc::new(app.spawn_bridge().await);
+    (app, bridge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_operation_answers_where_it_is() {
     // Normal Docker steps: the workflow task completes while Docker works, so the query is
     // answered at once (with local ones it is answered when the task heartbeats or ends).
-    let mut app = TestApp::spawn_with(|c| {
-        c.stop_timeout = Duration::from_secs(6);
-        c.local_docker_steps = false;
-    })
-    .await;
-    let bridge = std::sync::Arc::new(app.spawn_bridge().await);
+    let (mut app, bridge) = app_with_normal_docker_steps().await;
     let (game, container) = app.slow_game("where").await;
     let stop = post_in_background(&bridge, &game, "stop", r#"{"reason":"admin"}"#);
     app.await_stop_signal(&container).await;
@@ -155,12 +157,7 @@ async fn a_running_operation_answers_where_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_names_its_child_in_flight() {
-    let mut app = TestApp::spawn_with(|c| {
-        c.stop_timeout = Duration::from_secs(6);
-        c.local_docker_steps = false;
-    })
-    .await;
-    let bridge = std::sync::Arc::new(app.spawn_bridge().await);
+    let (mut app, bridge) = app_with_normal_docker_steps().await;
     let (game, container) = app.slow_game("child").await;
     let restart = post_in_background(&bridge, &game, "restart", "{}");
     app.await_stop_signal(&container).await;
@@ -427,11 +424,10 @@ async fn the_web_ui_tells_an_operation_without_the_logs() {
     let mut app = TestApp::spawn().await;
     let bridge = app.spawn_bridge().await;
     let (game, container) = app.running_game("ui").await;
-    let path = format!("/api/v1/internal/runtimes/{game}/stop");
     let body = r#"{"reason":"finished","signal":"SIGTERM","timeout_secs":5}"#;
-    let headers = [("X-Request-Id", "ui-req-1")];
-    let stopped = bridge.call("POST", &path, &headers, Some(body)).await;
-    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    bridge
+        .operate_ok("stop", &game, Some("ui-req-1"), body)
+        .await;
 
     // The workflow's own summary and details: what was asked, by whom.
     let workflow_id = format!("req-stop-{game}-ui-req-1");
@@ -468,15 +464,9 @@ async fn the_web_ui_tells_an_operation_without_the_logs() {
     }
 
     // A restart's children are summarised too.
-    let restarted = bridge
-        .call(
-            "POST",
-            &format!("/api/v1/internal/runtimes/{game}/restart"),
-            &[("X-Request-Id", "ui-req-2")],
-            Some("{}"),
-        )
+    bridge
+        .operate_ok("restart", &game, Some("ui-req-2"), "{}")
         .await;
-    assert_eq!(restarted.status, 200, "{}", restarted.body);
     let parent = format!("req-restart-{game}-ui-req-2");
     let summaries = step_summaries(&app, &parent);
     assert!(

@@ -143,58 +143,21 @@ async fn malformed_entries_are_recorded_and_acknowledged() {
     let app = TestApp::spawn().await;
     let (stream, _c1) = stream_with_consumer(&app);
     let long = "x".repeat(5000);
-    let entries = [
-        xadd(&app, &stream, &[("reason", "finished")]).await,
-        xadd(
-            &app,
-            &stream,
-            &[("game_id", "bad id"), ("reason", "finished")],
-        )
-        .await,
-        xadd(
-            &app,
-            &stream,
-            &[("game_id", "ok-game"), ("reason", "reboot")],
-        )
-        .await,
-        xadd(&app, &stream, &[("unrelated", "field")]).await,
-        xadd(
-            &app,
-            &stream,
-            &[
-                ("game_id", "ok-game"),
-                ("reason", "admin"),
-                ("timeout_secs", "soon"),
-            ],
-        )
-        .await,
-        xadd(
-            &app,
-            &stream,
-            &[
-                ("game_id", "ok-game"),
-                ("reason", "admin"),
-                ("timeout_secs", "3601"),
-            ],
-        )
-        .await,
-        xadd(
-            &app,
-            &stream,
-            &[
-                ("game_id", "ok-game"),
-                ("reason", "admin"),
-                ("signal", "SIGKILL"),
-            ],
-        )
-        .await,
-        xadd(
-            &app,
-            &stream,
-            &[("game_id", long.as_str()), ("reason", "finished")],
-        )
-        .await,
+    let ok = |extra: (&'static str, &'static str)| vec![("game_id", "ok-game"), extra];
+    let malformed: Vec<Vec<(&str, &str)>> = vec![
+        vec![("reason", "finished")],
+        vec![("game_id", "bad id"), ("reason", "finished")],
+        ok(("reason", "reboot")),
+        vec![("unrelated", "field")],
+        [ok(("reason", "admin")), vec![("timeout_secs", "soon")]].concat(),
+        [ok(("reason", "admin")), vec![("timeout_secs", "3601")]].concat(),
+        [ok(("reason", "admin")), vec![("signal", "SIGKILL")]].concat(),
+        vec![("game_id", long.as_str()), ("reason", "finished")],
     ];
+    let mut entries = Vec::new();
+    for fields in &malformed {
+        entries.push(xadd(&app, &stream, fields).await);
+    }
     eventually(
         "every entry to be audited",
         Duration::from_secs(30),
@@ -373,10 +336,8 @@ async fn one_request_id_through_three_ways_in_is_one_operation() {
     let (game, _) = app.running_game("one-id").await;
     let request_id = unique("rid");
 
-    let path = format!("/api/v1/internal/runtimes/{game}/stop");
-    let headers = [("X-Request-Id", request_id.as_str())];
     let http = bridge
-        .call("POST", &path, &headers, Some(r#"{"reason":"admin"}"#))
+        .operate("stop", &game, Some(&request_id), r#"{"reason":"admin"}"#)
         .await;
     assert_eq!(http.status, 200, "{}", http.body);
     assert_eq!(
@@ -404,7 +365,7 @@ async fn one_request_id_through_three_ways_in_is_one_operation() {
     assert_eq!(rows[0].op_source, "rest");
     // Without a request id each way keeps its own: a second stop is a replay, audited apart.
     let again = bridge
-        .call("POST", &path, &[], Some(r#"{"reason":"admin"}"#))
+        .operate("stop", &game, None, r#"{"reason":"admin"}"#)
         .await;
     assert_eq!(again.json()["error_code"], "replay_no_op");
     assert_eq!(app.op_log(&game).await.len(), 2);

@@ -66,12 +66,10 @@ async fn a_signal_from_the_request_or_the_label_ends_the_game_gracefully() {
     let labelled = [("rtmanager.stop_signal", "SIGUSR1")];
     let (by_label, label_container) =
         game_with(&mut app, "usr1-label", EXITS_ON_USR1, &labelled).await;
-    let path = format!("/api/v1/internal/runtimes/{by_label}/stop");
     let body = r#"{"reason":"admin","timeout_secs":120}"#;
-    let stopped = bridge.call("POST", &path, &[], Some(body)).await;
-    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    let stopped = bridge.operate_ok("stop", &by_label, None, body).await;
     assert_eq!(
-        stopped.json()["stop"],
+        stopped["stop"],
         json!({"signal": "SIGUSR1", "timeout_secs": 120, "ended": "graceful"})
     );
     assert_eq!(app.container_running(&label_container).await, Some(false));
@@ -153,12 +151,10 @@ async fn a_game_that_ignores_its_signal_is_killed_when_the_timeout_runs_out() {
     // own takes the signal-wait-kill path.
     let labelled = [("rtmanager.stop_timeout", "3600")];
     let (game, _) = game_with(&mut app, "kill-request", IGNORES_SIGTERM, &labelled).await;
-    let path = format!("/api/v1/internal/runtimes/{game}/stop");
     let body = r#"{"reason":"timeout","timeout_secs":0,"signal":"SIGINT"}"#;
-    let stopped = bridge.call("POST", &path, &[], Some(body)).await;
-    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    let stopped = bridge.operate_ok("stop", &game, None, body).await;
     assert_eq!(
-        stopped.json()["stop"],
+        stopped["stop"],
         json!({"signal": "SIGINT", "timeout_secs": 0, "ended": "killed"})
     );
     assert_eq!(container_stops(&app, "SIGTERM", "killed"), 1);
@@ -175,7 +171,6 @@ async fn bad_signals_and_timeouts_are_refused_before_anything_changes() {
     let mut app = TestApp::spawn().await;
     let bridge = app.spawn_bridge().await;
     let (game, container) = app.running_game("bad-stop").await;
-    let path = format!("/api/v1/internal/runtimes/{game}/stop");
     for body in [
         r#"{"reason":"admin","signal":"SIGKILL"}"#,
         r#"{"reason":"admin","signal":"sigterm"}"#,
@@ -184,7 +179,7 @@ async fn bad_signals_and_timeouts_are_refused_before_anything_changes() {
         r#"{"reason":"admin","timeout_secs":"10"}"#,
         r#"{"reason":"admin","timeout_secs":2.5}"#,
     ] {
-        let refused = bridge.call("POST", &path, &[], Some(body)).await;
+        let refused = bridge.operate("stop", &game, None, body).await;
         assert_eq!(refused.status, 400, "{body}: {}", refused.body);
         assert_eq!(refused.json()["error_code"], "invalid_request", "{body}");
     }

@@ -1184,6 +1184,36 @@ impl HttpResponse {
 }
 
 impl Bridge {
+    /// `POST /api/v1/internal/runtimes/<game>/<verb>` with a JSON `body`, and `X-Request-Id`
+    /// when `request_id` is given.
+    pub async fn operate(
+        &self,
+        verb: &str,
+        game: &str,
+        request_id: Option<&str>,
+        body: &str,
+    ) -> HttpResponse {
+        let path = format!("/api/v1/internal/runtimes/{game}/{verb}");
+        let headers: Vec<(&str, &str)> = request_id
+            .map(|id| ("X-Request-Id", id))
+            .into_iter()
+            .collect();
+        self.call("POST", &path, &headers, Some(body)).await
+    }
+
+    /// [`Bridge::operate`], which must answer 200: its JSON body.
+    pub async fn operate_ok(
+        &self,
+        verb: &str,
+        game: &str,
+        request_id: Option<&str>,
+        body: &str,
+    ) -> serde_json::Value {
+        let response = self.operate(verb, game, request_id, body).await;
+        assert_eq!(response.status, 200, "{verb} {game}: {}", response.body);
+        response.json()
+    }
+
     /// `method path` with the bridge's token, optional extra headers and a JSON body.
     pub async fn call(
         &self,
