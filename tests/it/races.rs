@@ -188,3 +188,23 @@ async fn concurrent_operations_on_one_game_are_serialised() {
     }
     assert_eq!(app.lease_holder(&game).await, None);
 }
+
+/// A workflow task that timed out under load runs the operation again while its first run
+/// still works: the first run stops the game, writes the record and releases the lease, and
+/// the second run's Docker step then finds the lease gone. It must answer what the first run
+/// did, not `conflict`. Played here by writing the first run's record and releasing the lease
+/// while the (slow) stop waits on Docker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_an_operation_answers_what_its_first_run_did() {
+    let mut app = TestApp::spawn().await;
+    let (game, container) = app.slow_game("second-run").await;
+    let handle = app.stop_under_way(&game, &container).await;
+    let operation_id = format!("{}/{}", handle.info().workflow_id, handle.run_id().unwrap());
+    app.mark_stopped_by(&game, &operation_id).await;
+    let _: () = app.redis.clone().del(app.lease_key(&game)).await.unwrap();
+
+    let out = common::finish_within(&handle, Duration::from_secs(60), "the stop").await;
+    common::assert_outcome(&out, rtmanager_domain::Outcome::Success, None);
+    assert_eq!(app.op_log(&game).await.len(), 1, "one audit row");
+    assert_eq!(app.lease_holder(&game).await, None);
+}

@@ -18,8 +18,9 @@ use rtmanager_domain::{
 
 use crate::{
     contract::{
-        ContainerStopOutcome, HealthEvent, PublishHealth, StopContainer, StopContainerInput,
-        UpdateStatus, UpdateStatusInput, UpdateStatusOutcome, CONTAINER_DISAPPEARED,
+        ContainerStopOutcome, HealthEvent, LoadedRecord, PublishHealth, StopContainer,
+        StopContainerInput, UpdateStatus, UpdateStatusInput, UpdateStatusOutcome,
+        CONTAINER_DISAPPEARED,
     },
     operation::{Audit, Op, Touched},
     support::{workflow_now, Cancel, StepFailure},
@@ -58,21 +59,7 @@ async fn run_under_lease<W>(
         // Re-running after a crash that followed this operation's own write: finish as the
         // first run would have (the health event is published at most once per operation).
         Ok(Some(loaded)) if loaded.written_by_this_operation => {
-            let record = loaded.record;
-            // The removal cleared the record's container: the one this operation found is
-            // the one its last write acted on.
-            let touched = Touched {
-                container_id: record
-                    .current_container_id
-                    .clone()
-                    .or(loaded.last_container_id),
-                image_ref: record.current_image_ref.clone(),
-                stop: None,
-            };
-            if record.status == RuntimeStatus::Removed {
-                publish_disappeared(op, request, &record, touched.container_id.clone()).await;
-            }
-            return op.success(record, touched).await;
+            return finish_own_write(op, request, loaded).await
         }
         Ok(Some(loaded)) => loaded.record,
         Ok(None) => return op.record_missing(game_id).await,
@@ -117,6 +104,16 @@ async fn run_under_lease<W>(
         Err(err) => {
             let failure = StepFailure::from(err);
             let code = failure.code_or(ErrorCode::ServiceUnavailable);
+            // The lease went while Docker worked. Under a workflow task that timed out and
+            // ran again (an overloaded worker), the other holder may be this very operation's
+            // first run, which finished the stop: then finish as it did.
+            if code == ErrorCode::Conflict && op.ctx.patched(RECHECK_OWN_WRITE) {
+                if let Ok(Some(loaded)) = op.load_record(game_id).await {
+                    if loaded.written_by_this_operation {
+                        return finish_own_write(op, request, loaded).await;
+                    }
+                }
+            }
             let message = format!("docker stop: {}", failure.message);
             return op.failure(code, message, Touched::of(&existing)).await;
         }
@@ -154,6 +151,35 @@ async fn run_under_lease<W>(
             op.failure(code, message, touched).await
         }
     }
+}
+
+/// The patch id that marks histories in which a Docker stop that lost its lease re-reads the
+/// record before it answers `conflict`.
+pub const RECHECK_OWN_WRITE: &str = "recheck-own-write";
+
+/// This operation already wrote the record (a re-run, or a second run of the same operation
+/// after a timed-out workflow task): finish as the first run did. The health event is published
+/// at most once per operation.
+async fn finish_own_write<W>(
+    op: &Op<'_, W>,
+    request: &StopRequest,
+    loaded: LoadedRecord,
+) -> OperationOutput {
+    let record = loaded.record;
+    // The removal cleared the record's container: the one this operation found is the one its
+    // last write acted on.
+    let touched = Touched {
+        container_id: record
+            .current_container_id
+            .clone()
+            .or(loaded.last_container_id),
+        image_ref: record.current_image_ref.clone(),
+        stop: None,
+    };
+    if record.status == RuntimeStatus::Removed {
+        publish_disappeared(op, request, &record, touched.container_id.clone()).await;
+    }
+    op.success(record, touched).await
 }
 
 /// The container is gone: the record moves to `removed`, `container_disappeared` is published,

@@ -122,6 +122,31 @@ pub struct BenchOptions {
     /// The Docker endpoints of those hosts.
     #[arg(long, env = "RTMANAGER_DEV_DOCKER_HOSTS", value_delimiter = ',')]
     pub docker_hosts: Vec<String>,
+    /// Growth runs: for each N, N stops through HTTP in flight at once (comma-separated;
+    /// `--growth ''` skips them).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,500,1000")]
+    pub growth: Vec<usize>,
+}
+
+/// One growth run: `in_flight` stops sent through HTTP at once, what each took and what the
+/// worker and the Temporal server spent.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrowthRun {
+    /// Stops in flight at once.
+    pub in_flight: usize,
+    /// Each stop's latency, from its first request to its answer (a stop still running when
+    /// the bridge's wait ends is asked again with the same request id, which joins it).
+    pub latency: Percentiles,
+    /// From the first request to the last answer.
+    pub wall_s: f64,
+    /// Stops that did not end in success.
+    pub failed: usize,
+    /// The worker's peak RSS during the run.
+    pub worker_peak_rss_mib: Option<f64>,
+    /// The worker's CPU per stop.
+    pub worker_cpu_ms_per_stop: Option<f64>,
+    /// The Temporal server's CPU per stop.
+    pub temporal_cpu_ms_per_stop: Option<f64>,
 }
 
 /// The two sides of a comparison.
@@ -219,6 +244,8 @@ pub struct Report {
     /// From `docker kill` of a game's container to its `container_exited` on the health
     /// stream.
     pub crash_detection: Percentiles,
+    /// The growth runs, by stops in flight.
+    pub growth: Vec<GrowthRun>,
     /// One reconcile round over `reconcile_games` games with nothing drifted.
     pub reconcile: Option<ReconcileRun>,
 }
@@ -443,6 +470,7 @@ impl Bench {
             single_temporal_cpu_ms,
             two_host,
             crash_detection: self.crash_detection().await?,
+            growth: self.growth(pid).await?,
             reconcile: self.reconcile_run().await?,
         })
     }
@@ -638,6 +666,84 @@ impl Bench {
         })
     }
 
+    /// The growth runs, smallest first.
+    async fn growth(&self, pid: Option<u32>) -> anyhow::Result<Vec<GrowthRun>> {
+        let mut sizes: Vec<usize> = self
+            .options
+            .growth
+            .iter()
+            .copied()
+            .filter(|n| *n > 0)
+            .collect();
+        sizes.sort_unstable();
+        let mut runs = Vec::new();
+        for n in sizes {
+            runs.push(self.growth_run(n, pid).await?);
+        }
+        Ok(runs)
+    }
+
+    /// `n` games up with their records, then `n` stops through HTTP at once.
+    async fn growth_run(&self, n: usize, pid: Option<u32>) -> anyhow::Result<GrowthRun> {
+        let games: Vec<String> = (0..n).map(|i| self.game_id(&format!("g{n}-{i}"))).collect();
+        let created: Vec<anyhow::Result<Placed>> = stream::iter(&games)
+            .map(|game| self.prepare(Side::Http, game, 0))
+            .buffered(DOCKER_CONCURRENCY)
+            .collect()
+            .await;
+        let containers = created.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        self.await_only_up(&containers, SETTLE_MASS).await?;
+        if let Some(pid) = pid {
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+        let watched = [pid, temporal_server_pid()];
+        let before = watched.map(|pid| pid.and_then(cpu_seconds));
+        let started = Instant::now();
+        let results: Vec<anyhow::Result<Duration>> = stream::iter(&games)
+            .map(|game| self.stop_http_joined(game))
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        let wall_s = started.elapsed().as_secs_f64();
+        let after = watched.map(|pid| pid.and_then(cpu_seconds));
+        let peak = pid.and_then(peak_rss_mib);
+        self.remove(&containers).await?;
+        let took: Vec<Duration> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
+            eprintln!("growth N={n}: a stop failed: {err:#}");
+        }
+        Ok(GrowthRun {
+            in_flight: n,
+            latency: percentiles(&took),
+            wall_s,
+            failed: n - took.len(),
+            worker_peak_rss_mib: peak,
+            worker_cpu_ms_per_stop: cpu_ms_per(before[0], after[0], n),
+            temporal_cpu_ms_per_stop: cpu_ms_per(before[1], after[1], n),
+        })
+    }
+
+    /// A stop through the bridge under its own request id, asked again while the bridge answers
+    /// that it is still running: its latency from the first request to its outcome.
+    async fn stop_http_joined(&self, game: &str) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let path = format!("/api/v1/internal/runtimes/{game}/stop");
+        let request_id = format!("bench-{game}");
+        loop {
+            let (status, body) = self
+                .request(&path, "POST", r#"{"reason":"admin"}"#, Some(&request_id))
+                .await?;
+            match status {
+                200 => return Ok(started.elapsed()),
+                503 if body.contains("still running") => continue,
+                _ => anyhow::bail!("stop {game}: {status} {body}"),
+            }
+        }
+    }
+
     /// A running container for `game` on `side` and engine `engine`, with a `running` runtime
     /// record naming it (and that engine's host) on the HTTP side.
     async fn prepare(&self, side: Side, game: &str, engine: usize) -> anyhow::Result<Placed> {
@@ -794,10 +900,22 @@ impl Bench {
 
     /// A minimal HTTP/1.1 exchange on a fresh loopback connection.
     async fn post(&self, path: &str, method: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        self.request(path, method, body, None).await
+    }
+
+    /// [`Self::post`] with an `X-Request-Id`.
+    async fn request(
+        &self,
+        path: &str,
+        method: &str,
+        body: &str,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
         let mut stream = tokio::net::TcpStream::connect(self.config.http_addr).await?;
         stream.set_nodelay(true)?;
+        let request_id = request_id.map_or(String::new(), |id| format!("X-Request-Id: {id}\r\n"));
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n{request_id}\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.config.http_addr,
             self.token,
@@ -1089,6 +1207,25 @@ pub fn table(report: &Report) -> String {
             "".into(),
             "<= 2 s",
         ));
+    }
+    if !r.growth.is_empty() {
+        out.push_str(
+            "growth: N stops through HTTP at once: p50 / p95 ms, wall s, failed, worker peak RSS MiB, \
+             CPU ms per stop (worker / Temporal)\n",
+        );
+        for run in &r.growth {
+            out.push_str(&format!(
+                "  N={:<5} {:>8.0} / {:<8.0} {:>7.1} s {:>4} failed {:>8} MiB {:>7} / {} ms\n",
+                run.in_flight,
+                run.latency.p50_ms,
+                run.latency.p95_ms,
+                run.wall_s,
+                run.failed,
+                opt(run.worker_peak_rss_mib, 1),
+                opt(run.worker_cpu_ms_per_stop, 2),
+                opt(run.temporal_cpu_ms_per_stop, 2),
+            ));
+        }
     }
     if let Some(two) = &r.two_host {
         out.push_str(&format!(

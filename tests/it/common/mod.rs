@@ -650,9 +650,15 @@ impl TestApp {
 
     /// Moves the record to `stopped` as a reconciler would, behind a running operation's back.
     pub async fn mark_stopped(&self, game_id: &str) {
+        self.mark_stopped_by(game_id, "reconciler").await;
+    }
+
+    /// Moves the record to `stopped` as the operation `operation_id` (`workflow_id/run_id`)
+    /// would have written it.
+    pub async fn mark_stopped_by(&self, game_id: &str, operation_id: &str) {
         use schema::runtime_records::dsl as r;
         diesel::update(r::runtime_records.find(game_id))
-            .set((r::status.eq("stopped"), r::last_op_id.eq("reconciler")))
+            .set((r::status.eq("stopped"), r::last_op_id.eq(operation_id)))
             .execute(&mut self.pg().await)
             .await
             .expect("move the record");
