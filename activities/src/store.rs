@@ -2,7 +2,8 @@
 //! snapshots. Every statement is built by diesel's query builder with bound parameters.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use diesel::{prelude::*, PgConnection};
+use diesel::prelude::*;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::{
     pooled_connection::{deadpool::Pool, AsyncDieselConnectionManager},
     AsyncPgConnection, RunQueryDsl,
@@ -444,7 +445,8 @@ impl Store {
 pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let mut conn = PgConnection::establish(&url)?;
+        // Through diesel-async's wrapper: the service links no libpq.
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
         let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})");
         diesel::RunQueryDsl::execute(diesel::sql_query(lock), &mut conn)?;
         let applied = conn

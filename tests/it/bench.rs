@@ -70,6 +70,8 @@ async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
             "2",
             "--reconcile-games",
             "4",
+            "--growth",
+            "5,3",
         ])
         .args(["--worker-pid", &run.id().to_string()])
         .output()
@@ -140,6 +142,20 @@ async fn the_benchmark_measures_every_metric_and_removes_what_it_created() {
         "mass_throughput_ratio",
         "worker_peak_rss_mib",
     ];
+    // Growth runs, smallest first, each stop complete and the worker watched.
+    let growth = report["growth"].as_array().expect("growth runs");
+    let in_flight: Vec<_> = growth.iter().map(|run| run["in_flight"].clone()).collect();
+    assert_eq!(in_flight, [3, 5], "{report}");
+    for run in growth {
+        assert_eq!(run["failed"], 0, "{report}");
+        assert_eq!(run["latency"]["samples"], run["in_flight"], "{report}");
+        for metric in ["wall_s", "worker_peak_rss_mib", "worker_cpu_ms_per_stop"] {
+            assert!(
+                run[metric].as_f64().is_some_and(|v| v > 0.0),
+                "{metric}: {report}"
+            );
+        }
+    }
     // Crash detection and a reconcile round with nothing drifted.
     assert_eq!(report["crash_detection"]["samples"], 2, "{report}");
     assert!(

@@ -42,6 +42,10 @@ pub const PLACE_ON_HOST: &str = "place-on-host";
 /// The patch id that marks histories in which the workflow sets its search attributes.
 pub const SEARCH_ATTRIBUTES: &str = "search-attributes";
 
+/// The patch id that marks histories in which the workflow leaves the `GameId`, `OpKind` and
+/// `OpSource` search attributes to the start that already carried them.
+pub const SEARCH_ATTRIBUTES_FROM_START: &str = "search-attributes-from-start";
+
 /// The patch id that marks start histories in which a `running` record's container is
 /// inspected (`InspectGame`) before the record is trusted.
 pub const START_CHECKS_CONTAINER: &str = "start-checks-container";
@@ -148,8 +152,43 @@ pub struct Op<'a, W> {
     /// What the `progress` query answers, kept here and copied into the workflow's state.
     progress: std::cell::RefCell<Progress>,
     report: fn(&mut W, &Progress),
-    /// This workflow sets the search attributes (`GameId`, `OpKind`, `OpSource`, `Outcome`).
-    search_attributes: bool,
+    /// Which search attributes this workflow sets itself.
+    search_attributes: SearchAttributeUpserts,
+}
+
+/// The search attributes a workflow sets itself. A client that starts it with `GameId`,
+/// `OpKind` and `OpSource` (rtmanager's own) spares it those upserts: only `Outcome` is left,
+/// one history event and one visibility write instead of three.
+#[derive(Debug, Clone, Copy)]
+struct SearchAttributeUpserts {
+    /// `GameId`, `OpKind` and `OpSource`: the start did not carry them.
+    identity: bool,
+    /// `Outcome`, once the operation ends.
+    outcome: bool,
+}
+
+impl SearchAttributeUpserts {
+    fn of<W>(ctx: &WorkflowContext<W>, settings: &StepSettings) -> Self {
+        if !settings.search_attributes {
+            return Self {
+                identity: false,
+                outcome: false,
+            };
+        }
+        if ctx.patched(SEARCH_ATTRIBUTES_FROM_START) {
+            let started_with = ctx.search_attributes().contains_key(&search::GAME_ID);
+            return Self {
+                identity: !started_with,
+                outcome: true,
+            };
+        }
+        // Histories from before: every attribute upserted, or none before they existed.
+        let all = ctx.patched(SEARCH_ATTRIBUTES);
+        Self {
+            identity: all,
+            outcome: all,
+        }
+    }
 }
 
 /// The search attributes every lifecycle workflow sets (Keyword), so that an operator lists a
@@ -179,8 +218,8 @@ impl<'a, W> Op<'a, W> {
         kind: OpKind,
         report: fn(&mut W, &Progress),
     ) -> Self {
-        let search_attributes = settings.search_attributes && ctx.patched(SEARCH_ATTRIBUTES);
-        if search_attributes {
+        let search_attributes = SearchAttributeUpserts::of(ctx, settings);
+        if search_attributes.identity {
             ctx.upsert_search_attributes([search::OP_KIND.value_set(kind.as_str().to_owned())]);
         }
         let op = Self {
@@ -428,7 +467,7 @@ impl<'a, W> Op<'a, W> {
     /// Sets the audit fields (and the `GameId` and `OpSource` search attributes) once the
     /// request parsed.
     pub fn audit(&mut self, audit: Audit) {
-        if self.search_attributes {
+        if self.search_attributes.identity {
             self.ctx.upsert_search_attributes([
                 search::GAME_ID.value_set(audit.game_id.clone()),
                 search::OP_SOURCE.value_set(audit.op_source.clone()),
@@ -610,7 +649,7 @@ impl<'a, W> Op<'a, W> {
         error_message: Option<String>,
         touched: Touched,
     ) {
-        if self.search_attributes {
+        if self.search_attributes.outcome {
             let outcome = search::OUTCOME.value_set(outcome.as_str().to_owned());
             self.ctx.upsert_search_attributes([outcome]);
         }
