@@ -13,8 +13,9 @@ use std::{collections::HashMap, time::Duration};
 
 use serde_json::Value;
 use temporalio_client::{
-    errors::WorkflowStartError, Client, UntypedWorkflow, WorkflowGetResultOptions, WorkflowHandle,
-    WorkflowIdReusePolicy, WorkflowStartOptions,
+    errors::{WorkflowGetResultError, WorkflowStartError},
+    Client, UntypedWorkflow, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdReusePolicy,
+    WorkflowStartOptions,
 };
 use temporalio_common::{
     data_converters::RawValue,
@@ -332,19 +333,30 @@ pub async fn start(
         )
         .build();
     let input = json_input(operation.input.to_string().as_bytes());
-    match client
-        .start_workflow(
-            UntypedWorkflow::new(workflow_type(operation.kind)),
-            input,
-            options,
-        )
-        .await
-    {
-        Ok(handle) => Ok(handle),
-        Err(WorkflowStartError::AlreadyStarted { .. }) => {
-            Ok(client.get_workflow_handle::<UntypedWorkflow>(&operation.workflow_id))
+    let mut attempt = 0;
+    loop {
+        let started = client
+            .start_workflow(
+                UntypedWorkflow::new(workflow_type(operation.kind)),
+                input.clone(),
+                options.clone(),
+            )
+            .await;
+        match started {
+            Ok(handle) => return Ok(handle),
+            Err(WorkflowStartError::AlreadyStarted { .. }) => {
+                return Ok(client.get_workflow_handle::<UntypedWorkflow>(&operation.workflow_id))
+            }
+            // The start may have happened: asking again starts it or finds it started.
+            Err(WorkflowStartError::Rpc(status))
+                if transient(&status) && attempt < TRANSIENT_RETRIES =>
+            {
+                tracing::warn!(workflow_id = operation.workflow_id, %status, attempt, "start again");
+                tokio::time::sleep(transient_pause(attempt)).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err.into()),
         }
-        Err(err) => Err(err.into()),
     }
 }
 
@@ -503,11 +515,41 @@ pub async fn result(handle: &Handle) -> anyhow::Result<OperationOutput> {
     decoded(handle).await
 }
 
-/// Waits for a workflow's output and decodes its single JSON payload as `T`.
+/// How often a call that met a slow or briefly absent Temporal server is made again before the
+/// error goes to the caller (with growing pauses, ~40 s in all). Asking again is safe: the
+/// operation is durable and the same workflow id joins it.
+const TRANSIENT_RETRIES: u32 = 8;
+
+/// An RPC error worth asking again: the server took too long or was briefly away.
+fn transient(status: &temporalio_client::tonic::Status) -> bool {
+    use temporalio_client::tonic::Code;
+    matches!(
+        status.code(),
+        Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable | Code::ResourceExhausted
+    )
+}
+
+/// The pause before asking again after `attempt` transient errors: 250 ms doubling to 8 s.
+fn transient_pause(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(250 << attempt.min(5))
+}
+
+/// Waits for a workflow's output and decodes its single JSON payload as `T`; a long poll that
+/// times out under load is made again.
 async fn decoded<T: serde::de::DeserializeOwned>(handle: &Handle) -> anyhow::Result<T> {
-    let raw = handle
-        .get_result(WorkflowGetResultOptions::default())
-        .await?;
+    let mut attempt = 0;
+    let raw = loop {
+        match handle.get_result(WorkflowGetResultOptions::default()).await {
+            Err(WorkflowGetResultError::Rpc(status))
+                if transient(&status) && attempt < TRANSIENT_RETRIES =>
+            {
+                tracing::warn!(workflow_id = handle.info().workflow_id, %status, attempt, "await the result again");
+                tokio::time::sleep(transient_pause(attempt)).await;
+                attempt += 1;
+            }
+            other => break other?,
+        }
+    };
     let payload = raw
         .payloads
         .first()

@@ -727,11 +727,14 @@ impl Bench {
     }
 
     /// A stop through the bridge under its own request id, asked again while the bridge answers
-    /// that it is still running: its latency from the first request to its outcome.
+    /// 503 (still running, or the workflow service was unavailable; at most 10 times for the
+    /// latter): its latency from the first request to its outcome.
     async fn stop_http_joined(&self, game: &str) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let path = format!("/api/v1/internal/runtimes/{game}/stop");
         let request_id = format!("bench-{game}");
+        // A 503 says "retry with the same X-Request-Id": the retry joins the same operation.
+        let mut unavailable = 0;
         loop {
             let (status, body) = self
                 .request(&path, "POST", r#"{"reason":"admin"}"#, Some(&request_id))
@@ -739,6 +742,10 @@ impl Bench {
             match status {
                 200 => return Ok(started.elapsed()),
                 503 if body.contains("still running") => continue,
+                503 if unavailable < 10 => {
+                    unavailable += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 _ => anyhow::bail!("stop {game}: {status} {body}"),
             }
         }
