@@ -321,6 +321,12 @@ impl Config {
             self.lease_ttl.as_secs(),
             self.stop_timeout.as_secs()
         );
+        anyhow::ensure!(
+            self.stop_timeout.as_secs() <= u64::from(rtmanager_domain::STOP_TIMEOUT_MAX_SECS),
+            "RTMANAGER_STOP_TIMEOUT_SECS ({}s) must be at most {} s, like a request's timeout_secs",
+            self.stop_timeout.as_secs(),
+            rtmanager_domain::STOP_TIMEOUT_MAX_SECS
+        );
         // A lease a live step renews (every 2 s) must never look quiet for the lock-delay.
         anyhow::ensure!(
             self.lease_lock_delay > Duration::from_secs(2)

@@ -209,7 +209,7 @@ pub async fn stop(
             .timeout_secs
             .map(stop_timeout_secs)
             .transpose()
-            .map_err(|err| anyhow::anyhow!("--{err}"))?,
+            .map_err(|_| anyhow::anyhow!("--timeout must be 0-3600 seconds"))?,
         signal: args
             .signal
             .map(|raw| raw.parse::<StopSignal>())

@@ -175,16 +175,18 @@ impl DockerRuntime {
     /// [`ContainerStopOutcome::Vanished`]; one that is not running (Docker's 304) is
     /// [`ContainerStopOutcome::AlreadyStopped`].
     ///
-    /// When the signal is the container's own stop signal, Docker's stop does all three in one
-    /// call; any other signal is sent with a kill, waited for, then followed by SIGKILL (the
-    /// engines this runs on predate the stop's `signal` parameter).
+    /// When the signal is the container's own stop signal and the wait is no longer than the
+    /// worker's default, Docker's stop does all three in one call. Otherwise the signal is sent
+    /// with a kill, the exit is waited for without holding a Docker turn (a stop that waits an
+    /// hour must not keep other games' Docker steps waiting), then SIGKILL follows. The engines
+    /// this runs on predate the stop's `signal` parameter.
     pub async fn stop(
         &self,
         game_id: &GameId,
         container_id: &str,
         ask: StopAsk,
     ) -> Result<ContainerStopOutcome, DockerError> {
-        let _turn = self.turn().await;
+        let turn = self.turn().await;
         let inspected = match self
             .docker
             .inspect_container(container_id, None::<InspectContainerOptions>)
@@ -199,42 +201,23 @@ impl DockerRuntime {
             return Ok(ContainerStopOutcome::AlreadyStopped);
         }
         let (signal, timeout_secs) = self.resolve(&inspected, container_id, ask);
-        // The call waits for the process: its own timeout follows the stop's.
-        let docker = self
-            .docker
-            .clone()
-            .with_timeout(Duration::from_secs(timeout_secs.into()) + self.call_slack);
+        let grace = Duration::from_secs(timeout_secs.into());
         let own_signal = inspected
             .config
             .as_ref()
             .and_then(|c| c.stop_signal.as_deref())
-            .unwrap_or("SIGTERM");
-        let began = std::time::Instant::now();
-        let ended = if signal.as_str() == own_signal {
-            let options = StopContainerOptions {
-                t: Some(i32::try_from(timeout_secs).unwrap_or(i32::MAX)),
-                signal: None,
-            };
-            match docker.stop_container(container_id, Some(options)).await {
-                Ok(()) => {}
-                Err(err) if is_not_found(&err) => return Ok(ContainerStopOutcome::Vanished),
-                Err(err) => return Err(DockerError::Unavailable(format!("stop: {err}"))),
-            }
-            if began.elapsed() < Duration::from_secs(timeout_secs.into()) {
-                StopEnded::Graceful
-            } else {
-                // Docker waited the whole timeout: killed, unless the process exited at the
-                // last moment (then its exit code is its own, not SIGKILL's 137).
-                match self.inspect(container_id).await? {
-                    Some(after) if exit_code(&after) != Some(137) => StopEnded::Graceful,
-                    _ => StopEnded::Killed,
-                }
+            .and_then(StopSignal::from_docker)
+            .unwrap_or(StopSignal::Term);
+        let ended = if signal == own_signal && grace <= self.graceful_stop_timeout {
+            let stopped = self.docker_stop(container_id, timeout_secs).await?;
+            drop(turn);
+            match stopped {
+                Some(ended) => ended,
+                None => return Ok(ContainerStopOutcome::Vanished),
             }
         } else {
-            match self
-                .signal_wait_kill(&docker, container_id, signal, timeout_secs)
-                .await?
-            {
+            drop(turn);
+            match self.signal_wait_kill(container_id, signal, grace).await? {
                 Some(ended) => ended,
                 None => return Ok(ContainerStopOutcome::Vanished),
             }
@@ -246,18 +229,50 @@ impl DockerRuntime {
         }))
     }
 
+    /// Docker's stop: the container's own signal, `timeout_secs`, then SIGKILL; `None` when
+    /// the container disappeared.
+    async fn docker_stop(
+        &self,
+        container_id: &str,
+        timeout_secs: u32,
+    ) -> Result<Option<StopEnded>, DockerError> {
+        let grace = Duration::from_secs(timeout_secs.into());
+        // The call waits for the process: its own timeout follows the stop's.
+        let docker = self.docker.clone().with_timeout(grace + self.call_slack);
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(timeout_secs).unwrap_or(i32::MAX)),
+            signal: None,
+        };
+        let began = std::time::Instant::now();
+        match docker.stop_container(container_id, Some(options)).await {
+            Ok(()) => {}
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(DockerError::Unavailable(format!("stop: {err}"))),
+        }
+        if began.elapsed() < grace {
+            return Ok(Some(StopEnded::Graceful));
+        }
+        // Docker waited the whole timeout: killed, unless the process exited at the last
+        // moment (its exit code is then its own, not SIGKILL's 137). The container is stopped
+        // either way, so an inspect that fails does not fail the stop.
+        let after = self.inspect(container_id).await.ok().flatten();
+        Ok(Some(match after {
+            Some(after) if exit_code(&after).is_some_and(|code| code != 137) => StopEnded::Graceful,
+            _ => StopEnded::Killed,
+        }))
+    }
+
     /// The signal and timeout of a stop: the request's, else the container's labels, else the
-    /// worker's (a label that does not parse is logged and passed over).
+    /// container's own stop signal (when it is one of the six) and the worker's timeout. A label
+    /// that does not parse is logged and passed over.
     fn resolve(
         &self,
         inspected: &ContainerInspectResponse,
         container_id: &str,
         ask: StopAsk,
     ) -> (StopSignal, u32) {
-        let labels = inspected
-            .config
-            .as_ref()
-            .and_then(|config| config.labels.as_ref());
+        let config = inspected.config.as_ref();
+        let labels = config.and_then(|config| config.labels.as_ref());
         let label = |name: &str| {
             labels
                 .and_then(|l| l.get(name))
@@ -281,54 +296,94 @@ impl DockerRuntime {
                 )
                 .ok()
         });
+        let own = config
+            .and_then(|c| c.stop_signal.as_deref())
+            .and_then(StopSignal::from_docker);
         let default_timeout =
             u32::try_from(self.graceful_stop_timeout.as_secs()).unwrap_or(u32::MAX);
         (
-            signal.unwrap_or(StopSignal::Term),
+            signal.or(own).unwrap_or(StopSignal::Term),
             timeout.unwrap_or(default_timeout),
         )
     }
 
-    /// Sends `signal`, waits up to `timeout_secs` for the process to exit, then SIGKILLs it;
-    /// `None` when the container disappeared meanwhile.
+    /// Sends `signal`, waits up to `grace` for the process to exit, then SIGKILLs it; `None`
+    /// when the container disappeared meanwhile. Each Docker call takes its own turn; the wait
+    /// holds none.
     async fn signal_wait_kill(
         &self,
-        docker: &Docker,
         container_id: &str,
         signal: StopSignal,
-        timeout_secs: u32,
+        grace: Duration,
     ) -> Result<Option<StopEnded>, DockerError> {
-        let kill = |signal: &str| KillContainerOptions {
-            signal: signal.to_owned(),
-        };
-        match docker
-            .kill_container(container_id, Some(kill(signal.as_str())))
-            .await
-        {
-            Ok(()) => {}
-            Err(err) if is_not_found(&err) => return Ok(None),
-            // 409: it stopped between the inspect and the signal.
-            Err(err) if status(&err) == Some(409) => return Ok(Some(StopEnded::Graceful)),
-            Err(err) => return Err(DockerError::Unavailable(format!("kill -{signal}: {err}"))),
+        match self.kill(container_id, signal.as_str()).await? {
+            Delivered::Yes => {}
+            Delivered::NotRunning => return Ok(Some(StopEnded::Graceful)),
+            Delivered::Gone => return Ok(None),
         }
-        let grace = Duration::from_secs(timeout_secs.into());
-        if tokio::time::timeout(grace, wait_not_running(docker, container_id))
+        if tokio::time::timeout(grace, self.wait_not_running(container_id, grace))
             .await
-            .is_ok()
+            .is_ok_and(|exited| exited.is_ok())
         {
             return Ok(Some(StopEnded::Graceful));
         }
-        match docker
-            .kill_container(container_id, Some(kill("SIGKILL")))
+        // The timeout ran out, or the wait could not tell: what Docker says now decides.
+        match self.kill(container_id, "SIGKILL").await? {
+            Delivered::Yes => {}
+            Delivered::NotRunning => return Ok(Some(StopEnded::Graceful)),
+            Delivered::Gone => return Ok(None),
+        }
+        let slack = self.call_slack;
+        if self.wait_not_running(container_id, slack).await.is_err() {
+            match self.inspect(container_id).await? {
+                Some(after) if is_running(&after) => {
+                    return Err(DockerError::Unavailable(format!(
+                        "container {container_id} still runs after SIGKILL"
+                    )))
+                }
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(StopEnded::Killed))
+    }
+
+    /// Sends `signal` to the container's process, in a Docker turn of its own.
+    async fn kill(&self, container_id: &str, signal: &str) -> Result<Delivered, DockerError> {
+        let _turn = self.turn().await;
+        let options = KillContainerOptions {
+            signal: signal.to_owned(),
+        };
+        match self
+            .docker
+            .kill_container(container_id, Some(options))
             .await
         {
-            Ok(()) => {}
-            Err(err) if is_not_found(&err) => return Ok(None),
-            Err(err) if status(&err) == Some(409) => return Ok(Some(StopEnded::Graceful)),
-            Err(err) => return Err(DockerError::Unavailable(format!("kill -SIGKILL: {err}"))),
+            Ok(()) => Ok(Delivered::Yes),
+            Err(err) if is_not_found(&err) => Ok(Delivered::Gone),
+            // 409: it is not running (it exited between the last look and the signal).
+            Err(err) if status(&err) == Some(409) => Ok(Delivered::NotRunning),
+            Err(err) => Err(DockerError::Unavailable(format!("kill -{signal}: {err}"))),
         }
-        wait_not_running(docker, container_id).await;
-        Ok(Some(StopEnded::Killed))
+    }
+
+    /// Waits (at most `within` plus the call slack) until the container's process is not
+    /// running. An error means the wait could not tell (the container may still run).
+    async fn wait_not_running(&self, container_id: &str, within: Duration) -> Result<(), String> {
+        let docker = self.docker.clone().with_timeout(within + self.call_slack);
+        let options = WaitContainerOptions {
+            condition: "not-running".to_owned(),
+        };
+        match docker
+            .wait_container(container_id, Some(options))
+            .next()
+            .await
+        {
+            // bollard reports a non-zero exit code as an error: the process exited all the same.
+            Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) => Ok(()),
+            Some(Err(err)) => Err(err.to_string()),
+            None => Err("the wait ended without an answer".to_owned()),
+        }
     }
 
     /// Creates the container `name` from `image` (or adopts it: a retried attempt finds the one
@@ -584,16 +639,14 @@ impl DockerRuntime {
     }
 }
 
-/// Waits until the container's process is not running (or the container is gone, or Docker
-/// answers otherwise: the caller's next call tells).
-async fn wait_not_running(docker: &Docker, container_id: &str) {
-    let options = WaitContainerOptions {
-        condition: "not-running".to_owned(),
-    };
-    let _ = docker
-        .wait_container(container_id, Some(options))
-        .next()
-        .await;
+/// Whether a signal reached the container's process.
+enum Delivered {
+    /// Docker sent it.
+    Yes,
+    /// The container exists but its process does not run.
+    NotRunning,
+    /// No such container.
+    Gone,
 }
 
 /// The exit code of a container that has stopped.

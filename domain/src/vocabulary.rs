@@ -187,6 +187,29 @@ vocabulary!(
     }
 );
 
+impl StopSignal {
+    /// Reads an image's or container's stop signal as Docker spells it (`SIGTERM`, `TERM`,
+    /// `15`, any case); `None` for a signal outside the six.
+    pub fn from_docker(raw: &str) -> Option<Self> {
+        let raw = raw.trim().to_ascii_uppercase();
+        let name = match raw.as_str() {
+            "15" => "SIGTERM",
+            "2" => "SIGINT",
+            "3" => "SIGQUIT",
+            "1" => "SIGHUP",
+            "10" => "SIGUSR1",
+            "12" => "SIGUSR2",
+            other => other,
+        };
+        let name = if name.starts_with("SIG") {
+            name.to_owned()
+        } else {
+            format!("SIG{name}")
+        };
+        name.parse().ok()
+    }
+}
+
 /// The largest stop timeout a request or a label may ask for, in seconds.
 pub const STOP_TIMEOUT_MAX_SECS: u32 = 3600;
 
@@ -223,6 +246,20 @@ mod tests {
         }
         for reason in StopReason::ALL {
             assert_eq!(reason.as_str().parse::<StopReason>().unwrap(), *reason);
+        }
+    }
+
+    #[test]
+    fn docker_spellings_of_a_stop_signal_are_read() {
+        for raw in ["SIGQUIT", "QUIT", "quit", "3", " sigquit "] {
+            assert_eq!(
+                StopSignal::from_docker(raw),
+                Some(StopSignal::Quit),
+                "{raw}"
+            );
+        }
+        for raw in ["SIGKILL", "9", "SIGRTMIN+3", ""] {
+            assert_eq!(StopSignal::from_docker(raw), None, "{raw}");
         }
     }
 

@@ -118,7 +118,24 @@ async fn a_signal_from_the_request_or_the_label_ends_the_game_gracefully() {
     );
     assert_eq!(stop.ended, StopEnded::Graceful);
 
-    assert_eq!(container_stops(&app, "SIGUSR1", "graceful"), 2);
+    // No request field and no label: the image's own stop signal, through Docker's stop.
+    let game = app.new_game("usr1-image");
+    let labels = app.game_labels(&game);
+    let container = app
+        .container_shaped(labels, Some(EXITS_ON_USR1.to_vec()), |body| {
+            body.stop_signal = Some("SIGUSR1".into());
+        })
+        .await;
+    app.insert_record(&game, "running", Some(&container)).await;
+    let out = app.stop(&game).await;
+    assert_outcome(&out, Outcome::Success, None);
+    let stop = out.stop.expect("the stop report");
+    assert_eq!(
+        (stop.signal, stop.ended),
+        (StopSignal::Usr1, StopEnded::Graceful)
+    );
+
+    assert_eq!(container_stops(&app, "SIGUSR1", "graceful"), 3);
     assert_eq!(container_stops(&app, "SIGTERM", "graceful"), 1);
 }
 

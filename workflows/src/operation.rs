@@ -176,7 +176,10 @@ impl SearchAttributeUpserts {
             };
         }
         if ctx.patched(SEARCH_ATTRIBUTES_FROM_START) {
-            let started_with = ctx.search_attributes().contains_key(&search::GAME_ID);
+            let at_start = ctx.search_attributes();
+            let started_with = [search::GAME_ID, search::OP_KIND, search::OP_SOURCE]
+                .iter()
+                .all(|key| at_start.contains_key(key));
             return Self {
                 identity: !started_with,
                 outcome: true,

@@ -80,7 +80,10 @@ async fn run_under_lease<W>(
     op.note_container(&container_id);
     // The container's label may ask for any timeout up to the maximum: without a requested
     // one, the attempt allows for the longest.
-    let grace = request.timeout_secs.unwrap_or(STOP_TIMEOUT_MAX_SECS);
+    let grace = request.timeout_secs.map_or_else(
+        || Duration::from_secs(STOP_TIMEOUT_MAX_SECS.into()).max(op.settings.graceful_stop_timeout),
+        |secs| Duration::from_secs(secs.into()),
+    );
     let stopped = op
         .docker_waiting(
             StopContainer,
@@ -92,7 +95,7 @@ async fn run_under_lease<W>(
                 signal: request.signal,
             },
             Cancel::WithWorkflow,
-            Duration::from_secs(grace.into()),
+            grace,
         )
         .await;
     let report = match stopped {

@@ -549,18 +549,33 @@ impl TestApp {
         cmd: Option<Vec<&str>>,
         memory_bytes: Option<i64>,
     ) -> String {
-        let body = ContainerCreateBody {
+        self.container_shaped(labels, cmd, |body| {
+            let host = body.host_config.get_or_insert_with(Default::default);
+            host.memory = memory_bytes;
+            host.memory_swap = memory_bytes;
+        })
+        .await
+    }
+
+    /// [`TestApp::container`], with `shape` applied to the create request (a memory limit, a
+    /// stop signal).
+    pub async fn container_shaped(
+        &mut self,
+        labels: HashMap<String, String>,
+        cmd: Option<Vec<&str>>,
+        shape: impl FnOnce(&mut ContainerCreateBody),
+    ) -> String {
+        let mut body = ContainerCreateBody {
             image: Some(game_image()),
             cmd: cmd.map(|c| c.into_iter().map(String::from).collect()),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
-                memory: memory_bytes,
-                memory_swap: memory_bytes,
                 ..Default::default()
             }),
             ..Default::default()
         };
+        shape(&mut body);
         let name = unique("rtm-test");
         let created = self
             .docker
