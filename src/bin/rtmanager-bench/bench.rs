@@ -123,7 +123,7 @@ pub struct BenchOptions {
     #[arg(long, env = "RTMANAGER_DEV_DOCKER_HOSTS", value_delimiter = ',')]
     pub docker_hosts: Vec<String>,
     /// Growth runs: for each N, N stops through HTTP in flight at once (comma-separated;
-    /// `--growth ''` skips them).
+    /// `--growth 0` skips them).
     #[arg(long, value_delimiter = ',', default_value = "10,100,500,1000")]
     pub growth: Vec<usize>,
 }
