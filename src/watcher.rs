@@ -249,24 +249,6 @@ impl Watcher {
         }
     }
 
-    fn event(
-        &self,
-        game: &GameId,
-        container: &str,
-        event_type: &str,
-        at: DateTime<Utc>,
-        details: serde_json::Value,
-    ) -> HealthEvent {
-        HealthEvent {
-            operation_id: format!("{event_type}:{container}"),
-            game_id: game.clone(),
-            container_id: Some(container.to_owned()),
-            event_type: event_type.to_owned(),
-            occurred_at: at,
-            details,
-        }
-    }
-
     /// Best effort, like every health event: a failure is logged.
     async fn publish(&self, event: HealthEvent) {
         if let Err(err) = self.deps.store.upsert_health_snapshot(&event).await {
@@ -306,7 +288,9 @@ impl Watcher {
                 "crashes": crashes,
                 "window_secs": restarts.window.as_secs(),
             });
-            let event = self.event(&game, &container, CRASH_LOOP, at, details);
+            let key = format!("{CRASH_LOOP}:{container}");
+            let event =
+                HealthEvent::of_container(key, &game, &container, (CRASH_LOOP, details), at);
             self.publish(event).await;
             tracing::error!(game_id = %game, crashes, "crash loop: the game is left stopped");
             return;

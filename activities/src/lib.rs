@@ -109,19 +109,35 @@ impl RuntimeActivities {
     }
 }
 
-// `#[activities]` generates an undocumented constant per activity; it copies each method's
-// `#[allow]` attributes onto it, hence the `allow(missing_docs)` on documented methods.
-#[activities]
-impl RuntimeActivities {
-    /// [`contract::AcquireLease`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::AcquireLease)]
-    pub async fn acquire_lease(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: AcquireLeaseInput,
-    ) -> Result<LeaseOutcome, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
+/// Writes the `#[activities]` impl. Each entry names its method, its contract, its input and
+/// output, the game its span names, and its work (a future); the macro adds the signature the
+/// SDK wants and runs the work inside [`RuntimeActivities::step`] (span and fault points), so
+/// no activity spells either again. `#[activities]` generates an undocumented constant per
+/// activity and copies each method's `#[allow]` onto it, hence the `allow(missing_docs)`.
+macro_rules! activity_impls {
+    ($(
+        $method:ident = $contract:ident($this:ident, $ctx:ident, $input:ident: $in:ty) -> $out:ty,
+            game $game:expr => $work:expr;
+    )*) => {
+        #[activities]
+        impl RuntimeActivities {$(
+            #[doc = concat!("[`contract::", stringify!($contract), "`].")]
+            #[allow(missing_docs)]
+            #[activity(definition = contract::$contract)]
+            pub async fn $method(
+                $this: Arc<Self>,
+                $ctx: ActivityContext,
+                $input: $in,
+            ) -> Result<$out, ActivityError> {
+                $this.step(&$ctx, $game, $work).await
+            }
+        )*}
+    };
+}
+
+activity_impls! {
+    acquire_lease = AcquireLease(self, ctx, input: AcquireLeaseInput) -> LeaseOutcome,
+        game input.game_id.as_str() => async {
             let started = std::time::Instant::now();
             let holder = LeaseHolder {
                 workflow_id: ctx.info().workflow_id.clone().unwrap_or_default(),
@@ -134,77 +150,34 @@ impl RuntimeActivities {
                 Ok((LeaseOutcome::HeldByOther, _)) => "held_by_other",
                 Err(_) => "error",
             };
-            self.deps
-                .telemetry
-                .record_lease_acquire(label, started.elapsed());
-            result
-                .map(|(outcome, _)| outcome)
-                .map_err(|err| retryable(format!("redis: {err}")))
-        })
-        .await
-    }
+            self.deps.telemetry.record_lease_acquire(label, started.elapsed());
+            result.map(|(outcome, _)| outcome).map_err(redis_error)
+        };
 
-    /// [`contract::CheckLease`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::CheckLease)]
-    pub async fn check_lease(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: CheckLeaseInput,
-    ) -> Result<bool, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            self.deps
-                .redis
-                .lease_is_held_by(&input.game_id, &input.token)
-                .await
-                .map_err(|err| retryable(format!("redis: {err}")))
-        })
-        .await
-    }
+    check_lease = CheckLease(self, ctx, input: CheckLeaseInput) -> bool,
+        game input.game_id.as_str() => async {
+            let held = self.deps.redis.lease_is_held_by(&input.game_id, &input.token).await;
+            held.map_err(redis_error)
+        };
 
-    /// [`contract::ReleaseLease`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::ReleaseLease)]
-    pub async fn release_lease(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: ReleaseLeaseInput,
-    ) -> Result<bool, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            let released = self
-                .deps
-                .redis
-                .release_lease(&input.game_id, &input.token)
-                .await
-                .map_err(|err| {
-                    tracing::warn!(err = %err, "release game lease");
-                    retryable(format!("redis: {err}"))
-                })?;
+    release_lease = ReleaseLease(self, ctx, input: ReleaseLeaseInput) -> bool,
+        game input.game_id.as_str() => async {
+            let released = self.deps.redis.release_lease(&input.game_id, &input.token).await;
+            let released = released.map_err(|err| {
+                tracing::warn!(err = %err, "release game lease");
+                redis_error(err)
+            })?;
             if !released {
                 tracing::debug!("lease was no longer held by this operation");
             }
             Ok(released)
-        })
-        .await
-    }
+        };
 
-    /// [`contract::LoadRecord`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::LoadRecord)]
-    pub async fn load_record(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: LoadRecordInput,
-    ) -> Result<Option<LoadedRecord>, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            let loaded = self
-                .deps
-                .store
-                .get_record_with_writer(&input.game_id)
-                .await
-                .map_err(store_error)?;
+    load_record = LoadRecord(self, ctx, input: LoadRecordInput) -> Option<LoadedRecord>,
+        game input.game_id.as_str() => async {
+            let loaded = self.deps.store.get_record_with_writer(&input.game_id).await;
             let shared = &self.deps.hosts.shared_queue;
-            Ok(loaded.map(|(record, writer)| LoadedRecord {
+            Ok(loaded.map_err(store_error)?.map(|(record, writer)| LoadedRecord {
                 host: Some(HostRoute {
                     task_queue: record.host_id.task_queue(shared),
                     host_id: record.host_id.clone(),
@@ -214,51 +187,19 @@ impl RuntimeActivities {
                     == Some(&input.operation_id),
                 last_container_id: writer.last_container_id,
             }))
-        })
-        .await
-    }
+        };
 
-    /// [`contract::InspectGame`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::InspectGame)]
-    pub async fn inspect_game(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: InspectGameInput,
-    ) -> Result<ContainerState, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            let state = self
-                .deps
-                .docker
-                .state_of(&input.game_id, &input.container_id)
-                .await;
+    inspect_game = InspectGame(self, ctx, input: InspectGameInput) -> ContainerState,
+        game input.game_id.as_str() => async {
+            let state = self.deps.docker.state_of(&input.game_id, &input.container_id).await;
             docker_result(state, &ctx, &input.container_id)
-        })
-        .await
-    }
+        };
 
-    /// [`contract::ScanHost`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::ScanHost)]
-    pub async fn scan_host(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: ScanHostInput,
-    ) -> Result<HostScan, ActivityError> {
-        self.step(&ctx, "", async { self.scan(&ctx, &input.host_id).await })
-            .await
-    }
+    scan_host = ScanHost(self, ctx, input: ScanHostInput) -> HostScan,
+        game "" => self.scan(&ctx, &input.host_id);
 
-    /// [`contract::RemoveOrphan`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::RemoveOrphan)]
-    pub async fn remove_orphan(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: RemoveOrphanInput,
-    ) -> Result<bool, ActivityError> {
-        let label = input.game_label.clone();
-        self.step(&ctx, &label, async {
+    remove_orphan = RemoveOrphan(self, ctx, input: RemoveOrphanInput) -> bool,
+        game &input.game_label => async {
             // Adopted meanwhile (a start recorded it, or an operation on the game is under
             // way): not an orphan any more.
             if let Ok(game_id) = GameId::parse(&input.game_label) {
@@ -267,43 +208,27 @@ impl RuntimeActivities {
                     r.current_container_id.as_deref() == Some(input.container_id.as_str())
                 });
                 let busy = self.deps.redis.lease_is_held(&game_id).await;
-                if named || busy.map_err(|err| retryable(format!("redis: {err}")))? {
+                if named || busy.map_err(redis_error)? {
                     return Ok(false);
                 }
             }
-            let removed = self
-                .deps
-                .docker
-                .remove_orphan(&input.container_id, &input.game_label)
-                .await;
+            let docker = &self.deps.docker;
+            let removed = docker.remove_orphan(&input.container_id, &input.game_label).await;
             let removed = docker_result(removed, &ctx, &input.container_id)?;
             if removed {
-                tracing::warn!(container_id = %input.container_id, game = %input.game_label, "removed an orphan container");
+                tracing::warn!(container_id = %input.container_id, game = %input.game_label,
+                    "removed an orphan container");
             }
             Ok(removed)
-        })
-        .await
-    }
+        };
 
-    /// [`contract::PlaceGame`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::PlaceGame)]
-    pub async fn place_game(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: PlaceGameInput,
-    ) -> Result<Placement, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
+    place_game = PlaceGame(self, ctx, input: PlaceGameInput) -> Placement,
+        game input.game_id.as_str() => async {
             let hosts = &self.deps.hosts;
             let placement = self
                 .deps
                 .store
-                .place_game(
-                    &input.game_id,
-                    input.host.as_ref(),
-                    &hosts.shared_queue,
-                    hosts.down_after,
-                )
+                .place_game(&input.game_id, input.host.as_ref(), &hosts.shared_queue, hosts.down_after)
                 .await
                 .map_err(store_error)?;
             match &placement {
@@ -311,145 +236,69 @@ impl RuntimeActivities {
                 Placement::Refused { message, .. } => tracing::info!(message, "not placed"),
             }
             Ok(placement)
-        })
-        .await
-    }
+        };
 
-    /// [`contract::StopContainer`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::StopContainer)]
-    pub async fn stop_container(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: StopContainerInput,
-    ) -> Result<ContainerStopOutcome, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            let ask = StopAsk {
-                timeout_secs: input.timeout_secs,
-                signal: input.signal,
-            };
-            let stop = self
-                .deps
-                .docker
-                .stop(&input.game_id, &input.container_id, ask);
-            let result = self
-                .keeping_lease(&ctx, &input.game_id, &input.lease, stop)
-                .await?;
+    stop_container = StopContainer(self, ctx, input: StopContainerInput) -> ContainerStopOutcome,
+        game input.game_id.as_str() => async {
+            let ask = StopAsk { timeout_secs: input.timeout_secs, signal: input.signal };
+            let stop = self.deps.docker.stop(&input.game_id, &input.container_id, ask);
+            let result = self.keeping_lease(&ctx, &input.game_id, &input.lease, stop).await?;
             docker_result(result, &ctx, &input.container_id)
-        })
-        .await
-    }
+        };
 
-    /// [`contract::EnsureContainer`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::EnsureContainer)]
-    pub async fn ensure_container(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: EnsureContainerInput,
-    ) -> Result<String, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            let ensure =
-                self.deps
-                    .docker
-                    .ensure_running(&input.game_id, &input.image_ref, &input.name);
-            let result = self
-                .keeping_lease(&ctx, &input.game_id, &input.lease, ensure)
-                .await?;
+    ensure_container = EnsureContainer(self, ctx, input: EnsureContainerInput) -> String,
+        game input.game_id.as_str() => async {
+            let docker = &self.deps.docker;
+            let ensure = docker.ensure_running(&input.game_id, &input.image_ref, &input.name);
+            let result = self.keeping_lease(&ctx, &input.game_id, &input.lease, ensure).await?;
             docker_result(result, &ctx, &input.name)
-        })
-        .await
-    }
+        };
 
-    /// [`contract::RemoveContainer`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::RemoveContainer)]
-    pub async fn remove_container(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: RemoveContainerInput,
-    ) -> Result<(), ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            let result = self
-                .deps
-                .docker
-                .remove(&input.game_id, &input.container_id)
-                .await;
-            docker_result(result, &ctx, &input.container_id)
-        })
-        .await
-    }
+    remove_container = RemoveContainer(self, ctx, input: RemoveContainerInput) -> (),
+        game input.game_id.as_str() => async {
+            let removed = self.deps.docker.remove(&input.game_id, &input.container_id).await;
+            docker_result(removed, &ctx, &input.container_id)
+        };
 
-    /// [`contract::RemoveStaleContainers`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::RemoveStaleContainers)]
-    pub async fn remove_stale_containers(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: RemoveContainerInput,
-    ) -> Result<u32, ActivityError> {
-        self.step(&ctx, input.game_id.as_str(), async {
-            let result = self
-                .deps
-                .docker
-                .remove_stale(&input.game_id, &input.container_id)
-                .await;
-            docker_result(result, &ctx, &input.container_id)
-        })
-        .await
-    }
+    remove_stale_containers = RemoveStaleContainers(self, ctx, input: RemoveContainerInput) -> u32,
+        game input.game_id.as_str() => async {
+            let docker = &self.deps.docker;
+            let removed = docker.remove_stale(&input.game_id, &input.container_id).await;
+            docker_result(removed, &ctx, &input.container_id)
+        };
 
-    /// [`contract::RecordRunning`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::RecordRunning)]
-    pub async fn record_running(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: RecordRunningInput,
-    ) -> Result<UpdateStatusOutcome, ActivityError> {
-        let write = self.deps.store.record_running(
+    record_running = RecordRunning(self, ctx, input: RecordRunningInput) -> UpdateStatusOutcome,
+        game input.game_id.as_str() => self.write_under_lease(
             &input.game_id,
-            &input.operation_id,
-            input.fence,
-            &input.container_id,
-            input.image_ref.as_str(),
-            input.host_id.as_ref(),
+            input.lease.as_ref(),
+            (input.operation_id.as_str(), RuntimeStatus::Running),
+            self.deps.store.record_running(
+                &input.game_id,
+                &input.operation_id,
+                input.fence,
+                &input.container_id,
+                input.image_ref.as_str(),
+                input.host_id.as_ref(),
+            ),
         );
-        let own = (input.operation_id.as_str(), RuntimeStatus::Running);
-        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), own, write);
-        self.step(&ctx, input.game_id.as_str(), guarded).await
-    }
 
-    /// [`contract::UpdateStatus`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::UpdateStatus)]
-    pub async fn update_status(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        input: UpdateStatusInput,
-    ) -> Result<UpdateStatusOutcome, ActivityError> {
-        let write = self.deps.store.update_status(
+    update_status = UpdateStatus(self, ctx, input: UpdateStatusInput) -> UpdateStatusOutcome,
+        game input.game_id.as_str() => self.write_under_lease(
             &input.game_id,
-            &input.operation_id,
-            input.expected_from,
-            input.expected_container_id.as_deref(),
-            input.to,
-            input.fence,
+            input.lease.as_ref(),
+            (input.operation_id.as_str(), input.to),
+            self.deps.store.update_status(
+                &input.game_id,
+                &input.operation_id,
+                input.expected_from,
+                input.expected_container_id.as_deref(),
+                input.to,
+                input.fence,
+            ),
         );
-        let own = (input.operation_id.as_str(), input.to);
-        let guarded = self.write_under_lease(&input.game_id, input.lease.as_ref(), own, write);
-        self.step(&ctx, input.game_id.as_str(), guarded).await
-    }
 
-    /// [`contract::PublishHealth`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::PublishHealth)]
-    pub async fn publish_health(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        event: HealthEvent,
-    ) -> Result<(), ActivityError> {
-        self.step(&ctx, event.game_id.as_str(), async {
+    publish_health = PublishHealth(self, ctx, event: HealthEvent) -> (),
+        game event.game_id.as_str() => async {
             if let Err(err) = self.deps.store.upsert_health_snapshot(&event).await {
                 tracing::error!(event_type = %event.event_type, err = %err, "upsert health snapshot");
                 return Err(store_error(err));
@@ -463,23 +312,14 @@ impl RuntimeActivities {
                 }
                 Err(err) => {
                     tracing::error!(event_type = %event.event_type, err = %err, "publish health event");
-                    Err(retryable(format!("redis: {err}")))
+                    Err(redis_error(err))
                 }
             }
-        })
-        .await
-    }
+        };
 
-    /// [`contract::AppendOperationLog`].
-    #[allow(missing_docs)]
-    #[activity(definition = contract::AppendOperationLog)]
-    pub async fn append_operation_log(
-        self: Arc<Self>,
-        ctx: ActivityContext,
-        entry: OperationEntry,
-    ) -> Result<(), ActivityError> {
-        // The raw game id: invalid requests are audited too.
-        self.step(&ctx, &entry.game_id, async {
+    // The raw game id: invalid requests are audited too.
+    append_operation_log = AppendOperationLog(self, ctx, entry: OperationEntry) -> (),
+        game &entry.game_id => async {
             let result = self.deps.store.append_operation(&entry).await;
             let last_attempt = ctx
                 .info()
@@ -503,9 +343,7 @@ impl RuntimeActivities {
                 );
                 store_error(err)
             })
-        })
-        .await
-    }
+        };
 }
 
 impl RuntimeActivities {
@@ -640,7 +478,7 @@ impl RuntimeActivities {
                 .redis
                 .lease_is_held_by(game_id, token)
                 .await
-                .map_err(|err| retryable(format!("redis: {err}")))?;
+                .map_err(redis_error)?;
             if !held {
                 let (operation_id, to) = own;
                 let done = self.deps.store.own_write(game_id, operation_id, to).await;
@@ -751,6 +589,11 @@ fn definitive(code: &str, message: impl Into<String>) -> ActivityError {
             .non_retryable(true)
             .build(),
     )
+}
+
+/// Redis faults are transient: the step retries them.
+fn redis_error(err: redis::RedisError) -> ActivityError {
+    retryable(format!("redis: {err}"))
 }
 
 fn store_error(err: StoreError) -> ActivityError {

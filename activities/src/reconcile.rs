@@ -11,7 +11,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use rtmanager_domain::{GameId, HostId};
 use rtmanager_workflows::contract::{ContainerState, Drift, HostScan, Orphan};
 
-use crate::{docker_result, retryable, store_error, RuntimeActivities};
+use crate::{docker_result, redis_error, store_error, RuntimeActivities};
 
 impl RuntimeActivities {
     /// One reconcile round's view of `host`: each `running` record against its container, and
@@ -21,7 +21,6 @@ impl RuntimeActivities {
         ctx: &ActivityContext,
         host: &HostId,
     ) -> Result<HostScan, ActivityError> {
-        let redis_error = |err: redis::RedisError| retryable(format!("redis: {err}"));
         let (store, docker, redis) = (&self.deps.store, &self.deps.docker, &self.deps.redis);
         let records = store.running_records_on(host).await.map_err(store_error)?;
         let listed = docker_result(docker.list_managed().await, ctx, "")?;

@@ -6,15 +6,27 @@ use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-/// A counter family; the definitions are static, so a bad one is a bug caught by any test.
-pub fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+/// A counter family registered in `registry`. The definitions are static, so a bad one is a
+/// bug caught by any test; a name already registered (a second bridge on one registry, in
+/// tests) keeps the first family, and the returned one counts unseen.
+pub fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let family =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    let _ = registry.register(Box::new(family.clone()));
+    family
 }
 
-/// A histogram family with `buckets`, in seconds.
-pub fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("static metric definition")
+/// A histogram family with `buckets`, in seconds, registered as [`counter`] is.
+pub fn histogram(
+    registry: &Registry,
+    (name, help): (&str, &str),
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    let family = HistogramVec::new(opts, labels).expect("static metric definition");
+    let _ = registry.register(Box::new(family.clone()));
+    family
 }
 
 /// Metric handles plus the registry that owns them.
@@ -33,57 +45,52 @@ impl Telemetry {
     /// A fresh registry with every metric in it: each process (or test) counts on its own.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let stop_outcomes = counter(
-            "rtmanager_stop_outcomes_total",
-            "Stop operations by outcome, reason and op_source",
-            &["outcome", "reason", "op_source"],
-        );
-        let operation_outcomes = counter(
-            "rtmanager_operation_outcomes_total",
-            "Lifecycle operations by kind, outcome and op_source",
-            &["op_kind", "outcome", "op_source"],
-        );
-        let lease_acquire_seconds = histogram(
-            "rtmanager_lease_acquire_seconds",
-            "Latency of one game-lease acquire attempt",
-            &["result"],
-            vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
-            ],
-        );
-        let health_events = counter(
-            "rtmanager_health_events_total",
-            "Health events published, by event type",
-            &["event_type"],
-        );
-        let container_stops = counter(
-            "rtmanager_container_stops_total",
-            "Containers stopped, by the signal sent and how they ended (graceful or killed)",
-            &["signal", "ended"],
-        );
         let docker_waiting = prometheus::IntGauge::new(
             "rtmanager_docker_calls_waiting",
             "Docker calls queued behind RTMANAGER_DOCKER_CONCURRENCY",
         )
         .expect("static metric definition");
-        for collector in [
-            Box::new(docker_waiting.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(stop_outcomes.clone()),
-            Box::new(operation_outcomes.clone()),
-            Box::new(lease_acquire_seconds.clone()),
-            Box::new(health_events.clone()),
-            Box::new(container_stops.clone()),
-        ] {
-            registry.register(collector).expect("unique metric names");
-        }
+        registry
+            .register(Box::new(docker_waiting.clone()))
+            .expect("the first metric of a fresh registry");
         Self {
-            registry,
-            stop_outcomes,
-            operation_outcomes,
-            lease_acquire_seconds,
-            health_events,
-            container_stops,
+            stop_outcomes: counter(
+                &registry,
+                "rtmanager_stop_outcomes_total",
+                "Stop operations by outcome, reason and op_source",
+                &["outcome", "reason", "op_source"],
+            ),
+            lease_acquire_seconds: histogram(
+                &registry,
+                (
+                    "rtmanager_lease_acquire_seconds",
+                    "Latency of one game-lease acquire attempt",
+                ),
+                &["result"],
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+                ],
+            ),
+            operation_outcomes: counter(
+                &registry,
+                "rtmanager_operation_outcomes_total",
+                "Lifecycle operations by kind, outcome and op_source",
+                &["op_kind", "outcome", "op_source"],
+            ),
+            health_events: counter(
+                &registry,
+                "rtmanager_health_events_total",
+                "Health events published, by event type",
+                &["event_type"],
+            ),
+            container_stops: counter(
+                &registry,
+                "rtmanager_container_stops_total",
+                "Containers stopped, by the signal sent and how they ended (graceful or killed)",
+                &["signal", "ended"],
+            ),
             docker_waiting,
+            registry,
         }
     }
 
@@ -121,16 +128,14 @@ impl Telemetry {
 
     /// Counts one operation of any verb, under the same once-per-operation rule.
     pub fn record_operation_outcome(&self, op_kind: &str, outcome: &str, op_source: &str) {
-        self.operation_outcomes
-            .with_label_values(&[op_kind, outcome, op_source])
-            .inc();
+        let labels = [op_kind, outcome, op_source];
+        self.operation_outcomes.with_label_values(&labels).inc();
     }
 
     /// The current count for one label set, for tests.
     pub fn operation_outcome_count(&self, op_kind: &str, outcome: &str, op_source: &str) -> u64 {
-        self.operation_outcomes
-            .with_label_values(&[op_kind, outcome, op_source])
-            .get()
+        let labels = [op_kind, outcome, op_source];
+        self.operation_outcomes.with_label_values(&labels).get()
     }
 
     /// `result`: `acquired`, `taken_over`, `held_by_other` or `error`; `elapsed` covers the whole

@@ -1,16 +1,14 @@
 //! The game identifier. It ends up in Redis keys, workflow ids and container names, so it is
 //! parsed once at every edge into a type that cannot hold anything else.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// Maximum length of a game id, in characters (all ASCII, so also bytes).
 pub const GAME_ID_MAX_LEN: usize = 128;
 
 /// A validated game id: 1-128 characters from `[A-Za-z0-9._-]`, first character alphanumeric.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct GameId(String);
 
 /// Why a string is not a game id.
@@ -48,31 +46,9 @@ impl GameId {
         }
         Ok(Self(raw.to_owned()))
     }
-
-    /// Safe to splice unescaped into Redis keys, workflow ids and container names.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for GameId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
-
-impl AsRef<str> for GameId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for GameId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        GameId::parse(&raw).map_err(serde::de::Error::custom)
-    }
-}
+string_id!(GameId, GameIdError);
 
 #[cfg(test)]
 mod tests {

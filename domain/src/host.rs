@@ -1,9 +1,7 @@
 //! Docker hosts. A worker serves exactly one Docker engine, named by its host id, and polls that
 //! host's own task queue; every game lives on one host.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::GameId;
 
@@ -13,8 +11,8 @@ pub const DEFAULT_HOST: &str = "local";
 
 /// A validated host id: the game id's alphabet (`[A-Za-z0-9._-]`, 1-128 characters, first one
 /// alphanumeric), because it is spliced into task queue names the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct HostId(String);
 
 impl HostId {
@@ -23,11 +21,6 @@ impl HostId {
         GameId::parse(raw)
             .map(|_| Self(raw.to_owned()))
             .map_err(|err| format!("host {raw:?} is not a host id: {}", host_words(&err)))
-    }
-
-    /// Safe to splice into a task queue name.
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 
     /// The task queue the worker of this host polls, in the deployment whose shared task queue
@@ -48,18 +41,7 @@ fn host_words(err: &crate::GameIdError) -> String {
     err.to_string().replace("game_id", "a host id")
 }
 
-impl fmt::Display for HostId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for HostId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        Self::parse(&raw).map_err(serde::de::Error::custom)
-    }
-}
+string_id!(HostId, String);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,46 @@
 
 #![warn(missing_docs)]
 
+/// The impls a validated string id has besides its `parse`: `as_str`, `Display`,
+/// `AsRef<str>`, and serde through `parse` (`try_from`) and back (`into`), so no invalid id
+/// enters from JSON.
+macro_rules! string_id {
+    ($id:ident, $error:ty) => {
+        impl $id {
+            /// The id, safe to splice unescaped into keys, queue names and container names.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $id {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$id> for String {
+            fn from(id: $id) -> Self {
+                id.0
+            }
+        }
+
+        impl TryFrom<String> for $id {
+            type Error = $error;
+
+            fn try_from(raw: String) -> Result<Self, Self::Error> {
+                Self::parse(&raw)
+            }
+        }
+    };
+}
+
 pub mod game_id;
 pub mod host;
 pub mod lifecycle;

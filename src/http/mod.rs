@@ -104,23 +104,24 @@ struct HttpMetrics {
 impl HttpMetrics {
     fn register(telemetry: &Telemetry) -> Self {
         use rtmanager_activities::telemetry::{counter, histogram};
-        let requests = counter(
-            "rtmanager_http_requests_total",
-            "HTTP requests by route and status",
-            &["method", "route", "status"],
-        );
-        let latency = histogram(
-            "rtmanager_http_request_seconds",
-            "HTTP request latency",
-            &["method", "route"],
-            vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
-            ],
-        );
-        // A second bridge on the same registry (tests) reuses the first one's collectors.
-        let _ = telemetry.registry().register(Box::new(requests.clone()));
-        let _ = telemetry.registry().register(Box::new(latency.clone()));
-        Self { requests, latency }
+        let registry = telemetry.registry();
+        let latency_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+        ];
+        Self {
+            requests: counter(
+                registry,
+                "rtmanager_http_requests_total",
+                "HTTP requests by route and status",
+                &["method", "route", "status"],
+            ),
+            latency: histogram(
+                registry,
+                ("rtmanager_http_request_seconds", "HTTP request latency"),
+                &["method", "route"],
+                latency_buckets,
+            ),
+        }
     }
 }
 

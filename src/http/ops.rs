@@ -86,17 +86,10 @@ pub(super) async fn get_record(
 ) -> Response {
     let game_id = match GameId::parse(&game_id) {
         Ok(id) => id,
-        Err(err) => return error(StatusCode::BAD_REQUEST, "invalid_request", err.to_string()),
+        Err(err) => return invalid(err),
     };
-    match state.store.get_record(&game_id).await {
-        Ok(Some(record)) => Json(record).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no runtime record for game {game_id}"),
-        ),
-        Err(err) => database_unavailable(&err),
-    }
+    let record = state.store.get_record(&game_id).await;
+    found(record, || format!("no runtime record for game {game_id}"))
 }
 
 /// `GET /api/v1/internal/hosts`: every host, its state as of now and its game counts.
@@ -115,16 +108,26 @@ pub(super) async fn drain(
 ) -> Response {
     let host = match HostId::parse(&host_id) {
         Ok(host) => host,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_request", message),
+        Err(message) => return invalid(message),
     };
     let down_after = state.router.down_after();
-    match state.store.set_draining(&host, draining, down_after).await {
-        Ok(Some(status)) => Json(status).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("host {host} is not registered"),
-        ),
+    let status = state.store.set_draining(&host, draining, down_after).await;
+    found(status, || format!("host {host} is not registered"))
+}
+
+/// A path parameter that does not parse: 400 `invalid_request`.
+fn invalid(err: impl std::fmt::Display) -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_request", err.to_string())
+}
+
+/// A read of one thing: the thing, 404 `not_found` with `missing`'s words, or 503.
+fn found<T: serde::Serialize, E: std::fmt::Display>(
+    read: Result<Option<T>, E>,
+    missing: impl FnOnce() -> String,
+) -> Response {
+    match read {
+        Ok(Some(found)) => Json(found).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", missing()),
         Err(err) => database_unavailable(&err),
     }
 }

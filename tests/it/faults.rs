@@ -74,7 +74,7 @@ async fn check_vanished_crash(step: &str) -> (TestApp, String) {
     );
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
-    let row_names = rows[0].container_id.as_deref();
+    let row_names = rows[0].refs.container_id.as_deref();
     assert_eq!(row_names, Some(cid.as_str()), "the row names it too");
     assert_eq!(app.lease_holder(&game).await, None);
     (app, game)
@@ -164,7 +164,9 @@ async fn check_restart_crash(step: &str) {
         ["stop", "start", "restart"],
         "{step}: one row per operation"
     );
-    assert!(rows.iter().all(|r| r.source_ref.as_deref() == Some("r-1")));
+    assert!(rows
+        .iter()
+        .all(|r| r.refs.source_ref.as_deref() == Some("r-1")));
     assert_eq!(app.lease_holder(&game).await, None, "{step}");
 }
 

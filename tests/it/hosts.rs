@@ -11,8 +11,8 @@ use rtmanager::config::Config;
 use rtmanager_domain::{ErrorCode, OpKind, OperationOutput, Outcome};
 
 use crate::common::{
-    assert_outcome, eventually, image_json, list_game_containers, stop_json, worker_process,
-    Bridge, HttpResponse, TestApp, WorkerProcess,
+    assert_outcome, eventually, image_json, list_game_containers, rtmanager_command, run_ok,
+    run_ok_stdout, stop_json, worker_process, Bridge, HttpResponse, TestApp, WorkerProcess,
 };
 
 const RUNTIMES: &str = "/api/v1/internal/runtimes";
@@ -314,7 +314,10 @@ async fn a_host_whose_worker_is_gone_answers_503_in_bounded_time_and_nothing_run
     let stops: Vec<_> = rows.iter().filter(|r| r.op_kind == "stop").collect();
     assert_eq!(stops.len(), 2, "one audit row per stop: {rows:?}");
     assert_eq!(
-        stops.iter().filter(|r| r.outcome == "success").count(),
+        stops
+            .iter()
+            .filter(|r| r.result.outcome == "success")
+            .count(),
         1,
         "{rows:?}"
     );
@@ -385,15 +388,9 @@ async fn stop_all_running_reports_each_host() {
         let game = hosts.app.new_game("all");
         hosts.start(&game, Some(host)).await;
     }
-    let output = crate::common::rtmanager_command(hosts.app.config())
-        .args(["stop", "--all-running"])
-        .output()
-        .expect("run rtmanager stop");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_ok_stdout(
+        rtmanager_command(hosts.app.config()).args(["stop", "--all-running"]),
+        "rtmanager stop",
     );
     // The summary: a `HOST GAMES OUTCOME` header, then one line per host and outcome.
     let summary: Vec<Vec<&str>> = stdout
@@ -415,15 +412,9 @@ async fn drain_with_stop_games_stops_that_hosts_games_only() {
     let (on_a, on_b) = (hosts.app.new_game("da"), hosts.app.new_game("db"));
     hosts.start(&on_a, Some("a")).await;
     hosts.start(&on_b, Some("b")).await;
-    let output = crate::common::rtmanager_command(hosts.app.config())
-        .args(["host", "drain", "b", "--stop-games"])
-        .output()
-        .expect("run rtmanager host drain");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_ok_stdout(
+        rtmanager_command(hosts.app.config()).args(["host", "drain", "b", "--stop-games"]),
+        "rtmanager host drain",
     );
     assert!(stdout.contains("host b: draining"), "{stdout}");
     assert!(!hosts.running_on("b", &on_b).await, "b's game stopped");
@@ -431,17 +422,16 @@ async fn drain_with_stop_games_stops_that_hosts_games_only() {
     let rows = hosts.app.op_log(&on_b).await;
     assert!(
         rows.iter()
-            .any(|r| r.op_kind == "stop" && r.outcome == "success"),
+            .any(|r| r.op_kind == "stop" && r.result.outcome == "success"),
         "{rows:?}"
     );
     hosts.await_state("b", "draining").await;
-    let undrained = crate::common::rtmanager_command(hosts.app.config())
-        .args(["host", "undrain", "b"])
-        .output()
-        .expect("run rtmanager host undrain");
-    assert!(undrained.status.success());
+    run_ok(
+        rtmanager_command(hosts.app.config()).args(["host", "undrain", "b"]),
+        "rtmanager host undrain",
+    );
     hosts.await_state("b", "active").await;
-    let unknown = crate::common::rtmanager_command(hosts.app.config())
+    let unknown = rtmanager_command(hosts.app.config())
         .args(["host", "drain", "nowhere"])
         .output()
         .expect("run rtmanager host drain");

@@ -60,7 +60,10 @@ async fn operations_answer_with_the_workflow_output_and_its_status() {
     );
     let rows = app.op_log(&game).await;
     assert_eq!(
-        (rows[0].op_source.as_str(), rows[0].source_ref.as_deref()),
+        (
+            rows[0].op_source.as_str(),
+            rows[0].refs.source_ref.as_deref()
+        ),
         ("rest", ok.header("x-request-id"))
     );
 
@@ -196,7 +199,7 @@ async fn one_request_id_is_one_operation() {
     assert_eq!(second.header("x-request-id"), Some("req-123"));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "one workflow, one row");
-    assert_eq!(rows[0].source_ref.as_deref(), Some("req-123"));
+    assert_eq!(rows[0].refs.source_ref.as_deref(), Some("req-123"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

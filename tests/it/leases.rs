@@ -80,7 +80,7 @@ async fn a_stale_inherited_token_is_a_conflict() {
         .await;
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "the refusal is audited");
-    assert_eq!(rows[0].error_code.as_deref(), Some("conflict"));
+    assert_eq!(rows[0].result.error_code.as_deref(), Some("conflict"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

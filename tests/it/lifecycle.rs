@@ -30,6 +30,28 @@ async fn patch_image(app: &TestApp) -> String {
     format!("rtmanager-game:{tag}")
 }
 
+/// An image whose command exits at once, committed from a container of the game image: a start
+/// of it dies at start. The caller removes it.
+async fn exiting_image(app: &mut TestApp) -> &'static str {
+    let container = app
+        .game_container(&unique("builder"), Some(vec!["true"]))
+        .await;
+    app.docker
+        .commit_container(
+            bollard::query_parameters::CommitContainerOptions {
+                container: Some(container),
+                repo: Some("rtmanager-game".into()),
+                tag: Some("exits".into()),
+                changes: Some("CMD [\"/bin/true\"]".into()),
+                ..Default::default()
+            },
+            bollard::models::ContainerConfig::default(),
+        )
+        .await
+        .expect("commit an image that exits");
+    "rtmanager-game:exits"
+}
+
 /// A worker whose leases live 5 s and a slow game (its stop takes `stop_timeout`): the set-up
 /// of the tests of a lease renewed while Docker works. Returns the app and the game.
 async fn short_lease_slow_game(prefix: &str, stop_timeout: Duration) -> (TestApp, String) {
@@ -104,7 +126,7 @@ async fn start_creates_a_labelled_container_and_replays() {
         .op_log(&game)
         .await
         .into_iter()
-        .map(|r| (r.op_kind, r.error_code))
+        .map(|r| (r.op_kind, r.result.error_code))
         .collect();
     assert_eq!(
         kinds,
@@ -175,25 +197,8 @@ async fn an_image_reference_docker_rejects_is_invalid_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_dies_at_start_is_a_failure_and_removed() {
     let mut app = TestApp::spawn().await;
+    let image = exiting_image(&mut app).await;
     let game = app.new_game("crashes");
-    // An image whose command exits at once.
-    let image = "rtmanager-game:exits";
-    let container = app
-        .game_container(&unique("builder"), Some(vec!["true"]))
-        .await;
-    app.docker
-        .commit_container(
-            bollard::query_parameters::CommitContainerOptions {
-                container: Some(container),
-                repo: Some("rtmanager-game".into()),
-                tag: Some("exits".into()),
-                changes: Some("CMD [\"/bin/true\"]".into()),
-                ..Default::default()
-            },
-            bollard::models::ContainerConfig::default(),
-        )
-        .await
-        .expect("commit an image that exits");
 
     let out = app.start(&game, image).await;
 
@@ -242,7 +247,7 @@ async fn restart_runs_stop_and_start_as_children_sharing_one_source_ref() {
     assert_eq!(kinds, ["stop", "start", "restart"]);
     assert!(rows
         .iter()
-        .all(|r| r.source_ref.as_deref() == Some("req-77") && r.outcome == "success"));
+        .all(|r| r.refs.source_ref.as_deref() == Some("req-77") && r.result.outcome == "success"));
     assert_eq!(app.lease_holder(&game).await, None);
 
     // The children are children of the parent, with ids derived from the parent's.
@@ -280,7 +285,11 @@ async fn patch_replaces_the_image_and_removes_the_old_container() {
     );
     assert_eq!(app.containers_of(&game).await.len(), 1);
     let rows = app.op_log(&game).await;
-    let source_refs: Vec<_> = rows.iter().skip(1).map(|r| r.source_ref.clone()).collect();
+    let source_refs: Vec<_> = rows
+        .iter()
+        .skip(1)
+        .map(|r| r.refs.source_ref.clone())
+        .collect();
     assert!(
         source_refs
             .iter()
@@ -321,7 +330,7 @@ async fn a_patch_to_a_broken_image_rolls_back() {
     let rows: Vec<_> = app.op_log(&game).await.into_iter().skip(1).collect();
     let summary: Vec<_> = rows
         .iter()
-        .map(|r| (r.op_kind.as_str(), r.outcome.as_str()))
+        .map(|r| (r.op_kind.as_str(), r.result.outcome.as_str()))
         .collect();
     assert_eq!(
         summary,
@@ -333,11 +342,14 @@ async fn a_patch_to_a_broken_image_rolls_back() {
         ]
     );
     assert!(rows[3]
+        .result
         .error_message
         .as_deref()
         .unwrap()
         .contains("rolled back"));
-    assert!(rows.iter().all(|r| r.source_ref.as_deref() == Some("p-1")));
+    assert!(rows
+        .iter()
+        .all(|r| r.refs.source_ref.as_deref() == Some("p-1")));
     assert_eq!(app.lease_holder(&game).await, None);
 }
 

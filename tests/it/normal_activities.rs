@@ -17,18 +17,9 @@ fn normal_steps(config: &mut rtmanager::Config) {
 async fn scheduled_activities(app: &TestApp, workflow_id: &str) -> Vec<String> {
     let config = app.config();
     let output = run_ok(
-        std::process::Command::new(common::temporal_cli())
-            .args(["workflow", "show", "--output", "json"])
-            .args([
-                "--address",
-                config.temporal_address.trim_start_matches("http://"),
-            ])
-            .args([
-                "--namespace",
-                &config.namespace,
-                "--workflow-id",
-                workflow_id,
-            ]),
+        common::temporal_command(config, &["workflow", "show", "--output", "json"])
+            .args(["--namespace", &config.namespace])
+            .args(["--workflow-id", workflow_id]),
         "temporal workflow show",
     );
     let history: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

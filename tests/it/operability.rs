@@ -8,7 +8,10 @@ use futures::StreamExt;
 use rtmanager_domain::GameId;
 use serde_json::Value;
 
-use crate::common::{eventually, rtmanager_command, run_ok, temporal_cli, TestApp};
+use crate::common::{
+    eventually, free_local_addr, http_exchange, rtmanager_command, run_ok, temporal_command,
+    TestApp,
+};
 
 /// The workflow ids a visibility query lists.
 async fn listed(app: &TestApp, query: &str) -> Vec<String> {
@@ -32,18 +35,9 @@ async fn every_operation_of_a_game_is_listed_by_its_search_attributes() {
     // A third way in: the `temporal` CLI, on the shared queue.
     let input = format!(r#"{{"game_id":"{game}","op_source":"admin"}}"#);
     run_ok(
-        std::process::Command::new(temporal_cli()).args([
-            "workflow",
-            "execute",
-            "--address",
-            app.config().temporal_address.trim_start_matches("http://"),
-            "--task-queue",
-            &app.config().task_queue,
-            "--type",
-            "RestartRuntime",
-            "--input",
-            &input,
-        ]),
+        temporal_command(app.config(), &["workflow", "execute"])
+            .args(["--task-queue", &app.config().task_queue])
+            .args(["--type", "RestartRuntime", "--input", &input]),
         "temporal workflow execute",
     );
 
@@ -72,15 +66,9 @@ async fn every_operation_of_a_game_is_listed_by_its_search_attributes() {
     assert_eq!(count(format!("{by_game} AND OpSource = 'admin'")).await, 4);
     assert_eq!(count(format!("{by_game} AND Outcome = 'success'")).await, 5);
     // The CLI's own listing works the same way.
+    let restarts = format!("{by_game} AND OpKind = 'restart'");
     let out = run_ok(
-        std::process::Command::new(temporal_cli()).args([
-            "workflow",
-            "list",
-            "--address",
-            app.config().temporal_address.trim_start_matches("http://"),
-            "--query",
-            &format!("{by_game} AND OpKind = 'restart'"),
-        ]),
+        temporal_command(app.config(), &["workflow", "list"]).args(["--query", &restarts]),
         "temporal workflow list",
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("RestartRuntime"));
@@ -217,14 +205,9 @@ async fn docker_calls_beyond_the_cap_wait_their_turn() {
 
 /// The body of `GET http://<addr>/metrics`, once it answers 200.
 async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     eventually("the metrics endpoint", Duration::from_secs(60), || async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
+        let text = http_exchange(addr, &request).await?;
         let (head, body) = text.split_once("\r\n\r\n")?;
         head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
     })
@@ -234,12 +217,7 @@ async fn scrape(addr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_process_serves_its_metrics_and_the_sdks() {
     let mut app = TestApp::spawn_without_worker(|_| {}).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_local_addr();
     app.cfg.config.metrics_addr = rtmanager::config::OptionalAddr(Some(addr.parse().unwrap()));
     let _worker = crate::common::worker_process(app.config());
     let (game, _) = app.running_game("metrics").await;
@@ -269,11 +247,7 @@ fn log_field<'a>(line: &'a Value, field: &str) -> Option<&'a str> {
 async fn json_logs_name_the_game_the_workflow_and_the_op_at_every_way_in() {
     use std::io::{BufRead, BufReader};
     let mut app = TestApp::spawn_without_worker(|_| {}).await;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = free_local_addr();
     let stream = format!("{}stop_jobs", app.config().redis_prefix);
     let mut run = rtmanager_command(app.config())
         .env("RTMANAGER_HTTP_ADDR", &addr)
@@ -298,8 +272,6 @@ async fn json_logs_name_the_game_the_workflow_and_the_op_at_every_way_in() {
         "rtmanager run's bridge",
         Duration::from_secs(60),
         || async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
             let body = r#"{"reason":"admin"}"#;
             let request = format!(
                 "POST /api/v1/internal/runtimes/{by_http}/stop HTTP/1.1\r\nHost: {addr}\r\n\
@@ -307,10 +279,8 @@ async fn json_logs_name_the_game_the_workflow_and_the_op_at_every_way_in() {
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            tcp.write_all(request.as_bytes()).await.ok()?;
-            let mut raw = Vec::new();
-            tcp.read_to_end(&mut raw).await.ok()?;
-            String::from_utf8_lossy(&raw)
+            http_exchange(&addr, &request)
+                .await?
                 .split_whitespace()
                 .nth(1)
                 .map(str::to_owned)
@@ -387,14 +357,8 @@ async fn json_logs_name_the_game_the_workflow_and_the_op_at_every_way_in() {
 
 /// `temporal <args> --address <dev server> -o json`, parsed.
 fn temporal_json(app: &TestApp, args: &[&str]) -> Value {
-    let address = app.config().temporal_address.trim_start_matches("http://");
     let out = run_ok(
-        std::process::Command::new(temporal_cli()).args(args).args([
-            "--address",
-            address,
-            "-o",
-            "json",
-        ]),
+        temporal_command(app.config(), args).args(["-o", "json"]),
         "temporal",
     );
     serde_json::from_slice(&out.stdout).expect("temporal -o json")

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{eventually, unique, TestApp};
+use crate::common::{eventually, free_local_addr, http_exchange, unique, TestApp};
 use rtmanager::config::ExposeSecret;
 
 fn serve(app: &TestApp, token: Option<&str>, addr: &str) -> Command {
@@ -39,22 +39,12 @@ fn serve(app: &TestApp, token: Option<&str>, addr: &str) -> Command {
     command
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_refuses_to_run_without_a_token() {
     let app = TestApp::spawn().await;
     for token in [None, Some(""), Some("short")] {
         let out = tokio::task::block_in_place(|| {
-            serve(&app, token, &format!("127.0.0.1:{}", free_port()))
-                .output()
-                .unwrap()
+            serve(&app, token, &free_local_addr()).output().unwrap()
         });
         assert_eq!(out.status.code(), Some(2), "{token:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("RTMANAGER_API_TOKEN"));
@@ -66,23 +56,17 @@ async fn the_token_never_reaches_the_logs() {
     let mut app = TestApp::spawn().await;
     let token = format!("secret-{}", unique("tok"));
     let wrong = format!("guess-{}", unique("tok"));
-    let port = free_port();
-    let mut child = serve(&app, Some(&token), &format!("127.0.0.1:{port}"))
-        .spawn()
-        .unwrap();
+    let addr = free_local_addr();
+    let mut child = serve(&app, Some(&token), &addr).spawn().unwrap();
     let (game, _) = app.running_game("sec").await;
 
     // Wait for the bridge, then call it with the right and a wrong token.
     eventually("the bridge to come up", Duration::from_secs(10), || async {
-        let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+        let connected = tokio::net::TcpStream::connect(&addr).await;
         connected.ok().map(drop)
     })
     .await;
     for (presented, expected) in [(&token, "HTTP/1.1 200"), (&wrong, "HTTP/1.1 401")] {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
         let body = r#"{"reason":"admin"}"#;
         let request = format!(
             "POST /api/v1/internal/runtimes/{game}/stop HTTP/1.1\r\nHost: x\r\n\
@@ -90,9 +74,9 @@ async fn the_token_never_reaches_the_logs() {
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
+        let response = http_exchange(&addr, &request)
+            .await
+            .expect("the bridge answers");
         assert!(
             response.starts_with(expected),
             "expected {expected}: {}",

@@ -21,6 +21,14 @@ async fn app() -> TestApp {
     TestApp::spawn_without_worker(|_| {}).await
 }
 
+/// [`app`] and a game in it whose container is already gone: the set-up of the tests that stall
+/// the vanished path. Returns the app, the game and its (removed) container.
+async fn vanished_game(prefix: &str) -> (TestApp, String, String) {
+    let mut app = app().await;
+    let (game, cid) = app.vanished_game(prefix).await;
+    (app, game, cid)
+}
+
 /// Runs a stop on a worker process stalled by `fault`; `meanwhile` runs once the worker has
 /// stalled `stalls` times there (each stall is long enough for it to act inside the window).
 async fn stop_with_stall(
@@ -113,15 +121,14 @@ async fn a_compare_and_swap_refused_by_a_newer_fence_is_a_conflict() {
     );
     assert_eq!(app.record_fence(&game).await, i64::MAX - 1);
     let rows = app.op_log(&game).await;
-    assert_eq!(rows[0].error_code.as_deref(), Some("conflict"));
-    assert_eq!(rows[0].container_id.as_deref(), Some(cid.as_str()));
+    assert_eq!(rows[0].result.error_code.as_deref(), Some("conflict"));
+    assert_eq!(rows[0].refs.container_id.as_deref(), Some(cid.as_str()));
     assert_eq!(app.lease_holder(&game).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
-    let mut app = app().await;
-    let (game, _) = app.vanished_game("vanish-moved").await;
+    let (app, game, _) = vanished_game("vanish-moved").await;
 
     let out = stop_with_stall(&app, &game, BEFORE_THE_CAS, 1, app.mark_stopped(&game)).await;
 
@@ -142,8 +149,7 @@ async fn the_vanished_path_meeting_a_moved_record_is_a_replay_no_op() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vanished_path_meeting_a_deleted_record_still_reports_the_removal() {
-    let mut app = app().await;
-    let (game, cid) = app.vanished_game("vanish-deleted").await;
+    let (app, game, cid) = vanished_game("vanish-deleted").await;
 
     let out = stop_with_stall(&app, &game, BEFORE_THE_CAS, 1, app.delete_record(&game)).await;
 
@@ -230,7 +236,7 @@ async fn a_failing_health_publish_does_not_change_the_outcome() {
 
     assert_outcome(&out, Outcome::Success, None);
     assert_eq!(app.status(&game).await, RuntimeStatus::Removed);
-    assert_eq!(app.op_log(&game).await[0].outcome, "success");
+    assert_eq!(app.op_log(&game).await[0].result.outcome, "success");
     assert_eq!(
         app.telemetry.health_event_count("container_disappeared"),
         0,
@@ -242,8 +248,7 @@ async fn a_failing_health_publish_does_not_change_the_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_publish_that_failed_once_is_published_by_its_retry() {
-    let mut app = app().await;
-    let (game, cid) = app.vanished_game("health-retry").await;
+    let (app, game, cid) = vanished_game("health-retry").await;
     break_the_health_stream(&app).await;
 
     // Each attempt stalls 1 s, upserts the snapshot, then XADDs: the first attempt's XADD fails
@@ -279,7 +284,10 @@ async fn a_failing_lease_release_does_not_change_the_outcome() {
     assert_eq!(app.status(&game).await, RuntimeStatus::Stopped);
     assert_eq!(app.container_running(&cid).await, Some(false));
     let rows = app.op_log(&game).await;
-    assert_eq!((rows.len(), rows[0].outcome.as_str()), (1, "success"));
+    assert_eq!(
+        (rows.len(), rows[0].result.outcome.as_str()),
+        (1, "success")
+    );
     let kind: String = redis::cmd("TYPE")
         .arg(&key)
         .query_async(&mut app.redis.clone())

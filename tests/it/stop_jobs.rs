@@ -131,11 +131,8 @@ async fn an_entry_stops_its_game_and_is_acknowledged() {
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].op_source, "stream");
-    assert_eq!(rows[0].source_ref.as_deref(), Some(entry.as_str()));
-    let stops = app
-        .telemetry
-        .stop_outcome_count("success", "finished", "stream");
-    assert_eq!(stops, 1);
+    assert_eq!(rows[0].refs.source_ref.as_deref(), Some(entry.as_str()));
+    app.assert_stops_counted(["success", "finished", "stream"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,9 +209,9 @@ async fn an_entry_names_the_signal_and_the_timeout() {
     assert_eq!(app.container_running(&container).await, Some(false));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].stop_signal.as_deref(), Some("SIGUSR1"));
-    assert_eq!(rows[0].stop_timeout_secs, Some(120));
-    assert_eq!(rows[0].stop_ended.as_deref(), Some("graceful"));
+    assert_eq!(rows[0].stop.signal.as_deref(), Some("SIGUSR1"));
+    assert_eq!(rows[0].stop.timeout_secs, Some(120));
+    assert_eq!(rows[0].stop.ended.as_deref(), Some("graceful"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +238,7 @@ async fn an_entry_left_by_a_killed_consumer_is_finished_once() {
     assert_eq!(app.container_running(&cid).await, Some(false));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "joined the same workflow: {rows:?}");
-    assert_eq!(rows[0].source_ref.as_deref(), Some(entry.as_str()));
+    assert_eq!(rows[0].refs.source_ref.as_deref(), Some(entry.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,8 +293,8 @@ async fn a_stop_during_a_held_lease_waits_for_it() {
     let rows = app.op_log(&game).await;
     assert!(rows[..rows.len() - 1]
         .iter()
-        .all(|r| r.error_code.as_deref() == Some("conflict")));
-    assert_eq!(rows.last().unwrap().outcome, "success");
+        .all(|r| r.result.error_code.as_deref() == Some("conflict")));
+    assert_eq!(rows.last().unwrap().result.outcome, "success");
     await_acknowledged(&app, &stream, "acknowledged", Duration::from_secs(10)).await;
 }
 

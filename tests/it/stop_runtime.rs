@@ -50,17 +50,14 @@ async fn stops_a_running_game() {
     assert_eq!(app.container_running(&cid).await, Some(false));
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].outcome, "success");
-    assert_eq!(rows[0].error_code, None);
-    assert_eq!(rows[0].container_id.as_deref(), Some(cid.as_str()));
-    assert_eq!(rows[0].source_ref.as_deref(), Some("1-0"));
+    assert_eq!(rows[0].result.outcome, "success");
+    assert_eq!(rows[0].result.error_code, None);
+    assert_eq!(rows[0].refs.container_id.as_deref(), Some(cid.as_str()));
+    assert_eq!(rows[0].refs.source_ref.as_deref(), Some("1-0"));
     assert_eq!(rows[0].op_source, "stream");
-    assert!(rows[0].finished);
+    assert!(rows[0].result.finished);
     assert_eq!(app.lease_holder(&game).await, None, "lease released");
-    let stops = app
-        .telemetry
-        .stop_outcome_count("success", "finished", "stream");
-    assert_eq!(stops, 1);
+    app.assert_stops_counted(["success", "finished", "stream"], 1);
     assert_eq!(app.telemetry.lease_acquire_count("acquired"), 1);
     assert!(app
         .telemetry
@@ -86,7 +83,7 @@ async fn stopped_and_removed_records_replay_as_no_op() {
         assert_eq!(out.record.unwrap().status, status);
         let rows = app.op_log(game).await;
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].error_code.as_deref(), Some("replay_no_op"));
+        assert_eq!(rows[0].result.error_code.as_deref(), Some("replay_no_op"));
         assert_eq!(app.lease_holder(game).await, None);
     }
     assert_eq!(
@@ -172,10 +169,7 @@ async fn invalid_and_malformed_input_completes_with_invalid_request() {
     );
     let code = app.first_error_code("bad id").await;
     assert_eq!(code.as_deref(), Some("invalid_request"));
-    let stops = app
-        .telemetry
-        .stop_outcome_count("failure", "admin", "admin");
-    assert_eq!(stops, 6);
+    app.assert_stops_counted(["failure", "admin", "admin"], 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,12 +237,12 @@ async fn an_unreachable_docker_is_service_unavailable() {
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(
-        rows[0].container_id.as_deref(),
+        rows[0].refs.container_id.as_deref(),
         Some(cid.as_str()),
         "row names the container"
     );
     assert_eq!(
-        rows[0].image_ref.as_deref(),
+        rows[0].refs.image_ref.as_deref(),
         Some(common::game_image().as_str())
     );
     assert_eq!(app.status(&game).await, RuntimeStatus::Running);
@@ -312,7 +306,7 @@ async fn a_vanished_container_removes_the_record_and_reports_it() {
     assert_eq!(container.as_deref(), Some(cid.as_str()));
     assert_eq!(details, serde_json::json!({}));
     assert_eq!(app.telemetry.health_event_count("container_disappeared"), 1);
-    assert_eq!(app.op_log(&game).await[0].outcome, "success");
+    assert_eq!(app.op_log(&game).await[0].result.outcome, "success");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,10 +355,8 @@ async fn audit_log_failure_does_not_change_the_outcome() {
         "the insert really failed"
     );
     assert_eq!(app.lease_holder(&game).await, None);
-    let stops = app
-        .telemetry
-        .stop_outcome_count("success", "admin", "admin");
-    assert_eq!(stops, 1, "the outcome is still counted");
+    // The outcome is still counted.
+    app.assert_stops_counted(["success", "admin", "admin"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +376,7 @@ async fn cancelling_the_workflow_releases_the_lease() {
     assert_eq!(app.lease_holder(&game).await, None, "lease released");
     let rows = app.op_log(&game).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].outcome, "failure");
+    assert_eq!(rows[0].result.outcome, "failure");
     assert_eq!(app.status(&game).await, RuntimeStatus::Running);
 }
 

@@ -38,12 +38,8 @@ pub(crate) async fn game_with(
 async fn audited_stop(app: &TestApp, game: &str) -> (Option<String>, Option<i32>, Option<String>) {
     let rows = app.op_log(game).await;
     assert_eq!(rows.len(), 1, "one audit row: {rows:?}");
-    let row = &rows[0];
-    (
-        row.stop_signal.clone(),
-        row.stop_timeout_secs,
-        row.stop_ended.clone(),
-    )
+    let stop = &rows[0].stop;
+    (stop.signal.clone(), stop.timeout_secs, stop.ended.clone())
 }
 
 /// The value of `rtmanager_container_stops_total` for `signal` and `ended` in `app`'s metrics.

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use crate::common::{image_json, restart_json, run_ok, stop_json, unique, TestApp};
 
@@ -14,14 +14,8 @@ fn execute(app: &TestApp, input: &str) -> serde_json::Value {
 /// Runs `temporal workflow execute` for `workflow_type`; the CLI must succeed and the workflow
 /// complete (a business failure is a completed workflow too). Returns the workflow's output.
 fn execute_type(app: &TestApp, workflow_type: &str, input: &str) -> serde_json::Value {
-    let address = app
-        .config()
-        .temporal_address
-        .trim_start_matches("http://")
-        .to_owned();
     let out = run_ok(
-        Command::new(common::temporal_cli())
-            .args(["workflow", "execute", "--address", &address])
+        common::temporal_command(app.config(), &["workflow", "execute"])
             .args(["--task-queue", &app.config().task_queue])
             .args(["--type", workflow_type, "--workflow-id", &unique("cli")])
             .args(["--input", input, "--output", "json"]),

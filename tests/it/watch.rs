@@ -45,6 +45,12 @@ async fn await_event(
     .await
 }
 
+/// Waits (`timeout` at most) for `container`'s `container_exited` event: how a crash is
+/// reported.
+async fn await_exit(app: &TestApp, container: &str, timeout: Duration) -> HashMap<String, String> {
+    await_event(app, "container_exited", container, timeout).await
+}
+
 /// Waits until no operation holds `game`'s lease.
 async fn await_lease_free(app: &TestApp, game: &str) {
     eventually("the lease to be free", Duration::from_secs(30), || async {
@@ -85,18 +91,11 @@ fn exit_code(event: &HashMap<String, String>) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_container_is_a_crash_and_the_next_round_records_it_stopped() {
     let mut app = TestApp::spawn().await;
-    let (game, record) = app.started_game("crash").await;
-    let container = record.current_container_id.clone().unwrap();
+    let (game, container) = app.started_container("crash").await;
 
     let killed = Instant::now();
     kill(&app, &container).await;
-    let event = await_event(
-        &app,
-        "container_exited",
-        &container,
-        Duration::from_secs(10),
-    )
-    .await;
+    let event = await_exit(&app, &container, Duration::from_secs(10)).await;
     let seen = killed.elapsed();
     assert!(seen < Duration::from_secs(2), "reported after {seen:?}");
     assert_eq!(exit_code(&event), 137, "{event:?}");
@@ -118,7 +117,7 @@ async fn a_killed_container_is_a_crash_and_the_next_round_records_it_stopped() {
         .find(|r| r.op_kind == "stop")
         .expect("a stop row");
     assert_eq!(stop.op_source, "reconciler");
-    assert_eq!(stop.outcome, "success");
+    assert_eq!(stop.result.outcome, "success");
     // The watcher and the round saw the same exit: one event.
     assert_eq!(
         events_of(&app, "container_exited", &container).await.len(),
@@ -135,15 +134,13 @@ async fn a_killed_container_is_a_crash_and_the_next_round_records_it_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intended_stop_is_not_a_crash() {
     let mut app = TestApp::spawn().await;
-    let (stopped, record) = app.started_game("meant").await;
-    let stopped_container = record.current_container_id.unwrap();
+    let (stopped, stopped_container) = app.started_container("meant").await;
     assert_outcome(&app.stop(&stopped).await, Outcome::Success, None);
     // The watcher handles events in order: once a later crash is reported, the stop's exit
     // has been judged too.
-    let (_, record) = app.started_game("later").await;
-    let crashed = record.current_container_id.unwrap();
+    let (_, crashed) = app.started_container("later").await;
     kill(&app, &crashed).await;
-    await_event(&app, "container_exited", &crashed, Duration::from_secs(10)).await;
+    await_exit(&app, &crashed, Duration::from_secs(10)).await;
     assert!(
         events_of(&app, "container_exited", &stopped_container)
             .await
@@ -179,8 +176,7 @@ async fn an_oom_kill_is_container_oom() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_container_is_repaired_as_disappeared() {
     let mut app = TestApp::spawn().await;
-    let (game, record) = app.started_game("rm").await;
-    let container = record.current_container_id.unwrap();
+    let (game, container) = app.started_container("rm").await;
     app.remove_container(&container).await;
     let report = round(&app).await;
     assert!(
@@ -201,7 +197,7 @@ async fn a_removed_container_is_repaired_as_disappeared() {
         .find(|r| r.op_kind == "stop")
         .expect("the repair's row");
     assert_eq!(
-        (repair.op_source.as_str(), repair.outcome.as_str()),
+        (repair.op_source.as_str(), repair.result.outcome.as_str()),
         ("reconciler", "success")
     );
 }
@@ -278,26 +274,18 @@ async fn orphans_are_reported_and_removed_only_when_allowed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_while_the_worker_is_down_is_published_once() {
     let mut app = TestApp::spawn().await;
-    let (_, record) = app.started_game("down").await;
-    let container = record.current_container_id.unwrap();
+    let (_, container) = app.started_container("down").await;
     app.shutdown_worker().await;
     kill(&app, &container).await;
     app.start_worker();
-    let event = await_event(
-        &app,
-        "container_exited",
-        &container,
-        Duration::from_secs(30),
-    )
-    .await;
+    let event = await_exit(&app, &container, Duration::from_secs(30)).await;
     assert_eq!(exit_code(&event), 137);
     // Another restart reads the same events again (and sweeps again): still one event.
     app.shutdown_worker().await;
     app.start_worker();
-    let (_, marker) = app.started_game("mark").await;
-    let marker = marker.current_container_id.unwrap();
+    let (_, marker) = app.started_container("mark").await;
     kill(&app, &marker).await;
-    await_event(&app, "container_exited", &marker, Duration::from_secs(10)).await;
+    await_exit(&app, &marker, Duration::from_secs(10)).await;
     assert_eq!(
         events_of(&app, "container_exited", &container).await.len(),
         1
@@ -307,8 +295,7 @@ async fn a_crash_while_the_worker_is_down_is_published_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_repairs_a_running_record_whose_container_is_gone() {
     let mut app = TestApp::spawn().await;
-    let (game, record) = app.started_game("stale").await;
-    let old = record.current_container_id.unwrap();
+    let (game, old) = app.started_container("stale").await;
     app.remove_container(&old).await;
     let out = app.start(&game, &game_image()).await;
     assert_outcome(&out, Outcome::Success, None);
@@ -328,8 +315,7 @@ async fn a_crashed_game_is_restarted_until_it_crash_loops() {
         c.crash_loop_limit = 2;
     })
     .await;
-    let (game, record) = app.started_game("loop").await;
-    let mut container = record.current_container_id.unwrap();
+    let (game, mut container) = app.started_container("loop").await;
     for crash in 1..=2 {
         // A crash while the restart still holds the game's lease would be the restart's own
         // business (its start checks the container), not a crash to restart from.
@@ -358,7 +344,7 @@ async fn a_crashed_game_is_restarted_until_it_crash_loops() {
     assert_eq!(restarts.len(), 2, "{restarts:?}");
     assert!(restarts
         .iter()
-        .all(|r| r.op_source == "reconciler" && r.outcome == "success"));
+        .all(|r| r.op_source == "reconciler" && r.result.outcome == "success"));
 
     await_lease_free(&app, &game).await;
     kill(&app, &container).await;
@@ -376,9 +362,8 @@ async fn a_crashed_game_is_restarted_until_it_crash_loops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_schedules_its_rounds_and_the_cli_runs_one() {
     let mut app = TestApp::spawn_with(|c| c.reconcile_interval = Duration::from_secs(2)).await;
-    let (game, record) = app.started_game("sched").await;
-    app.remove_container(&record.current_container_id.unwrap())
-        .await;
+    let (game, container) = app.started_container("sched").await;
+    app.remove_container(&container).await;
     // No round started by hand: the Schedule repairs it.
     eventually("a scheduled round", Duration::from_secs(30), || async {
         (app.status(&game).await == RuntimeStatus::Removed).then_some(())

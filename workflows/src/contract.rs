@@ -374,13 +374,27 @@ pub fn crash_event(
             serde_json::json!({ "exit_code": exit_code }),
         )
     };
-    HealthEvent {
-        operation_id: format!("crash:{container_id}"),
-        game_id: game_id.clone(),
-        container_id: Some(container_id.to_owned()),
-        event_type: event_type.to_owned(),
-        occurred_at: at,
-        details,
+    let key = format!("crash:{container_id}");
+    HealthEvent::of_container(key, game_id, container_id, (event_type, details), at)
+}
+
+impl HealthEvent {
+    /// An event about one of the game's containers, published at most once per `key`.
+    pub fn of_container(
+        key: String,
+        game_id: &GameId,
+        container_id: &str,
+        (event_type, details): (&str, serde_json::Value),
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            operation_id: key,
+            game_id: game_id.clone(),
+            container_id: Some(container_id.to_owned()),
+            event_type: event_type.to_owned(),
+            occurred_at: at,
+            details,
+        }
     }
 }
 

@@ -17,8 +17,8 @@
 macro_rules! lifecycle_workflow {
     (
         $(#[$doc:meta])*
-        $workflow:ident, $name:literal, $kind:expr, $input_doc:literal,
-        |$op:ident, $input:ident| $body:expr
+        $workflow:ident($name:literal, $kind:expr): $parse:path => $handle:path,
+        $input_doc:literal $(,)?
     ) => {
         $(#[$doc])*
         #[temporalio_macros::workflow]
@@ -47,13 +47,15 @@ macro_rules! lifecycle_workflow {
             #[run(name = $name)]
             pub async fn run(
                 ctx: &mut temporalio_workflow::WorkflowContext<Self>,
-                $input: temporalio_workflow::common::data_converters::RawValue,
+                input: temporalio_workflow::common::data_converters::RawValue,
             ) -> temporalio_workflow::WorkflowResult<rtmanager_domain::OperationOutput> {
                 let settings = ctx.state(|s| s.settings.clone());
                 let report = |w: &mut Self, p: &$crate::progress::Progress| w.progress = p.clone();
-                #[allow(unused_mut)]
-                let mut $op = $crate::operation::Op::new(ctx, &settings, $kind, report);
-                Ok($body)
+                let mut op = $crate::operation::Op::new(ctx, &settings, $kind, report);
+                Ok(match op.parse(&input, $parse).await {
+                    Ok(request) => $handle(&mut op, request).await,
+                    Err(output) => output,
+                })
             }
 
             /// Where the operation is: its step, host, container, fence and child in flight.

@@ -12,7 +12,8 @@ use temporalio_workflow::{
 
 use rtmanager_domain::{
     request::RequestEcho, truncate_chars, Addressed, ErrorCode, GameId, HostId, InvalidRequest,
-    LeaseToken, OpKind, OpSource, OperationOutput, Outcome, RuntimeRecord, StopReport,
+    LeaseToken, OpKind, OpSource, OperationOutput, Outcome, RuntimeRecord, RuntimeStatus,
+    StopReport,
 };
 
 use temporalio_workflow::common::ActivityDefinition;
@@ -21,7 +22,8 @@ use crate::{
     contract::{
         AcquireLease, AcquireLeaseInput, AppendOperationLog, CheckLease, CheckLeaseInput,
         HostRoute, LeaseOutcome, LoadRecord, LoadRecordInput, LoadedRecord, OperationEntry,
-        PlaceGame, PlaceGameInput, Placement, ReleaseLease, ReleaseLeaseInput,
+        PlaceGame, PlaceGameInput, Placement, ReleaseLease, ReleaseLeaseInput, UpdateStatus,
+        UpdateStatusInput, UpdateStatusOutcome,
     },
     progress::Progress,
     support::{
@@ -287,6 +289,29 @@ impl<'a, W> Op<'a, W> {
                     .await)
             }
         }
+    }
+
+    /// The compare-and-swap of the game's record under `lease` (`UpdateStatus`): from the
+    /// status and container the operation found to `to`.
+    pub async fn update_status(
+        &self,
+        game_id: &GameId,
+        (expected_from, container_id): (RuntimeStatus, String),
+        to: RuntimeStatus,
+        lease: &LeaseToken,
+        cancel: Cancel,
+    ) -> Result<UpdateStatusOutcome, StepFailure> {
+        let input = UpdateStatusInput {
+            game_id: game_id.clone(),
+            operation_id: self.operation_id.clone(),
+            expected_from,
+            expected_container_id: Some(container_id),
+            to,
+            fence: lease.fence().unwrap_or_default(),
+            lease: Some(lease.clone()),
+        };
+        let updated = self.step(UpdateStatus, input, cancel).await;
+        updated.map_err(StepFailure::from)
     }
 
     /// Runs a sub-millisecond step (Redis, PostgreSQL) with the worker's fast-step options.

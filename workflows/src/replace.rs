@@ -26,28 +26,17 @@ use crate::{
 
 lifecycle_workflow!(
     /// The `RestartRuntime` workflow: stop, then start the same image.
-    RestartRuntimeWorkflow,
-    "RestartRuntime",
-    OpKind::Restart,
+    RestartRuntimeWorkflow("RestartRuntime", OpKind::Restart): ReplaceRequest::restart_from_json => replace,
     "Input: `{\"game_id\", \"op_source\", \"source_ref\"?}`.",
-    |op, input| match op.parse(&input, ReplaceRequest::restart_from_json).await {
-        Ok(request) => replace(&mut op, request).await,
-        Err(output) => output,
-    }
 );
 
 lifecycle_workflow!(
     /// The `PatchRuntime` workflow: stop, then start a new image; roll back on failure.
-    PatchRuntimeWorkflow,
-    "PatchRuntime",
-    OpKind::Patch,
+    PatchRuntimeWorkflow("PatchRuntime", OpKind::Patch): ReplaceRequest::patch_from_json => replace,
     "Input: `{\"game_id\", \"image_ref\", \"op_source\", \"source_ref\"?}`.",
-    |op, input| match op.parse(&input, ReplaceRequest::patch_from_json).await {
-        Ok(request) => replace(&mut op, request).await,
-        Err(output) => output,
-    }
 );
 
+/// The seed's `Handle` for a restart or a patch: one lease over both children.
 async fn replace<W>(op: &mut Op<'_, W>, mut request: ReplaceRequest) -> OperationOutput {
     // The three rows share one source_ref: the caller's, or this operation's own id.
     if request.source_ref.is_none() {

@@ -18,8 +18,8 @@ use crate::{
     contract::{
         crash_event, ContainerState, EnsureContainer, EnsureContainerInput, HealthEvent,
         InspectGame, InspectGameInput, PublishHealth, RecordRunning, RecordRunningInput,
-        RemoveContainer, RemoveContainerInput, RemoveStaleContainers, UpdateStatus,
-        UpdateStatusInput, UpdateStatusOutcome, CONTAINER_DISAPPEARED,
+        RemoveContainer, RemoveContainerInput, RemoveStaleContainers, UpdateStatusOutcome,
+        CONTAINER_DISAPPEARED,
     },
     operation::{Audit, Op, Touched, PLACE_ON_HOST, START_CHECKS_CONTAINER},
     support::{short_digest, Cancel, StepFailure},
@@ -27,20 +27,15 @@ use crate::{
 
 lifecycle_workflow!(
     /// The `StartRuntime` workflow.
-    StartRuntimeWorkflow,
-    "StartRuntime",
-    OpKind::Start,
+    StartRuntimeWorkflow("StartRuntime", OpKind::Start): StartRequest::from_json => start,
     "Input: `{\"game_id\", \"image_ref\", \"op_source\", \"source_ref\"?, \"lease_token\"?, \"host\"?}`.",
-    |op, input| match op.parse(&input, StartRequest::from_json).await {
-        Ok(request) => start(&mut op, &request).await,
-        Err(output) => output,
-    }
 );
 
 /// The seed's `Handle` for a start: acquire, start, always release; or `Run` under an
 /// inherited lease.
-async fn start<W>(op: &mut Op<'_, W>, request: &StartRequest) -> OperationOutput {
-    op.audit(Audit::of(request, None));
+async fn start<W>(op: &mut Op<'_, W>, request: StartRequest) -> OperationOutput {
+    op.audit(Audit::of(&request, None));
+    let request = &request;
     let (op, inherited) = (&*op, request.lease_token.as_ref());
     op.under_lease(&request.game_id, inherited, |token| async move {
         start_under_lease(op, request, &token).await
@@ -286,22 +281,10 @@ async fn repair_stale_running<W>(
             return Err(op.failure(code, message, Touched::of(record)).await);
         }
     };
+    let from = (RuntimeStatus::Running, container_id);
     let updated = op
-        .step(
-            UpdateStatus,
-            UpdateStatusInput {
-                game_id: record.game_id.clone(),
-                operation_id: op.operation_id.clone(),
-                expected_from: RuntimeStatus::Running,
-                expected_container_id: Some(container_id),
-                to,
-                fence: lease.fence().unwrap_or_default(),
-                lease: Some(lease.clone()),
-            },
-            Cancel::WithWorkflow,
-        )
-        .await
-        .map_err(StepFailure::from);
+        .update_status(&record.game_id, from, to, lease, Cancel::WithWorkflow)
+        .await;
     match updated {
         Ok(UpdateStatusOutcome::Updated { record: repaired }) => {
             op.best_effort(PublishHealth, event).await;

@@ -19,8 +19,7 @@ use rtmanager_domain::{
 use crate::{
     contract::{
         ContainerStopOutcome, HealthEvent, LoadedRecord, PublishHealth, StopContainer,
-        StopContainerInput, UpdateStatus, UpdateStatusInput, UpdateStatusOutcome,
-        CONTAINER_DISAPPEARED,
+        StopContainerInput, UpdateStatusOutcome, CONTAINER_DISAPPEARED,
     },
     operation::{Audit, Op, Touched},
     support::{workflow_now, Cancel, StepFailure},
@@ -29,23 +28,20 @@ use crate::{
 lifecycle_workflow!(
     /// The `StopRuntime` workflow. Registered with a factory that carries the worker's
     /// [`crate::StepSettings`] (the `Default` is for replay tests and tools).
-    StopRuntimeWorkflow,
-    "StopRuntime",
-    OpKind::Stop,
+    StopRuntimeWorkflow("StopRuntime", OpKind::Stop): StopRequest::from_json => stop,
     "Input: `{\"game_id\", \"reason\", \"op_source\", \"source_ref\"?, \"lease_token\"?, \"timeout_secs\"?, \"signal\"?}` as raw JSON.",
-    |op, input| match op.parse(&input, StopRequest::from_json).await {
-        Ok(request) => {
-            op.audit(Audit::of(&request, Some(request.reason.as_str())));
-            let (op, request) = (&op, &request);
-            let inherited = request.lease_token.as_ref();
-            op.under_lease(&request.game_id, inherited, |token| async move {
-                run_under_lease(op, request, &token).await
-            })
-            .await
-        }
-        Err(output) => output,
-    }
 );
+
+/// The seed's `Handle`: acquire (or inherit) the lease, run under it, always release.
+async fn stop<W>(op: &mut Op<'_, W>, request: StopRequest) -> OperationOutput {
+    op.audit(Audit::of(&request, Some(request.reason.as_str())));
+    let (op, request) = (&*op, &request);
+    let inherited = request.lease_token.as_ref();
+    op.under_lease(&request.game_id, inherited, |token| async move {
+        run_under_lease(op, request, &token).await
+    })
+    .await
+}
 
 /// The seed's `runUnderLease`: load, branch on status, stop, compare-and-swap.
 async fn run_under_lease<W>(
@@ -123,15 +119,17 @@ async fn run_under_lease<W>(
     };
     let touched = Touched::of(&existing).stopped(report);
 
-    let updated = update_status(
-        op,
-        request,
-        lease,
-        &existing,
-        container_id,
-        RuntimeStatus::Stopped,
-    )
-    .await;
+    let from = (existing.status, container_id);
+    // The container is already stopped: record it even if the caller gave up meanwhile.
+    let updated = op
+        .update_status(
+            game_id,
+            from,
+            RuntimeStatus::Stopped,
+            lease,
+            Cancel::Detached,
+        )
+        .await;
     match updated {
         Ok(UpdateStatusOutcome::Updated { record }) => op.success(record, touched).await,
         // CAS race: a concurrent reconciler or restart moved the record first; the desired
@@ -194,15 +192,16 @@ async fn handle_vanished<W>(
     existing: RuntimeRecord,
     container_id: String,
 ) -> OperationOutput {
-    let updated = update_status(
-        op,
-        request,
-        lease,
-        &existing,
-        container_id.clone(),
-        RuntimeStatus::Removed,
-    )
-    .await;
+    let from = (existing.status, container_id.clone());
+    let updated = op
+        .update_status(
+            &request.game_id,
+            from,
+            RuntimeStatus::Removed,
+            lease,
+            Cancel::Detached,
+        )
+        .await;
     let now = workflow_now(op.ctx);
     let record = match updated {
         Ok(UpdateStatusOutcome::Updated { record }) => record,
@@ -248,32 +247,6 @@ async fn publish_disappeared<W>(
         details: serde_json::json!({}),
     };
     op.best_effort(PublishHealth, event).await;
-}
-
-async fn update_status<W>(
-    op: &Op<'_, W>,
-    request: &StopRequest,
-    lease: &LeaseToken,
-    existing: &RuntimeRecord,
-    container_id: String,
-    to: RuntimeStatus,
-) -> Result<UpdateStatusOutcome, StepFailure> {
-    op.step(
-        UpdateStatus,
-        UpdateStatusInput {
-            game_id: request.game_id.clone(),
-            operation_id: op.operation_id.clone(),
-            expected_from: existing.status,
-            expected_container_id: Some(container_id),
-            to,
-            fence: lease.fence().unwrap_or_default(),
-            lease: Some(lease.clone()),
-        },
-        // The container is already stopped: record it even if the caller gave up meanwhile.
-        Cancel::Detached,
-    )
-    .await
-    .map_err(StepFailure::from)
 }
 
 /// Why a stop's record write was refused as stale: its lease is gone from Redis, or a newer

@@ -60,7 +60,7 @@ use bollard::{
     },
     Docker,
 };
-use futures::{stream, StreamExt};
+use futures::{future::BoxFuture, stream, FutureExt, Stream, StreamExt};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,6 +128,21 @@ pub struct BenchOptions {
     pub growth: Vec<usize>,
 }
 
+/// What a load (many stops sent at once) cost; the mass and growth runs report it alike.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadCost {
+    /// From the first stop request to the last answer.
+    pub wall_s: f64,
+    /// Stops that did not end in success.
+    pub failed: usize,
+    /// The worker's peak RSS during the load (HTTP loads; null for bollard ones).
+    pub worker_peak_rss_mib: Option<f64>,
+    /// The worker's CPU per stop (HTTP loads; null for bollard ones).
+    pub worker_cpu_ms_per_stop: Option<f64>,
+    /// The Temporal server's CPU per stop (HTTP loads, when the server runs on this machine).
+    pub temporal_cpu_ms_per_stop: Option<f64>,
+}
+
 /// One growth run: `in_flight` stops sent through HTTP at once, what each took and what the
 /// worker and the Temporal server spent.
 #[derive(Debug, Clone, Serialize)]
@@ -137,16 +152,9 @@ pub struct GrowthRun {
     /// Each stop's latency, from its first request to its answer (a stop still running when
     /// the bridge's wait ends is asked again with the same request id, which joins it).
     pub latency: Percentiles,
-    /// From the first request to the last answer.
-    pub wall_s: f64,
-    /// Stops that did not end in success.
-    pub failed: usize,
-    /// The worker's peak RSS during the run.
-    pub worker_peak_rss_mib: Option<f64>,
-    /// The worker's CPU per stop.
-    pub worker_cpu_ms_per_stop: Option<f64>,
-    /// The Temporal server's CPU per stop.
-    pub temporal_cpu_ms_per_stop: Option<f64>,
+    /// What the run cost.
+    #[serde(flatten)]
+    pub cost: LoadCost,
 }
 
 /// The two sides of a comparison.
@@ -191,16 +199,58 @@ pub struct MassRun {
     pub side: Side,
     /// Containers stopped at once.
     pub games: usize,
-    /// From the first stop request to the last answer.
-    pub wall_s: f64,
     /// Successful stops per second of wall time.
     pub stops_per_s: f64,
-    /// Stops that did not end in success.
-    pub failed: usize,
-    /// The worker's peak RSS during this run (HTTP runs; null for bollard runs).
+    /// What the run cost.
+    #[serde(flatten)]
+    pub cost: LoadCost,
+}
+
+/// Mass runs of both sides, in the order they ran (ABBA), and what they add up to.
+#[derive(Debug, Clone, Serialize)]
+pub struct MassSummary {
+    /// Every run, in the order they ran.
+    pub runs: Vec<MassRun>,
+    /// Mean of the HTTP runs' stops/s.
+    pub http_mean_stops_per_s: f64,
+    /// Mean of the bollard runs' stops/s.
+    pub bollard_mean_stops_per_s: f64,
+    /// `http_mean_stops_per_s / bollard_mean_stops_per_s`.
+    pub throughput_ratio: f64,
+    /// The worker's peak RSS over the HTTP runs.
     pub worker_peak_rss_mib: Option<f64>,
-    /// The worker's CPU per stop in this run (HTTP runs; null for bollard runs).
+    /// The worker's CPU per stop over the HTTP runs, weighted by their games.
     pub worker_cpu_ms_per_stop: Option<f64>,
+}
+
+impl MassSummary {
+    fn of(runs: Vec<MassRun>) -> Self {
+        let http: Vec<&MassRun> = runs.iter().filter(|r| r.side == Side::Http).collect();
+        let mean_of = |side: Side| {
+            let of_side = runs.iter().filter(|run| run.side == side);
+            mean(of_side.map(|run| run.stops_per_s))
+        };
+        let stops: usize = http.iter().map(|run| run.games).sum();
+        let worker_cpu_ms_per_stop = http
+            .iter()
+            .map(|run| (run.cost.worker_cpu_ms_per_stop).map(|ms| ms * run.games as f64))
+            .sum::<Option<f64>>()
+            .filter(|_| stops > 0)
+            .map(|total_ms| total_ms / stops as f64);
+        let worker_peak_rss_mib = http
+            .iter()
+            .filter_map(|run| run.cost.worker_peak_rss_mib)
+            .reduce(f64::max);
+        let (http_mean, bollard_mean) = (mean_of(Side::Http), mean_of(Side::Bollard));
+        Self {
+            http_mean_stops_per_s: http_mean,
+            bollard_mean_stops_per_s: bollard_mean,
+            throughput_ratio: http_mean / bollard_mean,
+            worker_peak_rss_mib,
+            worker_cpu_ms_per_stop,
+            runs,
+        }
+    }
 }
 
 /// The whole report (`--json` prints it as is).
@@ -216,29 +266,17 @@ pub struct Report {
     pub single_bollard: Percentiles,
     /// HTTP p50 over bollard p50: what durability costs a stop.
     pub single_ratio_p50: f64,
-    /// Stops of already stopped games through HTTP (`replay_no_op`): orchestration alone.
-    pub replay_http: Percentiles,
-    /// Games in each mass run.
-    pub mass_games: usize,
-    /// Rounds of one mass run per side.
-    pub mass_rounds: usize,
-    /// Every mass run, in the order they ran.
-    pub mass_runs: Vec<MassRun>,
-    /// Mean of the HTTP mass runs' stops/s.
-    pub mass_http_mean_stops_per_s: f64,
-    /// Mean of the bollard mass runs' stops/s.
-    pub mass_bollard_mean_stops_per_s: f64,
-    /// `mass_http_mean_stops_per_s / mass_bollard_mean_stops_per_s`.
-    pub mass_throughput_ratio: f64,
-    /// The worker's peak RSS over the HTTP mass runs.
-    pub worker_peak_rss_mib: Option<f64>,
-    /// The worker's CPU per stop over the HTTP mass runs.
-    pub worker_cpu_ms_per_stop: Option<f64>,
     /// CPU the worker process (bridge and worker) spent per measured single stop through HTTP,
     /// from the request to the container's removal.
     pub single_worker_cpu_ms: Option<f64>,
     /// The same for the Temporal server, when it runs on this machine.
     pub single_temporal_cpu_ms: Option<f64>,
+    /// Stops of already stopped games through HTTP (`replay_no_op`): orchestration alone.
+    pub replay_http: Percentiles,
+    /// Games in each mass run.
+    pub mass_games: usize,
+    /// The mass runs on one host.
+    pub mass: MassSummary,
     /// The two-host mass stops, when a second host is configured.
     pub two_host: Option<TwoHostReport>,
     /// From `docker kill` of a game's container to its `container_exited` on the health
@@ -263,18 +301,15 @@ pub struct ReconcileRun {
     pub wall_s: f64,
 }
 
-/// Mass stops spread over two Docker hosts.
+/// Mass stops spread over two Docker hosts (the worker CPU is the process `--worker-pid`
+/// names: the bridge and the first host's worker).
 #[derive(Debug, Clone, Serialize)]
 pub struct TwoHostReport {
     /// The hosts, in the order games were dealt to them.
     pub hosts: Vec<String>,
-    /// Every run, in the order they ran.
-    pub runs: Vec<MassRun>,
-    /// Mean of the HTTP runs' stops/s over the mean of the bollard runs'.
-    pub throughput_ratio: f64,
-    /// The worker's CPU per stop over the HTTP runs (the process `--worker-pid` names: the
-    /// bridge and host a's worker).
-    pub worker_cpu_ms_per_stop: Option<f64>,
+    /// The runs and what they add up to.
+    #[serde(flatten)]
+    pub mass: MassSummary,
 }
 
 /// One Docker host the bench creates containers on.
@@ -412,42 +447,13 @@ impl Bench {
                 let engines = self.engines.len();
                 runs.push(self.mass_run(index + 1, round, side, pid, engines).await?);
             }
-            let mean_of = |side: Side| {
-                mean(
-                    runs.iter()
-                        .filter(|run| run.side == side)
-                        .map(|run| run.stops_per_s),
-                )
-            };
-            let throughput_ratio = mean_of(Side::Http) / mean_of(Side::Bollard);
             Some(TwoHostReport {
                 hosts: self.engines.iter().map(|e| e.host.to_string()).collect(),
-                worker_cpu_ms_per_stop: cpu_per_stop(&runs),
-                runs,
-                throughput_ratio,
+                mass: MassSummary::of(runs),
             })
         } else {
             None
         };
-        let mean_of = |side: Side| {
-            mean(
-                mass_runs
-                    .iter()
-                    .filter(|run| run.side == side)
-                    .map(|run| run.stops_per_s),
-            )
-        };
-        let mass_http_mean_stops_per_s = mean_of(Side::Http);
-        let mass_bollard_mean_stops_per_s = mean_of(Side::Bollard);
-        let http_runs: Vec<&MassRun> = mass_runs
-            .iter()
-            .filter(|run| run.side == Side::Http)
-            .collect();
-        let worker_peak_rss_mib = http_runs
-            .iter()
-            .filter_map(|run| run.worker_peak_rss_mib)
-            .reduce(f64::max);
-        let worker_cpu_ms_per_stop = cpu_per_stop(&mass_runs);
 
         let single_http = percentiles(&http);
         let single_bollard = percentiles(&bollard);
@@ -459,13 +465,7 @@ impl Bench {
             single_bollard,
             replay_http: percentiles(&replay),
             mass_games: self.options.mass,
-            mass_rounds: self.options.mass_rounds,
-            mass_throughput_ratio: mass_http_mean_stops_per_s / mass_bollard_mean_stops_per_s,
-            mass_http_mean_stops_per_s,
-            mass_bollard_mean_stops_per_s,
-            mass_runs,
-            worker_peak_rss_mib,
-            worker_cpu_ms_per_stop,
+            mass: MassSummary::of(mass_runs),
             single_worker_cpu_ms,
             single_temporal_cpu_ms,
             two_host,
@@ -616,53 +616,27 @@ impl Bench {
         let games: Vec<String> = (0..n)
             .map(|i| self.game_id(&format!("{tag}{order}-{}-{i}", side.name())))
             .collect();
-        let created: Vec<anyhow::Result<Placed>> = stream::iter(games.iter().enumerate())
-            .map(|(i, game)| self.prepare(side, game, i % engines.max(1)))
-            .buffered(DOCKER_CONCURRENCY)
-            .collect()
-            .await;
-        let containers = created.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-        self.await_only_up(&containers, SETTLE_MASS).await?;
-
-        let watched = pid.filter(|_| side == Side::Http);
-        if let Some(pid) = watched {
-            // VmHWM is a lifetime peak: reset it so that it measures this run alone.
-            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-        }
-        let cpu_before = watched.and_then(cpu_seconds);
-        let started = Instant::now();
-        let results: Vec<bool> = match side {
+        let containers = self.bring_up(side, &games, engines).await?;
+        let stops = match side {
             Side::Http => {
-                stream::iter(&games)
-                    .map(|game| async move { self.stop_http(game).await.is_ok() })
-                    .buffer_unordered(n.max(1))
-                    .collect::<Vec<bool>>()
-                    .await
+                let stops = games.iter().map(|game| self.stop_http(game).boxed());
+                stream::iter(stops.collect::<Vec<_>>())
             }
             Side::Bollard => {
-                stream::iter(&containers)
-                    .map(|placed| async move { self.stop_bollard(placed).await.is_ok() })
-                    .buffer_unordered(n.max(1))
-                    .collect::<Vec<bool>>()
-                    .await
+                let stops = containers.iter().map(|placed| self.stop_bollard(placed).boxed());
+                stream::iter(stops.collect::<Vec<_>>())
             }
         };
-        let elapsed = started.elapsed();
-        let cpu_after = watched.and_then(cpu_seconds);
-        let peak = watched.and_then(peak_rss_mib);
+        let watched = pid.filter(|_| side == Side::Http);
+        let (took, cost) = self.load(watched, stops).await;
         self.remove(&containers).await?;
-
-        let ok = results.iter().filter(|ok| **ok).count();
         Ok(MassRun {
             order,
             round,
             side,
-            games: results.len(),
-            wall_s: elapsed.as_secs_f64(),
-            stops_per_s: ok as f64 / elapsed.as_secs_f64(),
-            failed: results.len() - ok,
-            worker_peak_rss_mib: peak,
-            worker_cpu_ms_per_stop: cpu_ms_per(cpu_before, cpu_after, results.len()),
+            games: n,
+            stops_per_s: took.len() as f64 / cost.wall_s,
+            cost,
         })
     }
 
@@ -686,44 +660,67 @@ impl Bench {
     /// `n` games up with their records, then `n` stops through HTTP at once.
     async fn growth_run(&self, n: usize, pid: Option<u32>) -> anyhow::Result<GrowthRun> {
         let games: Vec<String> = (0..n).map(|i| self.game_id(&format!("g{n}-{i}"))).collect();
-        let created: Vec<anyhow::Result<Placed>> = stream::iter(&games)
-            .map(|game| self.prepare(Side::Http, game, 0))
+        let containers = self.bring_up(Side::Http, &games, 1).await?;
+        let stops = games.iter().map(|game| self.stop_http_joined(game).boxed());
+        let (took, cost) = self.load(pid, stream::iter(stops.collect::<Vec<_>>())).await;
+        self.remove(&containers).await?;
+        Ok(GrowthRun {
+            in_flight: n,
+            latency: percentiles(&took),
+            cost,
+        })
+    }
+
+    /// `games` containers of `side`, dealt round-robin over the first `engines` engines, once
+    /// exactly they are up.
+    async fn bring_up(
+        &self,
+        side: Side,
+        games: &[String],
+        engines: usize,
+    ) -> anyhow::Result<Vec<Placed>> {
+        let created: Vec<anyhow::Result<Placed>> = stream::iter(games.iter().enumerate())
+            .map(|(i, game)| self.prepare(side, game, i % engines.max(1)))
             .buffered(DOCKER_CONCURRENCY)
             .collect()
             .await;
         let containers = created.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
         self.await_only_up(&containers, SETTLE_MASS).await?;
+        Ok(containers)
+    }
+
+    /// Runs every stop of `stops` at once and what that cost: wall time, failures, and, when
+    /// `pid` names the worker, its peak RSS and CPU and the Temporal server's CPU per stop.
+    /// Returns the latencies of the stops that succeeded.
+    async fn load<'a>(
+        &self,
+        pid: Option<u32>,
+        stops: impl Stream<Item = BoxFuture<'a, anyhow::Result<Duration>>>,
+    ) -> (Vec<Duration>, LoadCost) {
         if let Some(pid) = pid {
+            // VmHWM is a lifetime peak: reset it so that it measures this load alone.
             let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
         }
-        let watched = [pid, temporal_server_pid()];
+        let watched = [pid, pid.and(temporal_server_pid())];
         let before = watched.map(|pid| pid.and_then(cpu_seconds));
         let started = Instant::now();
-        let results: Vec<anyhow::Result<Duration>> = stream::iter(&games)
-            .map(|game| self.stop_http_joined(game))
-            .buffer_unordered(n)
-            .collect()
-            .await;
+        let results: Vec<anyhow::Result<Duration>> =
+            stops.buffer_unordered(usize::MAX).collect().await;
         let wall_s = started.elapsed().as_secs_f64();
         let after = watched.map(|pid| pid.and_then(cpu_seconds));
-        let peak = pid.and_then(peak_rss_mib);
-        self.remove(&containers).await?;
-        let took: Vec<Duration> = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok().copied())
-            .collect();
+        let n = results.len();
         if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
-            eprintln!("growth N={n}: a stop failed: {err:#}");
+            eprintln!("a stop of {n} at once failed: {err:#}");
         }
-        Ok(GrowthRun {
-            in_flight: n,
-            latency: percentiles(&took),
+        let took: Vec<Duration> = results.into_iter().filter_map(Result::ok).collect();
+        let cost = LoadCost {
             wall_s,
             failed: n - took.len(),
-            worker_peak_rss_mib: peak,
+            worker_peak_rss_mib: pid.and_then(peak_rss_mib),
             worker_cpu_ms_per_stop: cpu_ms_per(before[0], after[0], n),
             temporal_cpu_ms_per_stop: cpu_ms_per(before[1], after[1], n),
-        })
+        };
+        (took, cost)
     }
 
     /// A stop through the bridge under its own request id, asked again while the bridge answers
@@ -985,17 +982,6 @@ fn mass_order(rounds: usize) -> Vec<(usize, Side)> {
         .collect()
 }
 
-/// The worker's CPU per stop over the HTTP runs among `runs`, weighted by their games.
-fn cpu_per_stop(runs: &[MassRun]) -> Option<f64> {
-    let http: Vec<&MassRun> = runs.iter().filter(|r| r.side == Side::Http).collect();
-    let stops: usize = http.iter().map(|run| run.games).sum();
-    http.iter()
-        .map(|run| run.worker_cpu_ms_per_stop.map(|ms| ms * run.games as f64))
-        .sum::<Option<f64>>()
-        .filter(|_| stops > 0)
-        .map(|total_ms| total_ms / stops as f64)
-}
-
 /// The arithmetic mean, NaN for no values.
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, count) = values.fold((0.0, 0usize), |(sum, count), v| (sum + v, count + 1));
@@ -1134,48 +1120,10 @@ pub fn table(report: &Report) -> String {
         "".into(),
         "p50 <= 15 ms",
     ));
-    out.push_str(&format!(
-        "mass stop, N={} per run, {} round(s): wall s / stops/s / failed\n",
-        r.mass_games, r.mass_rounds
-    ));
-    mass_rows(&mut out, &r.mass_runs, &row);
-    out.push_str(&row(
-        "mass stop throughput, stops/s, mean",
-        format!("{:.1}", r.mass_http_mean_stops_per_s),
-        format!("{:.1}", r.mass_bollard_mean_stops_per_s),
-        format!("{:.2}x", r.mass_throughput_ratio),
-        ">= 0.95x",
-    ));
-    let failed = |side: Side| {
-        r.mass_runs
-            .iter()
-            .filter(|run| run.side == side)
-            .map(|run| run.failed)
-            .sum::<usize>()
-            .to_string()
-    };
-    out.push_str(&row(
-        "mass stop, stops not ending in success",
-        failed(Side::Http),
-        failed(Side::Bollard),
-        "".into(),
-        "0",
-    ));
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
-    out.push_str(&row(
-        "worker peak RSS (HTTP mass runs), MiB",
-        opt(r.worker_peak_rss_mib, 1),
-        "-".into(),
-        "".into(),
-        "<= 64 MiB",
-    ));
-    out.push_str(&row(
-        "worker CPU per stop (HTTP mass runs), ms",
-        opt(r.worker_cpu_ms_per_stop, 2),
-        "-".into(),
-        "".into(),
-        "",
-    ));
+    let heading = format!("mass stop, N={} per run", r.mass_games);
+    let targets = [">= 0.95x", "<= 64 MiB"];
+    mass_section(&mut out, &heading, &r.mass, targets, &row);
     out.push_str(&row(
         "CPU per single stop, ms: worker",
         opt(r.single_worker_cpu_ms, 2),
@@ -1226,45 +1174,69 @@ pub fn table(report: &Report) -> String {
                 run.in_flight,
                 run.latency.p50_ms,
                 run.latency.p95_ms,
-                run.wall_s,
-                run.failed,
-                opt(run.worker_peak_rss_mib, 1),
-                opt(run.worker_cpu_ms_per_stop, 2),
-                opt(run.temporal_cpu_ms_per_stop, 2),
+                run.cost.wall_s,
+                run.cost.failed,
+                opt(run.cost.worker_peak_rss_mib, 1),
+                opt(run.cost.worker_cpu_ms_per_stop, 2),
+                opt(run.cost.temporal_cpu_ms_per_stop, 2),
             ));
         }
     }
     if let Some(two) = &r.two_host {
-        out.push_str(&format!(
-            "two-host mass stop over {}, N={} per run: wall s / stops/s / failed\n",
+        let heading = format!(
+            "two-host mass stop over {}, N={} per run",
             two.hosts.join(" + "),
             r.mass_games
-        ));
-        mass_rows(&mut out, &two.runs, &row);
-        let mean_of = |side: Side| {
-            mean(
-                two.runs
-                    .iter()
-                    .filter(|run| run.side == side)
-                    .map(|run| run.stops_per_s),
-            )
-        };
-        out.push_str(&row(
-            "two-host mass throughput, stops/s, mean",
-            format!("{:.1}", mean_of(Side::Http)),
-            format!("{:.1}", mean_of(Side::Bollard)),
-            format!("{:.2}x", two.throughput_ratio),
-            "",
-        ));
-        out.push_str(&row(
-            "two-host CPU per stop, ms (first host's process)",
-            opt(two.worker_cpu_ms_per_stop, 2),
-            "-".into(),
-            "".into(),
-            "",
-        ));
+        );
+        mass_section(&mut out, &heading, &two.mass, ["", ""], &row);
     }
     out
+}
+
+/// The rows of a set of mass runs: each run, then the means, failures, RSS and CPU.
+fn mass_section(
+    out: &mut String,
+    heading: &str,
+    mass: &MassSummary,
+    [throughput_target, rss_target]: [&str; 2],
+    row: &dyn Fn(&str, String, String, String, &str) -> String,
+) {
+    let rounds = mass.runs.len() / 2;
+    out.push_str(&format!(
+        "{heading}, {rounds} round(s): wall s / stops/s / failed\n"
+    ));
+    mass_rows(out, &mass.runs, row);
+    out.push_str(&row(
+        "  throughput, stops/s, mean",
+        format!("{:.1}", mass.http_mean_stops_per_s),
+        format!("{:.1}", mass.bollard_mean_stops_per_s),
+        format!("{:.2}x", mass.throughput_ratio),
+        throughput_target,
+    ));
+    let failed = |side: Side| {
+        let of_side = mass.runs.iter().filter(|run| run.side == side);
+        of_side.map(|run| run.cost.failed).sum::<usize>().to_string()
+    };
+    out.push_str(&row(
+        "  stops not ending in success",
+        failed(Side::Http),
+        failed(Side::Bollard),
+        "".into(),
+        "0",
+    ));
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+    let worker = format!(
+        "{} / {}",
+        opt(mass.worker_peak_rss_mib, 1),
+        opt(mass.worker_cpu_ms_per_stop, 2)
+    );
+    out.push_str(&row(
+        "  worker peak RSS MiB / CPU ms per stop",
+        worker,
+        "-".into(),
+        "".into(),
+        rss_target,
+    ));
 }
 
 /// One table row per mass run.
@@ -1276,7 +1248,7 @@ fn mass_rows(
     for run in runs {
         let figures = format!(
             "{:.2} / {:.1} / {}",
-            run.wall_s, run.stops_per_s, run.failed
+            run.cost.wall_s, run.stops_per_s, run.cost.failed
         );
         let (a, b) = match run.side {
             Side::Http => (figures, "-".to_owned()),

@@ -77,6 +77,15 @@ pub fn temporal_cli() -> String {
     std::env::var("RTMANAGER_TEMPORAL_CLI").unwrap_or_else(|_| "temporal".into())
 }
 
+/// `temporal <args> --address <config's server>`: the CLI aimed at the test's Temporal (the
+/// flag belongs to the subcommand, so it follows `args`; the caller adds the rest).
+pub fn temporal_command(config: &Config, args: &[&str]) -> Command {
+    let address = config.temporal_address.trim_start_matches("http://");
+    let mut command = Command::new(temporal_cli());
+    command.args(args).args(["--address", address]);
+    command
+}
+
 /// The local stack's Docker hosts (`RTMANAGER_DEV_HOST_IDS` in `.dev/env`): two-host tests need
 /// two and say so.
 pub fn dev_host_ids() -> Vec<String> {
@@ -324,6 +333,14 @@ impl TestApp {
         (game, out.record.expect("the started record"))
     }
 
+    /// [`TestApp::started_game`] for the tests that act on its container: `(game id, container
+    /// id)`.
+    pub async fn started_container(&mut self, prefix: &str) -> (String, String) {
+        let (game, record) = self.started_game(prefix).await;
+        let container = record.current_container_id.expect("the started container");
+        (game, container)
+    }
+
     /// [`TestApp::running_game`] whose lease `token` holds: another operation's, or a parent's
     /// that a child inherits.
     pub async fn leased_game(&mut self, prefix: &str, token: &str) -> (String, String) {
@@ -426,6 +443,17 @@ impl TestApp {
         assert_eq!(rows.len(), 1, "{context}: exactly one audit row: {rows:?}");
         let holder = self.lease_holder(game).await;
         assert_eq!(holder, None, "{context}: lease released");
+    }
+
+    /// Asserts the stop-outcome metric under `[outcome, reason, op_source]` reads `expected`:
+    /// every stop must be counted once, whatever way it came in.
+    #[track_caller]
+    pub fn assert_stops_counted(&self, labels: [&str; 3], expected: u64) {
+        let [outcome, reason, op_source] = labels;
+        let counted = self
+            .telemetry
+            .stop_outcome_count(outcome, reason, op_source);
+        assert_eq!(counted, expected, "stops counted as {labels:?}");
     }
 
     /// Waits (30 s at most) until some operation holds `game`'s lease; returns its token.
@@ -679,25 +707,24 @@ impl TestApp {
             .expect("move the record");
     }
 
-    /// `(outcome, error_code, container_id, image_ref, source_ref, op_source)` of each row.
+    /// `game_id`'s audit rows, oldest first, each as an [`OpRow`] (its nested tuples select
+    /// the [`OpResult`], [`OpRefs`] and [`OpStop`] column groups).
     pub async fn op_log(&self, game_id: &str) -> Vec<OpRow> {
         use schema::operation_log::dsl as o;
         o::operation_log
             .filter(o::game_id.eq(game_id))
             .order(o::id)
             .select((
-                o::outcome,
-                o::error_code,
-                o::error_message,
-                o::container_id,
-                o::image_ref,
-                o::source_ref,
-                o::op_source,
-                o::finished_at.is_not_null(),
                 o::op_kind,
-                o::stop_signal,
-                o::stop_timeout_secs,
-                o::stop_ended,
+                o::op_source,
+                (
+                    o::outcome,
+                    o::error_code,
+                    o::error_message,
+                    o::finished_at.is_not_null(),
+                ),
+                (o::container_id, o::image_ref, o::source_ref),
+                (o::stop_signal, o::stop_timeout_secs, o::stop_ended),
             ))
             .load::<OpRow>(&mut self.pg().await)
             .await
@@ -706,7 +733,7 @@ impl TestApp {
 
     /// The error code of `game_id`'s first audit row (the row must exist).
     pub async fn first_error_code(&self, game_id: &str) -> Option<String> {
-        self.op_log(game_id).await[0].error_code.clone()
+        self.op_log(game_id).await[0].result.error_code.clone()
     }
 
     pub async fn op_log_count(&self) -> i64 {
@@ -864,21 +891,40 @@ pub async fn list_game_containers(docker: &Docker, game: &str) -> Vec<(String, b
         .collect()
 }
 
-/// One operation_log row as the tests look at it.
+/// One operation_log row as the tests look at it: which operation, from where, and its
+/// columns grouped by what they tell (selected as nested tuples by [`TestApp::op_log`]).
 #[derive(Debug, Clone, Queryable)]
 pub struct OpRow {
+    pub op_kind: String,
+    pub op_source: String,
+    pub result: OpResult,
+    pub refs: OpRefs,
+    pub stop: OpStop,
+}
+
+/// How an audited operation ended: its outcome, its error, and whether `finished_at` is set.
+#[derive(Debug, Clone, Queryable)]
+pub struct OpResult {
     pub outcome: String,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    pub finished: bool,
+}
+
+/// What an audit row names: the container, the image and the caller's correlation id.
+#[derive(Debug, Clone, Queryable)]
+pub struct OpRefs {
     pub container_id: Option<String>,
     pub image_ref: Option<String>,
     pub source_ref: Option<String>,
-    pub op_source: String,
-    pub finished: bool,
-    pub op_kind: String,
-    pub stop_signal: Option<String>,
-    pub stop_timeout_secs: Option<i32>,
-    pub stop_ended: Option<String>,
+}
+
+/// A stop's own columns (`stop_signal`, `stop_timeout_secs`, `stop_ended`), `None` elsewhere.
+#[derive(Debug, Clone, Queryable)]
+pub struct OpStop {
+    pub signal: Option<String>,
+    pub timeout_secs: Option<i32>,
+    pub ended: Option<String>,
 }
 
 /// Asserts an operation's outcome and error code, showing the whole output when they differ.
@@ -1033,107 +1079,85 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Runs `command` (`what`, for the message) to its end and fails the test, showing its stderr,
-/// unless it succeeded: what every test driving a command-line tool checks first.
+/// Runs `command` (`what`, for the message) to its end and fails the test, showing its stdout
+/// and stderr, unless it succeeded: what every test driving a command-line tool checks first.
 pub fn run_ok(command: &mut Command, what: &str) -> std::process::Output {
     let out = command
         .output()
         .unwrap_or_else(|err| panic!("run {what}: {err}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed: {stderr}");
+    assert!(out.status.success(), "{what} failed: {stdout}\n{stderr}");
     out
 }
 
-/// The rtmanager binary with the environment that makes it use `config`.
+/// [`run_ok`]'s stdout as text: for the tests that read what a tool printed.
+pub fn run_ok_stdout(command: &mut Command, what: &str) -> String {
+    let out = run_ok(command, what);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loopback address whose port was free a moment ago: for a server the test starts itself.
+pub fn free_local_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .to_string()
+}
+
+/// Sends one raw HTTP/1.1 `request` to `addr` and reads the whole response as text; `None`
+/// while nothing answers there (yet), so that [`eventually`] can poll a server coming up.
+pub async fn http_exchange(addr: &str, request: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// The rtmanager binary with the environment that makes it use `config`: each setting below as
+/// its `RTMANAGER_<name>` variable.
 pub fn rtmanager_command(config: &Config) -> Command {
     let secs = |d: Duration| d.as_secs().to_string();
-    let millis = |d: Duration| d.as_millis().to_string();
+    let ms = |d: Duration| d.as_millis().to_string();
+    let (database_url, redis_url) = (&config.database_url, &config.redis_url);
+    let metrics_addr = config.metrics_addr.0.map(|a| a.to_string());
+    let settings = [
+        ("TEMPORAL_ADDRESS", config.temporal_address.clone()),
+        ("NAMESPACE", config.namespace.clone()),
+        ("TASK_QUEUE", config.task_queue.clone()),
+        ("DATABASE_URL", database_url.expose_secret().to_owned()),
+        ("DATABASE_POOL_SIZE", "4".to_owned()),
+        ("REDIS_URL", redis_url.expose_secret().to_owned()),
+        ("REDIS_PREFIX", config.redis_prefix.clone()),
+        ("HEALTH_STREAM", config.health_stream.clone()),
+        ("DOCKER_HOST", config.docker_host.clone()),
+        ("STOP_TIMEOUT_SECS", secs(config.stop_timeout)),
+        ("LEASE_TTL_SECS", secs(config.lease_ttl)),
+        ("LEASE_LOCK_DELAY_MS", ms(config.lease_lock_delay)),
+        ("LOCAL_FAST_STEPS", config.local_fast_steps.to_string()),
+        ("LOCAL_DOCKER_STEPS", config.local_docker_steps.to_string()),
+        ("CONTAINER_NETWORK", config.container_network.clone()),
+        ("START_SETTLE_MS", ms(config.start_settle)),
+        ("STICKY_QUEUE_TIMEOUT_MS", ms(config.sticky_queue_timeout)),
+        ("BUILD_ID", config.build_id.clone()),
+        ("HOST_ID", config.host_id.to_string()),
+        ("HOST_HEARTBEAT_MS", ms(config.host_heartbeat)),
+        ("HOST_DOWN_AFTER_SECS", secs(config.host_down_after)),
+        ("HOST_WAIT_SECS", secs(config.host_wait)),
+        ("RECONCILE_INTERVAL_SECS", secs(config.reconcile_interval)),
+        ("WATCH_EVENTS", config.watch_events.to_string()),
+        ("METRICS_ADDR", metrics_addr.unwrap_or_default()),
+        ("SEARCH_ATTRIBUTES", config.search_attributes.to_string()),
+        ("REMOVE_ORPHANS", config.remove_orphans.to_string()),
+        ("ORPHAN_GRACE_SECS", secs(config.orphan_grace)),
+        ("RESTART_ON_CRASH", config.restart_on_crash.to_string()),
+        ("CRASH_LOOP_LIMIT", config.crash_loop_limit.to_string()),
+        ("CRASH_LOOP_WINDOW_SECS", secs(config.crash_loop_window)),
+    ];
     let mut command = Command::new(env!("CARGO_BIN_EXE_rtmanager"));
-    command.envs([
-        (
-            "RTMANAGER_TEMPORAL_ADDRESS",
-            config.temporal_address.clone(),
-        ),
-        ("RTMANAGER_NAMESPACE", config.namespace.clone()),
-        ("RTMANAGER_TASK_QUEUE", config.task_queue.clone()),
-        (
-            "RTMANAGER_DATABASE_URL",
-            config.database_url.expose_secret().to_owned(),
-        ),
-        ("RTMANAGER_DATABASE_POOL_SIZE", "4".to_owned()),
-        (
-            "RTMANAGER_REDIS_URL",
-            config.redis_url.expose_secret().to_owned(),
-        ),
-        ("RTMANAGER_REDIS_PREFIX", config.redis_prefix.clone()),
-        ("RTMANAGER_HEALTH_STREAM", config.health_stream.clone()),
-        ("RTMANAGER_DOCKER_HOST", config.docker_host.clone()),
-        ("RTMANAGER_STOP_TIMEOUT_SECS", secs(config.stop_timeout)),
-        ("RTMANAGER_LEASE_TTL_SECS", secs(config.lease_ttl)),
-        (
-            "RTMANAGER_LEASE_LOCK_DELAY_MS",
-            millis(config.lease_lock_delay),
-        ),
-        (
-            "RTMANAGER_LOCAL_FAST_STEPS",
-            config.local_fast_steps.to_string(),
-        ),
-        (
-            "RTMANAGER_LOCAL_DOCKER_STEPS",
-            config.local_docker_steps.to_string(),
-        ),
-        (
-            "RTMANAGER_CONTAINER_NETWORK",
-            config.container_network.clone(),
-        ),
-        ("RTMANAGER_START_SETTLE_MS", millis(config.start_settle)),
-        (
-            "RTMANAGER_STICKY_QUEUE_TIMEOUT_MS",
-            millis(config.sticky_queue_timeout),
-        ),
-        ("RTMANAGER_BUILD_ID", config.build_id.clone()),
-        ("RTMANAGER_HOST_ID", config.host_id.to_string()),
-        ("RTMANAGER_HOST_HEARTBEAT_MS", millis(config.host_heartbeat)),
-        (
-            "RTMANAGER_HOST_DOWN_AFTER_SECS",
-            secs(config.host_down_after),
-        ),
-        ("RTMANAGER_HOST_WAIT_SECS", secs(config.host_wait)),
-        (
-            "RTMANAGER_RECONCILE_INTERVAL_SECS",
-            secs(config.reconcile_interval),
-        ),
-        ("RTMANAGER_WATCH_EVENTS", config.watch_events.to_string()),
-        (
-            "RTMANAGER_METRICS_ADDR",
-            config
-                .metrics_addr
-                .0
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-        ),
-        (
-            "RTMANAGER_SEARCH_ATTRIBUTES",
-            config.search_attributes.to_string(),
-        ),
-        (
-            "RTMANAGER_REMOVE_ORPHANS",
-            config.remove_orphans.to_string(),
-        ),
-        ("RTMANAGER_ORPHAN_GRACE_SECS", secs(config.orphan_grace)),
-        (
-            "RTMANAGER_RESTART_ON_CRASH",
-            config.restart_on_crash.to_string(),
-        ),
-        (
-            "RTMANAGER_CRASH_LOOP_LIMIT",
-            config.crash_loop_limit.to_string(),
-        ),
-        (
-            "RTMANAGER_CRASH_LOOP_WINDOW_SECS",
-            secs(config.crash_loop_window),
-        ),
-    ]);
+    command.envs(settings.map(|(name, value)| (format!("RTMANAGER_{name}"), value)));
     command
 }
 
