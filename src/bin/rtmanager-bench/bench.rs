@@ -623,7 +623,9 @@ impl Bench {
                 stream::iter(stops.collect::<Vec<_>>())
             }
             Side::Bollard => {
-                let stops = containers.iter().map(|placed| self.stop_bollard(placed).boxed());
+                let stops = containers
+                    .iter()
+                    .map(|placed| self.stop_bollard(placed).boxed());
                 stream::iter(stops.collect::<Vec<_>>())
             }
         };
@@ -662,7 +664,9 @@ impl Bench {
         let games: Vec<String> = (0..n).map(|i| self.game_id(&format!("g{n}-{i}"))).collect();
         let containers = self.bring_up(Side::Http, &games, 1).await?;
         let stops = games.iter().map(|game| self.stop_http_joined(game).boxed());
-        let (took, cost) = self.load(pid, stream::iter(stops.collect::<Vec<_>>())).await;
+        let (took, cost) = self
+            .load(pid, stream::iter(stops.collect::<Vec<_>>()))
+            .await;
         self.remove(&containers).await?;
         Ok(GrowthRun {
             in_flight: n,
@@ -1215,7 +1219,10 @@ fn mass_section(
     ));
     let failed = |side: Side| {
         let of_side = mass.runs.iter().filter(|run| run.side == side);
-        of_side.map(|run| run.cost.failed).sum::<usize>().to_string()
+        of_side
+            .map(|run| run.cost.failed)
+            .sum::<usize>()
+            .to_string()
     };
     out.push_str(&row(
         "  stops not ending in success",
