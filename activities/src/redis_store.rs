@@ -59,6 +59,29 @@ pub enum Acquire {
     },
 }
 
+/// The Lua both lease-taking scripts share: `take` sets the lease (KEYS[1]) to
+/// `<fence>:<secret>` with a fresh fence from the counter (KEYS[2]), never below `floor`, and
+/// names the holder (KEYS[3]); it returns the fence and the token.
+macro_rules! take_lua {
+    () => {
+        r"
+local function take(secret, ttl, floor, holder)
+  local fence = redis.call('INCR', KEYS[2])
+  if fence < tonumber(floor) then
+    redis.call('SET', KEYS[2], floor)
+    fence = tonumber(floor)
+  end
+  -- Lua numbers are doubles: format the fence as an integer, never as 1.7e+15.
+  local fenced = string.format('%.0f', fence)
+  local token = fenced .. ':' .. secret
+  redis.call('SET', KEYS[1], token, 'PX', ttl)
+  redis.call('SET', KEYS[3], holder, 'PX', ttl)
+  return fenced, token
+end
+"
+    };
+}
+
 /// Takes the lease, or refreshes it when this secret already holds it (a retried attempt).
 /// The stored value is `<fence>:<secret>`; the fence comes from a per-game counter that never
 /// goes below the current time in microseconds, so it keeps growing even if Redis loses the
@@ -66,7 +89,9 @@ pub enum Acquire {
 /// and run id) with the same TTL, so that a later acquire can tell a live holder from a closed
 /// one. Returns `{fence, token, holder}`: fence `0` when another holder has the lease, with
 /// that holder's token and name.
-const ACQUIRE: &str = r"
+const ACQUIRE: &str = concat!(
+    take_lua!(),
+    r"
 local current = redis.call('GET', KEYS[1])
 if current then
   local sep = string.find(current, ':', 1, true)
@@ -77,17 +102,10 @@ if current then
   end
   return {'0', current, redis.call('GET', KEYS[3]) or ''}
 end
-local fence = redis.call('INCR', KEYS[2])
-if fence < tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[3])
-  fence = tonumber(ARGV[3])
-end
--- Lua numbers are doubles: format the fence as an integer, never as 1.7e+15.
-local token = string.format('%.0f', fence) .. ':' .. ARGV[1]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
-return {string.format('%.0f', fence), token, ARGV[4]}
-";
+local fence, token = take(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return {fence, token, ARGV[4]}
+"
+);
 
 /// Takes over a lease from a holder known to be gone: only if the key still holds exactly the
 /// dead holder's token (or nothing any more), with a fresh fence from the counter (higher than
@@ -95,7 +113,9 @@ return {string.format('%.0f', fence), token, ARGV[4]}
 /// by a step of the dead holder that has not noticed its workflow closed (a Docker stop in
 /// flight renews every 2 s): it is not taken, and the script answers `-<ms>`, how long until
 /// that renewal is old enough. `'0'`: another token holds the lease.
-const TAKE_OVER: &str = r"
+const TAKE_OVER: &str = concat!(
+    take_lua!(),
+    r"
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then
   return '0'
@@ -106,16 +126,10 @@ if current then
     return '-' .. string.format('%.0f', tonumber(ARGV[6]) - renewed_ago)
   end
 end
-local fence = redis.call('INCR', KEYS[2])
-if fence < tonumber(ARGV[4]) then
-  redis.call('SET', KEYS[2], ARGV[4])
-  fence = tonumber(ARGV[4])
-end
-local token = string.format('%.0f', fence) .. ':' .. ARGV[2]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[3])
-redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3])
-return string.format('%.0f', fence)
-";
+local fence = take(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return fence
+"
+);
 
 /// Compare-and-delete by secret (the holder key goes with it).
 const RELEASE: &str = r"
@@ -246,6 +260,38 @@ impl RedisStore {
             .cloned()
     }
 
+    /// Runs a prepared script call on the shared connection.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        let mut conn = self.conn().await?;
+        call.invoke_async(&mut conn).await
+    }
+
+    /// The acquire and takeover scripts' call: the game's lease, fence and holder keys, `first`
+    /// (the takeover's dead token), then the secret, TTL, fence floor and holder.
+    fn claim<'a>(
+        &self,
+        script: &'a Script,
+        game_id: &GameId,
+        first: Option<&str>,
+        (secret, holder): (&str, &LeaseHolder),
+        ttl: Duration,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut call = script.key(self.keys.lease(game_id));
+        call.key(self.keys.fence(game_id))
+            .key(self.keys.lease_holder(game_id));
+        if let Some(first) = first {
+            call.arg(first);
+        }
+        call.arg(secret)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(fence_floor())
+            .arg(serde_json::to_string(holder).unwrap_or_default());
+        call
+    }
+
     /// Readiness probe; on first use it also opens the shared connection.
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn().await?;
@@ -261,18 +307,8 @@ impl RedisStore {
         holder: &LeaseHolder,
         ttl: Duration,
     ) -> redis::RedisResult<Acquire> {
-        let mut conn = self.conn().await?;
-        let (fence, token, holder): (String, String, String) = self
-            .acquire
-            .key(self.keys.lease(game_id))
-            .key(self.keys.fence(game_id))
-            .key(self.keys.lease_holder(game_id))
-            .arg(secret)
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg(fence_floor())
-            .arg(serde_json::to_string(holder).unwrap_or_default())
-            .invoke_async(&mut conn)
-            .await?;
+        let call = self.claim(&self.acquire, game_id, None, (secret, holder), ttl);
+        let (fence, token, holder): (String, String, String) = self.run(&call).await?;
         Ok(match parse_fence(&fence)? {
             0 => Acquire::Held {
                 token,
@@ -294,20 +330,10 @@ impl RedisStore {
         ttl: Duration,
         quiet: Duration,
     ) -> redis::RedisResult<TakeOver> {
-        let mut conn = self.conn().await?;
-        let answer: String = self
-            .take_over
-            .key(self.keys.lease(game_id))
-            .key(self.keys.fence(game_id))
-            .key(self.keys.lease_holder(game_id))
-            .arg(dead_token)
-            .arg(secret)
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg(fence_floor())
-            .arg(serde_json::to_string(holder).unwrap_or_default())
-            .arg(quiet.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+        let first = Some(dead_token);
+        let mut call = self.claim(&self.take_over, game_id, first, (secret, holder), ttl);
+        call.arg(quiet.as_millis() as u64);
+        let answer: String = self.run(&call).await?;
         Ok(match answer.strip_prefix('-') {
             Some(ms) => TakeOver::RenewedRecently {
                 quiet_in: Duration::from_millis(parse_fence(ms)?),
@@ -436,14 +462,10 @@ impl RedisStore {
         game_id: &GameId,
         token: &LeaseToken,
     ) -> redis::RedisResult<bool> {
-        let mut conn = self.conn().await?;
-        let deleted: i64 = self
-            .release
-            .key(self.keys.lease(game_id))
-            .key(self.keys.lease_holder(game_id))
-            .arg(token.secret())
-            .invoke_async(&mut conn)
-            .await?;
+        let mut call = self.release.key(self.keys.lease(game_id));
+        call.key(self.keys.lease_holder(game_id))
+            .arg(token.secret());
+        let deleted: i64 = self.run(&call).await?;
         Ok(deleted == 1)
     }
 
@@ -454,25 +476,18 @@ impl RedisStore {
         token: &LeaseToken,
         ttl: Duration,
     ) -> redis::RedisResult<bool> {
-        let mut conn = self.conn().await?;
-        let renewed: i64 = self
-            .renew
-            .key(self.keys.lease(game_id))
-            .key(self.keys.lease_holder(game_id))
+        let mut call = self.renew.key(self.keys.lease(game_id));
+        call.key(self.keys.lease_holder(game_id))
             .arg(token.as_str())
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(ttl.as_millis().max(1) as u64);
+        let renewed: i64 = self.run(&call).await?;
         Ok(renewed == 1)
     }
 
     /// XADDs the event unless this operation already published it; returns whether it added.
     pub async fn publish_health_once(&self, event: &HealthEvent) -> redis::RedisResult<bool> {
-        let mut conn = self.conn().await?;
-        let id: Option<String> = self
-            .publish_once
-            .key(&self.keys.health_stream)
-            .key(self.keys.publish_marker(event))
+        let mut call = self.publish_once.key(&self.keys.health_stream);
+        call.key(self.keys.publish_marker(event))
             .arg(PUBLISH_MARKER_TTL.as_millis() as u64)
             .arg(self.keys.health_stream_maxlen)
             .arg(event.game_id.as_str())
@@ -483,9 +498,8 @@ impl RedisStore {
                     .occurred_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             )
-            .arg(event.details.to_string())
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(event.details.to_string());
+        let id: Option<String> = self.run(&call).await?;
         Ok(id.is_some())
     }
 }

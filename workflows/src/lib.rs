@@ -17,7 +17,7 @@
 macro_rules! lifecycle_workflow {
     (
         $(#[$doc:meta])*
-        $workflow:ident($name:literal, $kind:expr): $parse:path => $handle:path,
+        $workflow:ident($name:literal, $kind:expr): $parse:path,
         $input_doc:literal $(,)?
     ) => {
         $(#[$doc])*
@@ -53,7 +53,7 @@ macro_rules! lifecycle_workflow {
                 let report = |w: &mut Self, p: &$crate::progress::Progress| w.progress = p.clone();
                 let mut op = $crate::operation::Op::new(ctx, &settings, $kind, report);
                 Ok(match op.parse(&input, $parse).await {
-                    Ok(request) => $handle(&mut op, request).await,
+                    Ok(request) => op.handle(request).await,
                     Err(output) => output,
                 })
             }

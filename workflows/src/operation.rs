@@ -133,6 +133,25 @@ impl Audit {
     }
 }
 
+/// A parsed request as [`Op::handle`] runs it: one impl per verb, so that every workflow is
+/// parse, then handle.
+#[allow(async_fn_in_trait)] // Workflow futures are polled on one thread: no `Send` bound wanted.
+pub trait Handled: Addressed {
+    /// Fills what the request left to the operation, before the audit (a restart's or patch's
+    /// `source_ref`, shared by its three rows).
+    fn prepare(&mut self, _workflow_id: &str) {}
+    /// The stop reason the audit row carries; `None` for the other verbs.
+    fn reason(&self) -> Option<&str> {
+        None
+    }
+    /// The parent's lease this operation runs under (the seed's `Run`), if any.
+    fn inherited(&self) -> Option<&LeaseToken> {
+        None
+    }
+    /// The operation, under the game's lease.
+    async fn run<W>(&self, op: &Op<'_, W>, lease: &LeaseToken) -> OperationOutput;
+}
+
 /// One lifecycle operation in flight.
 pub struct Op<'a, W> {
     /// The workflow's context: its time, random stream and commands.
@@ -346,26 +365,17 @@ impl<'a, W> Op<'a, W> {
 
     /// Runs a Docker step on the game's host: here, when the workflow runs on that host's task
     /// queue (or no host is known: histories from before hosts), else sent to that host's queue.
+    /// `grace`: how long Docker may wait for the game's process during the step (a stop with a
+    /// long timeout), each attempt allowed that plus the queue allowance; `None`: the worker's
+    /// graceful stop timeout.
     pub async fn docker<AD: Step>(
         &self,
         activity: AD,
         input: AD::Input,
         cancel: Cancel,
+        grace: Option<std::time::Duration>,
     ) -> Result<AD::Output, ActivityExecutionError> {
-        let grace = self.settings.graceful_stop_timeout;
-        self.docker_waiting(activity, input, cancel, grace).await
-    }
-
-    /// [`Self::docker`] for a step during which Docker may wait up to `grace` for the game's
-    /// process (a stop with a long timeout): each attempt may take that long plus the queue
-    /// allowance.
-    pub async fn docker_waiting<AD: Step>(
-        &self,
-        activity: AD,
-        input: AD::Input,
-        cancel: Cancel,
-        grace: std::time::Duration,
-    ) -> Result<AD::Output, ActivityExecutionError> {
+        let grace = grace.unwrap_or(self.settings.graceful_stop_timeout);
         let remote = self
             .host
             .borrow()
@@ -559,6 +569,19 @@ impl<'a, W> Op<'a, W> {
                 Err(output)
             }
         }
+    }
+
+    /// The seed's `Handle`: completes the request, audits it, and runs it under the game's
+    /// lease (inherited from a parent, or acquired here and released on every path).
+    pub async fn handle<R: Handled>(&mut self, mut request: R) -> OperationOutput {
+        request.prepare(self.ctx.workflow_id());
+        self.audit(Audit::of(&request, request.reason()));
+        let (op, request) = (&*self, &request);
+        let game_id = request.who().game_id;
+        op.under_lease(game_id, request.inherited(), |token| async move {
+            request.run(op, &token).await
+        })
+        .await
     }
 
     /// The seed's `Handle` and `Run` in one: runs `body` under the parent's `inherited` token

@@ -18,7 +18,7 @@ use rtmanager_domain::{
 };
 
 use crate::{
-    operation::{Audit, Op, Touched},
+    operation::{Handled, Op, Touched},
     start::StartRuntimeWorkflow,
     stop::StopRuntimeWorkflow,
     support::run_child,
@@ -26,128 +26,118 @@ use crate::{
 
 lifecycle_workflow!(
     /// The `RestartRuntime` workflow: stop, then start the same image.
-    RestartRuntimeWorkflow("RestartRuntime", OpKind::Restart): ReplaceRequest::restart_from_json => replace,
+    RestartRuntimeWorkflow("RestartRuntime", OpKind::Restart): ReplaceRequest::restart_from_json,
     "Input: `{\"game_id\", \"op_source\", \"source_ref\"?}`.",
 );
 
 lifecycle_workflow!(
     /// The `PatchRuntime` workflow: stop, then start a new image; roll back on failure.
-    PatchRuntimeWorkflow("PatchRuntime", OpKind::Patch): ReplaceRequest::patch_from_json => replace,
+    PatchRuntimeWorkflow("PatchRuntime", OpKind::Patch): ReplaceRequest::patch_from_json,
     "Input: `{\"game_id\", \"image_ref\", \"op_source\", \"source_ref\"?}`.",
 );
 
-/// The seed's `Handle` for a restart or a patch: one lease over both children.
-async fn replace<W>(op: &mut Op<'_, W>, mut request: ReplaceRequest) -> OperationOutput {
+impl Handled for ReplaceRequest {
     // The three rows share one source_ref: the caller's, or this operation's own id.
-    if request.source_ref.is_none() {
-        request.source_ref = rtmanager_domain::SourceRef::parse(op.ctx.workflow_id()).ok();
-    }
-    op.audit(Audit::of(&request, None));
-    let game_id = request.game_id.clone();
-    let op = &*op;
-    op.under_lease(&game_id, None, |token| {
-        let request = &request;
-        async move { replace_under_lease(op, request, &token).await }
-    })
-    .await
-}
-
-async fn replace_under_lease<W>(
-    op: &Op<'_, W>,
-    request: &ReplaceRequest,
-    lease: &LeaseToken,
-) -> OperationOutput {
-    let game_id = &request.game_id;
-    let loaded = op.load_record(game_id).await;
-    let existing = match loaded {
-        Ok(Some(loaded)) => loaded.record,
-        Ok(None) => return op.record_missing(game_id).await,
-        Err(err) => return op.record_unreadable(err, Touched::default()).await,
-    };
-    let Some(previous_image) = existing
-        .current_image_ref
-        .as_deref()
-        .and_then(|image| ImageRef::parse(image).ok())
-    else {
-        let message = "runtime record names no image to start".to_owned();
-        return op
-            .failure(ErrorCode::Internal, message, Touched::of(&existing))
-            .await;
-    };
-    let target = request
-        .image_ref
-        .clone()
-        .unwrap_or_else(|| previous_image.clone());
-    let patching = op.kind == OpKind::Patch;
-    if patching && existing.status == RuntimeStatus::Running && target == previous_image {
-        return op.replay_no_op(existing).await;
+    fn prepare(&mut self, workflow_id: &str) {
+        if self.source_ref.is_none() {
+            self.source_ref = rtmanager_domain::SourceRef::parse(workflow_id).ok();
+        }
     }
 
-    let reason = if patching {
-        StopReason::Patch
-    } else {
-        StopReason::Restart
-    };
-    let stop = StopRequest {
-        lease_token: Some(lease.clone()),
-        ..StopRequest::new(
-            game_id.clone(),
-            reason,
-            request.op_source,
-            request.source_ref.clone(),
-        )
-    };
-    let stopped = child(
-        op,
-        StopRuntimeWorkflow::run,
-        "stop",
-        LifecycleRequest::Stop(stop),
-    )
-    .await;
-    if !stopped.is_success() {
-        let code = stopped.error_code.unwrap_or(ErrorCode::Internal);
-        let message = format!("stop: {}", stopped.error_message.unwrap_or_default());
-        return op.failure(code, message, Touched::of(&existing)).await;
-    }
-
-    let started = start(op, request, lease, &target, "start").await;
-    if started.is_success() {
-        // A successful start carries its record; a child that broke that contract is a fault
-        // to report, not a reason to fail the workflow task.
-        return match started.record {
-            Some(record) => op.success(record.clone(), Touched::of(&record)).await,
-            None => {
-                let message = "start child succeeded without a record".to_owned();
-                op.failure(ErrorCode::Internal, message, Touched::of(&existing))
-                    .await
-            }
+    /// One lease over both children: the seed's `Handle` for a restart or a patch.
+    async fn run<W>(&self, op: &Op<'_, W>, lease: &LeaseToken) -> OperationOutput {
+        let game_id = &self.game_id;
+        let loaded = op.load_record(game_id).await;
+        let existing = match loaded {
+            Ok(Some(loaded)) => loaded.record,
+            Ok(None) => return op.record_missing(game_id).await,
+            Err(err) => return op.record_unreadable(err, Touched::default()).await,
         };
-    }
-    let code = started.error_code.unwrap_or(ErrorCode::Internal);
-    let cause = started.error_message.unwrap_or_default();
-    if !patching {
-        let message = format!("start after stop failed: {cause}; the runtime is stopped");
-        return op.failure(code, message, Touched::of(&existing)).await;
-    }
+        let Some(previous_image) = existing
+            .current_image_ref
+            .as_deref()
+            .and_then(|image| ImageRef::parse(image).ok())
+        else {
+            let message = "runtime record names no image to start".to_owned();
+            return op
+                .failure(ErrorCode::Internal, message, Touched::of(&existing))
+                .await;
+        };
+        let target = self
+            .image_ref
+            .clone()
+            .unwrap_or_else(|| previous_image.clone());
+        let patching = op.kind == OpKind::Patch;
+        if patching && existing.status == RuntimeStatus::Running && target == previous_image {
+            return op.replay_no_op(existing).await;
+        }
 
-    // Automatic rollback: bring the previous image back up.
-    let rolled_back = start(op, request, lease, &previous_image, "rollback").await;
-    let message = if rolled_back.is_success() {
-        format!(
-            "patch to {target} failed: {cause}; rolled back to {previous_image}, which is running"
+        let reason = if patching {
+            StopReason::Patch
+        } else {
+            StopReason::Restart
+        };
+        let stop = StopRequest {
+            lease_token: Some(lease.clone()),
+            ..StopRequest::new(
+                game_id.clone(),
+                reason,
+                self.op_source,
+                self.source_ref.clone(),
+            )
+        };
+        let stopped = child(
+            op,
+            StopRuntimeWorkflow::run,
+            "stop",
+            LifecycleRequest::Stop(stop),
         )
-    } else {
-        format!(
-            "patch to {target} failed: {cause}; rollback to {previous_image} failed too: {}; \
-             the runtime is stopped",
-            rolled_back.error_message.unwrap_or_default()
-        )
-    };
-    let touched = rolled_back
-        .record
-        .as_ref()
-        .map_or_else(|| Touched::of(&existing), Touched::of);
-    op.failure(code, message, touched).await
+        .await;
+        if !stopped.is_success() {
+            let code = stopped.error_code.unwrap_or(ErrorCode::Internal);
+            let message = format!("stop: {}", stopped.error_message.unwrap_or_default());
+            return op.failure(code, message, Touched::of(&existing)).await;
+        }
+
+        let started = start(op, self, lease, &target, "start").await;
+        if started.is_success() {
+            // A successful start carries its record; a child that broke that contract is a fault
+            // to report, not a reason to fail the workflow task.
+            return match started.record {
+                Some(record) => op.success(record.clone(), Touched::of(&record)).await,
+                None => {
+                    let message = "start child succeeded without a record".to_owned();
+                    op.failure(ErrorCode::Internal, message, Touched::of(&existing))
+                        .await
+                }
+            };
+        }
+        let code = started.error_code.unwrap_or(ErrorCode::Internal);
+        let cause = started.error_message.unwrap_or_default();
+        if !patching {
+            let message = format!("start after stop failed: {cause}; the runtime is stopped");
+            return op.failure(code, message, Touched::of(&existing)).await;
+        }
+
+        // Automatic rollback: bring the previous image back up.
+        let rolled_back = start(op, self, lease, &previous_image, "rollback").await;
+        let message = if rolled_back.is_success() {
+            format!(
+                "patch to {target} failed: {cause}; rolled back to {previous_image}, which is running"
+            )
+        } else {
+            format!(
+                "patch to {target} failed: {cause}; rollback to {previous_image} failed too: {}; \
+                 the runtime is stopped",
+                rolled_back.error_message.unwrap_or_default()
+            )
+        };
+        let touched = rolled_back
+            .record
+            .as_ref()
+            .map_or_else(|| Touched::of(&existing), Touched::of);
+        op.failure(code, message, touched).await
+    }
 }
 
 async fn start<W>(

@@ -21,188 +21,180 @@ use crate::{
         RemoveContainer, RemoveContainerInput, RemoveStaleContainers, UpdateStatusOutcome,
         CONTAINER_DISAPPEARED,
     },
-    operation::{Audit, Op, Touched, PLACE_ON_HOST, START_CHECKS_CONTAINER},
+    operation::{Handled, Op, Touched, PLACE_ON_HOST, START_CHECKS_CONTAINER},
     support::{short_digest, Cancel, StepFailure},
 };
 
 lifecycle_workflow!(
     /// The `StartRuntime` workflow.
-    StartRuntimeWorkflow("StartRuntime", OpKind::Start): StartRequest::from_json => start,
+    StartRuntimeWorkflow("StartRuntime", OpKind::Start): StartRequest::from_json,
     "Input: `{\"game_id\", \"image_ref\", \"op_source\", \"source_ref\"?, \"lease_token\"?, \"host\"?}`.",
 );
 
-/// The seed's `Handle` for a start: acquire, start, always release; or `Run` under an
-/// inherited lease.
-async fn start<W>(op: &mut Op<'_, W>, request: StartRequest) -> OperationOutput {
-    op.audit(Audit::of(&request, None));
-    let request = &request;
-    let (op, inherited) = (&*op, request.lease_token.as_ref());
-    op.under_lease(&request.game_id, inherited, |token| async move {
-        start_under_lease(op, request, &token).await
-    })
-    .await
-}
-
-async fn start_under_lease<W>(
-    op: &Op<'_, W>,
-    request: &StartRequest,
-    lease: &LeaseToken,
-) -> OperationOutput {
-    let game_id = &request.game_id;
-    let image = request.image_ref.as_str();
-    let touched = |container_id: Option<&str>| Touched {
-        container_id: container_id.map(str::to_owned),
-        image_ref: Some(image.to_owned()),
-        stop: None,
-    };
-    let loaded = op.load_record(game_id).await;
-    let existing = match loaded {
-        // Re-running after a crash that followed this operation's own write: finish it.
-        Ok(Some(loaded)) if loaded.written_by_this_operation => {
-            let record = loaded.record;
-            if let Some(kept) = record.current_container_id.clone() {
-                remove_stale_containers(op, game_id, kept.clone()).await;
-                return op.success(record, touched(Some(&kept))).await;
-            }
-            return op.success(record, touched(None)).await;
-        }
-        Ok(loaded) => loaded.map(|l| l.record),
-        Err(err) => return op.record_unreadable(err, touched(None)).await,
-    };
-    let mut existing = existing;
-    if let Some(record) = existing.clone() {
-        if record.status == RuntimeStatus::Running && op.ctx.patched(START_CHECKS_CONTAINER) {
-            // A `running` record is trusted only while its container runs: a crashed or removed
-            // one is repaired first (as the reconciler would), then the start goes on.
-            match repair_stale_running(op, lease, &record).await {
-                Ok(repaired) => existing = repaired,
-                Err(output) => return output,
-            }
-        }
+impl Handled for StartRequest {
+    fn inherited(&self) -> Option<&LeaseToken> {
+        self.lease_token.as_ref()
     }
-    if let Some(record) = &existing {
-        if record.status == RuntimeStatus::Running {
-            if let Some(asked) = request.host.as_ref().filter(|h| **h != record.host_id) {
+
+    /// Acquire (or inherit), start, always release: the seed's `Handle` for a start.
+    async fn run<W>(&self, op: &Op<'_, W>, lease: &LeaseToken) -> OperationOutput {
+        let game_id = &self.game_id;
+        let image = self.image_ref.as_str();
+        let touched = |container_id: Option<&str>| Touched {
+            container_id: container_id.map(str::to_owned),
+            image_ref: Some(image.to_owned()),
+            stop: None,
+        };
+        let loaded = op.load_record(game_id).await;
+        let existing = match loaded {
+            // Re-running after a crash that followed this operation's own write: finish it.
+            Ok(Some(loaded)) if loaded.written_by_this_operation => {
+                let record = loaded.record;
+                if let Some(kept) = record.current_container_id.clone() {
+                    remove_stale_containers(op, game_id, kept.clone()).await;
+                    return op.success(record, touched(Some(&kept))).await;
+                }
+                return op.success(record, touched(None)).await;
+            }
+            Ok(loaded) => loaded.map(|l| l.record),
+            Err(err) => return op.record_unreadable(err, touched(None)).await,
+        };
+        let mut existing = existing;
+        if let Some(record) = existing.clone() {
+            if record.status == RuntimeStatus::Running && op.ctx.patched(START_CHECKS_CONTAINER) {
+                // A `running` record is trusted only while its container runs: a crashed or removed
+                // one is repaired first (as the reconciler would), then the start goes on.
+                match repair_stale_running(op, lease, &record).await {
+                    Ok(repaired) => existing = repaired,
+                    Err(output) => return output,
+                }
+            }
+        }
+        if let Some(record) = &existing {
+            if record.status == RuntimeStatus::Running {
+                if let Some(asked) = self.host.as_ref().filter(|h| **h != record.host_id) {
+                    let message = format!(
+                        "game is running on host {}, not on host {asked}; start it without a host",
+                        record.host_id
+                    );
+                    return op
+                        .failure(ErrorCode::Conflict, message, Touched::of(record))
+                        .await;
+                }
+                if record.current_image_ref.as_deref() == Some(image) {
+                    return op.replay_no_op(record.clone()).await;
+                }
                 let message = format!(
-                    "game is running on host {}, not on host {asked}; start it without a host",
-                    record.host_id
+                    "game is running image {:?}; patch it to change its image",
+                    record.current_image_ref.as_deref().unwrap_or("")
                 );
                 return op
                     .failure(ErrorCode::Conflict, message, Touched::of(record))
                     .await;
             }
-            if record.current_image_ref.as_deref() == Some(image) {
-                return op.replay_no_op(record.clone()).await;
+        }
+
+        let host = if op.ctx.patched(PLACE_ON_HOST) {
+            match op.place(game_id, self.host.clone(), touched(None)).await {
+                Ok(route) => Some(route.host_id),
+                Err(output) => return output,
             }
-            let message = format!(
-                "game is running image {:?}; patch it to change its image",
-                record.current_image_ref.as_deref().unwrap_or("")
-            );
-            return op
-                .failure(ErrorCode::Conflict, message, Touched::of(record))
-                .await;
-        }
-    }
+        } else {
+            None
+        };
 
-    let host = if op.ctx.patched(PLACE_ON_HOST) {
-        match op.place(game_id, request.host.clone(), touched(None)).await {
-            Ok(route) => Some(route.host_id),
-            Err(output) => return output,
-        }
-    } else {
-        None
-    };
+        let name = format!("rtm-{}-{}", game_id, short_digest(&op.operation_id));
+        let ensured = op
+            .docker(
+                EnsureContainer,
+                EnsureContainerInput {
+                    game_id: game_id.clone(),
+                    image_ref: self.image_ref.clone(),
+                    name,
+                    lease: lease.clone(),
+                },
+                Cancel::WithWorkflow,
+                None,
+            )
+            .await;
+        let container_id = match ensured {
+            Ok(id) => {
+                op.note_container(&id);
+                id
+            }
+            Err(err) => {
+                let failure = StepFailure::from(err);
+                let code = failure.code_or(ErrorCode::ServiceUnavailable);
+                let message = format!("docker start: {}", failure.message);
+                return op.failure(code, message, touched(None)).await;
+            }
+        };
 
-    let name = format!("rtm-{}-{}", game_id, short_digest(&op.operation_id));
-    let ensured = op
-        .docker(
-            EnsureContainer,
-            EnsureContainerInput {
-                game_id: game_id.clone(),
-                image_ref: request.image_ref.clone(),
-                name,
-                lease: lease.clone(),
-            },
-            Cancel::WithWorkflow,
-        )
-        .await;
-    let container_id = match ensured {
-        Ok(id) => {
-            op.note_container(&id);
-            id
-        }
-        Err(err) => {
-            let failure = StepFailure::from(err);
-            let code = failure.code_or(ErrorCode::ServiceUnavailable);
-            let message = format!("docker start: {}", failure.message);
-            return op.failure(code, message, touched(None)).await;
-        }
-    };
-
-    let recorded = op
-        .step(
-            RecordRunning,
-            RecordRunningInput {
-                game_id: game_id.clone(),
-                operation_id: op.operation_id.clone(),
-                fence: lease.fence().unwrap_or_default(),
-                lease: Some(lease.clone()),
-                container_id: container_id.clone(),
-                image_ref: request.image_ref.clone(),
-                host_id: host,
-            },
-            // The container runs: record it even if the caller gave up meanwhile.
-            Cancel::Detached,
-        )
-        .await
-        .map_err(StepFailure::from);
-    match recorded {
-        Ok(UpdateStatusOutcome::Updated { record }) => {
-            // The superseded container, and any other this game may have left behind.
-            remove_stale_containers(op, game_id, container_id.clone()).await;
-            op.success(record, touched(Some(&container_id))).await
-        }
-        Ok(
-            outcome @ (UpdateStatusOutcome::Conflict { .. }
-            | UpdateStatusOutcome::Fenced { .. }
-            | UpdateStatusOutcome::LeaseLost),
-        ) => {
-            // Never leave a container nobody records.
-            remove_container(op, game_id, container_id.clone()).await;
-            let message = match outcome {
-                UpdateStatusOutcome::Fenced { .. } => {
-                    "the game's lease expired during the start and a newer operation wrote the \
-                     record; this stale write was refused and its container removed"
-                        .to_owned()
-                }
-                UpdateStatusOutcome::LeaseLost => {
-                    "the game's lease is no longer held by this operation (it expired, and \
-                     another operation may hold it); this stale write was refused and its \
-                     container removed"
-                        .to_owned()
-                }
-                _ => "the runtime record changed during the start; its container was removed"
-                    .to_owned(),
-            };
-            op.failure(ErrorCode::Conflict, message, touched(Some(&container_id)))
-                .await
-        }
-        Ok(UpdateStatusOutcome::NotFound) => {
-            remove_container(op, game_id, container_id.clone()).await;
-            let message = "the runtime record could not be written".to_owned();
-            op.failure(ErrorCode::Internal, message, touched(Some(&container_id)))
-                .await
-        }
-        Err(failure) => {
-            // The write may or may not have committed: keep the container (the record may name
-            // it) and say so.
-            let code = failure.code_or(ErrorCode::Internal);
-            let message = format!(
-                "record running: {} (container {container_id} left in place)",
-                failure.message
-            );
-            op.failure(code, message, touched(Some(&container_id)))
-                .await
+        let recorded = op
+            .step(
+                RecordRunning,
+                RecordRunningInput {
+                    game_id: game_id.clone(),
+                    operation_id: op.operation_id.clone(),
+                    fence: lease.fence().unwrap_or_default(),
+                    lease: Some(lease.clone()),
+                    container_id: container_id.clone(),
+                    image_ref: self.image_ref.clone(),
+                    host_id: host,
+                },
+                // The container runs: record it even if the caller gave up meanwhile.
+                Cancel::Detached,
+            )
+            .await
+            .map_err(StepFailure::from);
+        match recorded {
+            Ok(UpdateStatusOutcome::Updated { record }) => {
+                // The superseded container, and any other this game may have left behind.
+                remove_stale_containers(op, game_id, container_id.clone()).await;
+                op.success(record, touched(Some(&container_id))).await
+            }
+            Ok(
+                outcome @ (UpdateStatusOutcome::Conflict { .. }
+                | UpdateStatusOutcome::Fenced { .. }
+                | UpdateStatusOutcome::LeaseLost),
+            ) => {
+                // Never leave a container nobody records.
+                remove_container(op, game_id, container_id.clone()).await;
+                let message = match outcome {
+                    UpdateStatusOutcome::Fenced { .. } => {
+                        "the game's lease expired during the start and a newer operation wrote the \
+                         record; this stale write was refused and its container removed"
+                            .to_owned()
+                    }
+                    UpdateStatusOutcome::LeaseLost => {
+                        "the game's lease is no longer held by this operation (it expired, and \
+                         another operation may hold it); this stale write was refused and its \
+                         container removed"
+                            .to_owned()
+                    }
+                    _ => "the runtime record changed during the start; its container was removed"
+                        .to_owned(),
+                };
+                op.failure(ErrorCode::Conflict, message, touched(Some(&container_id)))
+                    .await
+            }
+            Ok(UpdateStatusOutcome::NotFound) => {
+                remove_container(op, game_id, container_id.clone()).await;
+                let message = "the runtime record could not be written".to_owned();
+                op.failure(ErrorCode::Internal, message, touched(Some(&container_id)))
+                    .await
+            }
+            Err(failure) => {
+                // The write may or may not have committed: keep the container (the record may name
+                // it) and say so.
+                let code = failure.code_or(ErrorCode::Internal);
+                let message = format!(
+                    "record running: {} (container {container_id} left in place)",
+                    failure.message
+                );
+                op.failure(code, message, touched(Some(&container_id)))
+                    .await
+            }
         }
     }
 }
@@ -214,7 +206,7 @@ async fn remove_stale_containers<W>(op: &Op<'_, W>, game_id: &GameId, keep: Stri
         container_id: keep,
     };
     let _ = op
-        .docker(RemoveStaleContainers, input, Cancel::Detached)
+        .docker(RemoveStaleContainers, input, Cancel::Detached, None)
         .await;
 }
 
@@ -224,7 +216,9 @@ async fn remove_container<W>(op: &Op<'_, W>, game_id: &GameId, container_id: Str
         game_id: game_id.clone(),
         container_id,
     };
-    let _ = op.docker(RemoveContainer, input, Cancel::Detached).await;
+    let _ = op
+        .docker(RemoveContainer, input, Cancel::Detached, None)
+        .await;
 }
 
 /// A `running` record whose container no longer runs, repaired before a start: `stopped` (and
@@ -246,6 +240,7 @@ async fn repair_stale_running<W>(
                 container_id: container_id.clone(),
             },
             Cancel::WithWorkflow,
+            None,
         )
         .await;
     let (to, event) = match inspected {

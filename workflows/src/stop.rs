@@ -21,135 +21,135 @@ use crate::{
         ContainerStopOutcome, HealthEvent, LoadedRecord, PublishHealth, StopContainer,
         StopContainerInput, UpdateStatusOutcome, CONTAINER_DISAPPEARED,
     },
-    operation::{Audit, Op, Touched},
+    operation::{Handled, Op, Touched},
     support::{workflow_now, Cancel, StepFailure},
 };
 
 lifecycle_workflow!(
     /// The `StopRuntime` workflow. Registered with a factory that carries the worker's
     /// [`crate::StepSettings`] (the `Default` is for replay tests and tools).
-    StopRuntimeWorkflow("StopRuntime", OpKind::Stop): StopRequest::from_json => stop,
+    StopRuntimeWorkflow("StopRuntime", OpKind::Stop): StopRequest::from_json,
     "Input: `{\"game_id\", \"reason\", \"op_source\", \"source_ref\"?, \"lease_token\"?, \"timeout_secs\"?, \"signal\"?}` as raw JSON.",
 );
 
-/// The seed's `Handle`: acquire (or inherit) the lease, run under it, always release.
-async fn stop<W>(op: &mut Op<'_, W>, request: StopRequest) -> OperationOutput {
-    op.audit(Audit::of(&request, Some(request.reason.as_str())));
-    let (op, request) = (&*op, &request);
-    let inherited = request.lease_token.as_ref();
-    op.under_lease(&request.game_id, inherited, |token| async move {
-        run_under_lease(op, request, &token).await
-    })
-    .await
-}
-
-/// The seed's `runUnderLease`: load, branch on status, stop, compare-and-swap.
-async fn run_under_lease<W>(
-    op: &Op<'_, W>,
-    request: &StopRequest,
-    lease: &LeaseToken,
-) -> OperationOutput {
-    let game_id = &request.game_id;
-    let loaded = op.load_record(game_id).await;
-    let existing = match loaded {
-        // Re-running after a crash that followed this operation's own write: finish as the
-        // first run would have (the health event is published at most once per operation).
-        Ok(Some(loaded)) if loaded.written_by_this_operation => {
-            return finish_own_write(op, request, loaded).await
-        }
-        Ok(Some(loaded)) => loaded.record,
-        Ok(None) => return op.record_missing(game_id).await,
-        Err(err) => return op.record_unreadable(err, Touched::default()).await,
-    };
-
-    match existing.status {
-        RuntimeStatus::Stopped | RuntimeStatus::Removed => return op.replay_no_op(existing).await,
-        RuntimeStatus::Running => {}
+impl Handled for StopRequest {
+    fn reason(&self) -> Option<&str> {
+        Some(self.reason.as_str())
     }
-    let Some(container_id) = existing.current_container_id.clone() else {
-        let message = "runtime record is running but names no container".to_string();
-        return op
-            .failure(ErrorCode::Internal, message, Touched::of(&existing))
-            .await;
-    };
 
-    op.note_container(&container_id);
-    // The container's label may ask for any timeout up to the maximum: without a requested
-    // one, the attempt allows for the longest.
-    let grace = request.timeout_secs.map_or_else(
-        || Duration::from_secs(STOP_TIMEOUT_MAX_SECS.into()).max(op.settings.graceful_stop_timeout),
-        |secs| Duration::from_secs(secs.into()),
-    );
-    let stopped = op
-        .docker_waiting(
-            StopContainer,
-            StopContainerInput {
-                game_id: game_id.clone(),
-                container_id: container_id.clone(),
-                lease: lease.clone(),
-                timeout_secs: request.timeout_secs,
-                signal: request.signal,
-            },
-            Cancel::WithWorkflow,
-            grace,
-        )
-        .await;
-    let report = match stopped {
-        Ok(ContainerStopOutcome::StoppedAs(report)) => Some(report),
-        Ok(ContainerStopOutcome::Stopped | ContainerStopOutcome::AlreadyStopped) => None,
-        Ok(ContainerStopOutcome::Vanished) => {
-            return handle_vanished(op, request, lease, existing, container_id).await
+    fn inherited(&self) -> Option<&LeaseToken> {
+        self.lease_token.as_ref()
+    }
+
+    /// The seed's `runUnderLease`: load, branch on status, stop, compare-and-swap.
+    async fn run<W>(&self, op: &Op<'_, W>, lease: &LeaseToken) -> OperationOutput {
+        let game_id = &self.game_id;
+        let loaded = op.load_record(game_id).await;
+        let existing = match loaded {
+            // Re-running after a crash that followed this operation's own write: finish as the
+            // first run would have (the health event is published at most once per operation).
+            Ok(Some(loaded)) if loaded.written_by_this_operation => {
+                return finish_own_write(op, self, loaded).await
+            }
+            Ok(Some(loaded)) => loaded.record,
+            Ok(None) => return op.record_missing(game_id).await,
+            Err(err) => return op.record_unreadable(err, Touched::default()).await,
+        };
+
+        match existing.status {
+            RuntimeStatus::Stopped | RuntimeStatus::Removed => {
+                return op.replay_no_op(existing).await
+            }
+            RuntimeStatus::Running => {}
         }
-        Err(err) => {
-            let failure = StepFailure::from(err);
-            let code = failure.code_or(ErrorCode::ServiceUnavailable);
-            // The lease went while Docker worked. Under a workflow task that timed out and
-            // ran again (an overloaded worker), the other holder may be this very operation's
-            // first run, which finished the stop: then finish as it did.
-            if code == ErrorCode::Conflict && op.ctx.patched(RECHECK_OWN_WRITE) {
-                if let Ok(Some(loaded)) = op.load_record(game_id).await {
-                    if loaded.written_by_this_operation {
-                        return finish_own_write(op, request, loaded).await;
+        let Some(container_id) = existing.current_container_id.clone() else {
+            let message = "runtime record is running but names no container".to_string();
+            return op
+                .failure(ErrorCode::Internal, message, Touched::of(&existing))
+                .await;
+        };
+
+        op.note_container(&container_id);
+        // The container's label may ask for any timeout up to the maximum: without a requested
+        // one, the attempt allows for the longest.
+        let grace = self.timeout_secs.map_or_else(
+            || {
+                Duration::from_secs(STOP_TIMEOUT_MAX_SECS.into())
+                    .max(op.settings.graceful_stop_timeout)
+            },
+            |secs| Duration::from_secs(secs.into()),
+        );
+        let stopped = op
+            .docker(
+                StopContainer,
+                StopContainerInput {
+                    game_id: game_id.clone(),
+                    container_id: container_id.clone(),
+                    lease: lease.clone(),
+                    timeout_secs: self.timeout_secs,
+                    signal: self.signal,
+                },
+                Cancel::WithWorkflow,
+                Some(grace),
+            )
+            .await;
+        let report = match stopped {
+            Ok(ContainerStopOutcome::StoppedAs(report)) => Some(report),
+            Ok(ContainerStopOutcome::Stopped | ContainerStopOutcome::AlreadyStopped) => None,
+            Ok(ContainerStopOutcome::Vanished) => {
+                return handle_vanished(op, self, lease, existing, container_id).await
+            }
+            Err(err) => {
+                let failure = StepFailure::from(err);
+                let code = failure.code_or(ErrorCode::ServiceUnavailable);
+                // The lease went while Docker worked. Under a workflow task that timed out and
+                // ran again (an overloaded worker), the other holder may be this very operation's
+                // first run, which finished the stop: then finish as it did.
+                if code == ErrorCode::Conflict && op.ctx.patched(RECHECK_OWN_WRITE) {
+                    if let Ok(Some(loaded)) = op.load_record(game_id).await {
+                        if loaded.written_by_this_operation {
+                            return finish_own_write(op, self, loaded).await;
+                        }
                     }
                 }
+                let message = format!("docker stop: {}", failure.message);
+                return op.failure(code, message, Touched::of(&existing)).await;
             }
-            let message = format!("docker stop: {}", failure.message);
-            return op.failure(code, message, Touched::of(&existing)).await;
-        }
-    };
-    let touched = Touched::of(&existing).stopped(report);
+        };
+        let touched = Touched::of(&existing).stopped(report);
 
-    let from = (existing.status, container_id);
-    // The container is already stopped: record it even if the caller gave up meanwhile.
-    let updated = op
-        .update_status(
-            game_id,
-            from,
-            RuntimeStatus::Stopped,
-            lease,
-            Cancel::Detached,
-        )
-        .await;
-    match updated {
-        Ok(UpdateStatusOutcome::Updated { record }) => op.success(record, touched).await,
-        // CAS race: a concurrent reconciler or restart moved the record first; the desired
-        // terminal state was reached by another path.
-        Ok(UpdateStatusOutcome::Conflict { current }) => op.replay_no_op(current).await,
-        Ok(refused @ (UpdateStatusOutcome::Fenced { .. } | UpdateStatusOutcome::LeaseLost)) => {
-            let message = stale_write_message(&refused);
-            op.failure(ErrorCode::Conflict, message, touched).await
-        }
-        Ok(UpdateStatusOutcome::NotFound) => {
-            let message = format!(
-                "runtime record for game {:?} vanished mid-stop",
-                game_id.as_str()
-            );
-            op.failure(ErrorCode::NotFound, message, touched).await
-        }
-        Err(failure) => {
-            let code = failure.code_or(ErrorCode::Internal);
-            let message = format!("update runtime status: {}", failure.message);
-            op.failure(code, message, touched).await
+        let from = (existing.status, container_id);
+        // The container is already stopped: record it even if the caller gave up meanwhile.
+        let updated = op
+            .update_status(
+                game_id,
+                from,
+                RuntimeStatus::Stopped,
+                lease,
+                Cancel::Detached,
+            )
+            .await;
+        match updated {
+            Ok(UpdateStatusOutcome::Updated { record }) => op.success(record, touched).await,
+            // CAS race: a concurrent reconciler or restart moved the record first; the desired
+            // terminal state was reached by another path.
+            Ok(UpdateStatusOutcome::Conflict { current }) => op.replay_no_op(current).await,
+            Ok(refused @ (UpdateStatusOutcome::Fenced { .. } | UpdateStatusOutcome::LeaseLost)) => {
+                let message = stale_write_message(&refused);
+                op.failure(ErrorCode::Conflict, message, touched).await
+            }
+            Ok(UpdateStatusOutcome::NotFound) => {
+                let message = format!(
+                    "runtime record for game {:?} vanished mid-stop",
+                    game_id.as_str()
+                );
+                op.failure(ErrorCode::NotFound, message, touched).await
+            }
+            Err(failure) => {
+                let code = failure.code_or(ErrorCode::Internal);
+                let message = format!("update runtime status: {}", failure.message);
+                op.failure(code, message, touched).await
+            }
         }
     }
 }
