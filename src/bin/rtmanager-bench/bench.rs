@@ -253,6 +253,20 @@ impl MassSummary {
     }
 }
 
+/// Single stops, HTTP and bollard alternating, and what the HTTP ones cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct SingleSummary {
+    /// Through the HTTP bridge.
+    pub http: Percentiles,
+    /// Bare bollard stops.
+    pub bollard: Percentiles,
+    /// HTTP p50 over bollard p50: what durability costs a stop.
+    pub ratio_p50: f64,
+    /// CPU the worker process (bridge and worker) spent per HTTP stop, from the request to
+    /// the container's removal; then the same for the Temporal server, when it runs here.
+    pub cpu_ms: [Option<f64>; 2],
+}
+
 /// The whole report (`--json` prints it as is).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -260,17 +274,8 @@ pub struct Report {
     pub machine: String,
     /// Docker network mode of the bench containers.
     pub network: String,
-    /// Single stops through the HTTP bridge.
-    pub single_http: Percentiles,
-    /// Single bare bollard stops, alternating with the HTTP ones.
-    pub single_bollard: Percentiles,
-    /// HTTP p50 over bollard p50: what durability costs a stop.
-    pub single_ratio_p50: f64,
-    /// CPU the worker process (bridge and worker) spent per measured single stop through HTTP,
-    /// from the request to the container's removal.
-    pub single_worker_cpu_ms: Option<f64>,
-    /// The same for the Temporal server, when it runs on this machine.
-    pub single_temporal_cpu_ms: Option<f64>,
+    /// One stop at a time, each side in turn.
+    pub single: SingleSummary,
     /// Stops of already stopped games through HTTP (`replay_no_op`): orchestration alone.
     pub replay_http: Percentiles,
     /// Games in each mass run.
@@ -460,14 +465,15 @@ impl Bench {
         Ok(Report {
             machine: machine(),
             network: self.options.network.clone(),
-            single_ratio_p50: single_http.p50_ms / single_bollard.p50_ms,
-            single_http,
-            single_bollard,
+            single: SingleSummary {
+                ratio_p50: single_http.p50_ms / single_bollard.p50_ms,
+                http: single_http,
+                bollard: single_bollard,
+                cpu_ms: [single_worker_cpu_ms, single_temporal_cpu_ms],
+            },
             replay_http: percentiles(&replay),
             mass_games: self.options.mass,
             mass: MassSummary::of(mass_runs),
-            single_worker_cpu_ms,
-            single_temporal_cpu_ms,
             two_host,
             crash_detection: self.crash_detection().await?,
             growth: self.growth(pid).await?,
@@ -1104,17 +1110,17 @@ pub fn table(report: &Report) -> String {
         format!("{name:<42} {a:>18} {b:>18} {ratio:>9}   {target}\n")
     };
     out.push_str(&row(
-        &format!("single stop p50, ms (n={})", r.single_http.samples),
-        format!("{:.1}", r.single_http.p50_ms),
-        format!("{:.1}", r.single_bollard.p50_ms),
-        format!("{:.2}x", r.single_ratio_p50),
+        &format!("single stop p50, ms (n={})", r.single.http.samples),
+        format!("{:.1}", r.single.http.p50_ms),
+        format!("{:.1}", r.single.bollard.p50_ms),
+        format!("{:.2}x", r.single.ratio_p50),
         "<= 1.25x",
     ));
     out.push_str(&row(
         "single stop p95, ms",
-        format!("{:.1}", r.single_http.p95_ms),
-        format!("{:.1}", r.single_bollard.p95_ms),
-        format!("{:.2}x", r.single_http.p95_ms / r.single_bollard.p95_ms),
+        format!("{:.1}", r.single.http.p95_ms),
+        format!("{:.1}", r.single.bollard.p95_ms),
+        format!("{:.2}x", r.single.http.p95_ms / r.single.bollard.p95_ms),
         "",
     ));
     out.push_str(&row(
@@ -1130,14 +1136,14 @@ pub fn table(report: &Report) -> String {
     mass_section(&mut out, &heading, &r.mass, targets, &row);
     out.push_str(&row(
         "CPU per single stop, ms: worker",
-        opt(r.single_worker_cpu_ms, 2),
+        opt(r.single.cpu_ms[0], 2),
         "-".into(),
         "".into(),
         "",
     ));
     out.push_str(&row(
         "CPU per single stop, ms: Temporal",
-        opt(r.single_temporal_cpu_ms, 2),
+        opt(r.single.cpu_ms[1], 2),
         "-".into(),
         "".into(),
         "",
