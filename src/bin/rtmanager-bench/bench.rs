@@ -63,7 +63,6 @@ use bollard::{
 use futures::{future::BoxFuture, stream, FutureExt, Stream, StreamExt};
 use secrecy::ExposeSecret;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use rtmanager_activities::store::Store;
 use rtmanager_domain::{GameId, HostId};
@@ -337,6 +336,20 @@ struct Bench {
     store: Store,
     run_id: String,
     token: String,
+    http: HttpClient,
+}
+
+/// A pooled HTTP/1.1 client of the bridge.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<hyper::body::Bytes>,
+>;
+
+fn http_client() -> HttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
 }
 
 /// A bollard client for `endpoint` (`unix://...` or `tcp://...`), with a timeout that covers a
@@ -380,6 +393,7 @@ pub async fn run(config: &Config, options: BenchOptions) -> anyhow::Result<Repor
         store: Store::new(config.database_url.expose_secret(), 4)?,
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
         token,
+        http: http_client(),
     };
     let probe = bench.post("/healthz", "GET", "").await;
     anyhow::ensure!(
@@ -912,7 +926,7 @@ impl Bench {
         Ok(started.elapsed())
     }
 
-    /// A minimal HTTP/1.1 exchange on a fresh loopback connection.
+    /// One request to the bridge: its status and body.
     async fn post(&self, path: &str, method: &str, body: &str) -> anyhow::Result<(u16, String)> {
         self.request(path, method, body, None).await
     }
@@ -925,30 +939,20 @@ impl Bench {
         body: &str,
         request_id: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(self.config.http_addr).await?;
-        stream.set_nodelay(true)?;
-        let request_id = request_id.map_or(String::new(), |id| format!("X-Request-Id: {id}\r\n"));
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n{request_id}\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.config.http_addr,
-            self.token,
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response);
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_owned();
-        Ok((status, body))
+        use http_body_util::BodyExt;
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.config.http_addr))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json");
+        if let Some(id) = request_id {
+            request = request.header("x-request-id", id);
+        }
+        let body = http_body_util::Full::new(hyper::body::Bytes::from(body.to_owned()));
+        let response = self.http.request(request.body(body)?).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// Removes every container and record this run created.
