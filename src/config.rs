@@ -113,6 +113,10 @@ pub struct Config {
     /// lifecycle workflow; the worker registers missing ones at start (or refuses to start).
     #[arg(long, env = "RTMANAGER_SEARCH_ATTRIBUTES", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
     pub search_attributes: bool,
+    /// Give every workflow step its input (lease secrets left out) as the summary the Temporal
+    /// Web UI shows.
+    #[arg(long, env = "RTMANAGER_STEP_SUMMARIES", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
+    pub step_summaries: bool,
     /// Follow the host's Docker events and publish crashes (`container_exited`,
     /// `container_oom`) that no operation caused.
     #[arg(long, env = "RTMANAGER_WATCH_EVENTS", default_value = "true", value_parser = flag, action = clap::ArgAction::Set)]
@@ -401,6 +405,7 @@ impl Config {
             lease_lock_delay: self.lease_lock_delay,
             host_wait: self.host_wait,
             search_attributes: self.search_attributes,
+            step_summaries: self.step_summaries,
             ..StepSettings::default()
         }
     }

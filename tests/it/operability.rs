@@ -440,3 +440,28 @@ async fn the_web_ui_tells_an_operation_without_the_logs() {
         "{summaries:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_summaries_can_be_turned_off() {
+    let mut app = TestApp::spawn_with(|config| config.step_summaries = false).await;
+    let bridge = app.spawn_bridge().await;
+    let (game, _container) = app.running_game("nosum").await;
+    let body = r#"{"reason":"finished"}"#;
+    bridge
+        .operate_ok("stop", &game, Some("nosum-1"), body)
+        .await;
+    // The steps ran with no summary (a step's is its input, a JSON object); the workflow
+    // keeps its own.
+    let workflow_id = format!("req-stop-{game}-nosum-1");
+    let summaries = step_summaries(&app, &workflow_id);
+    assert!(
+        summaries.iter().all(|s| !s.starts_with('{')),
+        "{summaries:?}"
+    );
+    let described = temporal_json(&app, &["workflow", "describe", "-w", &workflow_id]);
+    let summary = &described["executionConfig"]["userMetadata"]["summary"];
+    assert!(
+        summary.as_str().is_some_and(|s| s.starts_with("stop ")),
+        "{described}"
+    );
+}

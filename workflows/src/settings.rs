@@ -40,6 +40,9 @@ pub struct StepSettings {
     /// Set the `GameId`, `OpKind`, `OpSource` and `Outcome` search attributes (registered on
     /// the namespace: the worker checks at start).
     pub search_attributes: bool,
+    /// Give every step its input as its summary, which the Web UI shows (lease secrets left
+    /// out); costs up to 200 characters of history per step.
+    pub step_summaries: bool,
 }
 
 impl Default for StepSettings {
@@ -54,6 +57,7 @@ impl Default for StepSettings {
             lease_lock_delay: Duration::from_secs(5),
             host_wait: Duration::from_secs(30),
             search_attributes: true,
+            step_summaries: true,
         }
     }
 }

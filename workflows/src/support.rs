@@ -94,6 +94,8 @@ pub struct StepShape<'q> {
     docker: bool,
     /// Another host's task queue, and how long its worker may take to pick the step up.
     remote: Option<(&'q str, Duration)>,
+    /// Give the step its input as its summary (`StepSettings::step_summaries`).
+    summary: bool,
 }
 
 impl StepShape<'static> {
@@ -114,6 +116,7 @@ impl StepShape<'static> {
             cancel,
             docker: false,
             remote: None,
+            summary: settings.step_summaries,
         }
     }
 }
@@ -142,6 +145,7 @@ impl<'q> StepShape<'q> {
             cancel,
             docker: true,
             remote: remote.map(|queue| (queue, settings.host_wait)),
+            summary: settings.step_summaries,
         }
     }
 }
@@ -199,7 +203,7 @@ pub async fn run_step<W, AD: Step>(
         Cancel::WithWorkflow => None,
         Cancel::Detached => Some(WorkflowCancellationToken::new()),
     };
-    let summary = step_summary(&input);
+    let summary = shape.summary.then(|| step_summary(&input)).flatten();
     let attempt_timeout = shape.attempt_timeout;
     let future = if shape.local {
         let try_cancel = temporalio_workflow::ActivityCancellationType::TryCancel;

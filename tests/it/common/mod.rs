@@ -1150,6 +1150,7 @@ pub fn rtmanager_command(config: &Config) -> Command {
         ("WATCH_EVENTS", config.watch_events.to_string()),
         ("METRICS_ADDR", metrics_addr.unwrap_or_default()),
         ("SEARCH_ATTRIBUTES", config.search_attributes.to_string()),
+        ("STEP_SUMMARIES", config.step_summaries.to_string()),
         ("REMOVE_ORPHANS", config.remove_orphans.to_string()),
         ("ORPHAN_GRACE_SECS", secs(config.orphan_grace)),
         ("RESTART_ON_CRASH", config.restart_on_crash.to_string()),
