@@ -59,8 +59,7 @@ async fn operate(
                     given,
                 },
             ),
-            // A stop asked to wait long for its game's process gets that long on top.
-            state.wait + request_grace(&request),
+            bridge_wait(state.wait, request_grace(&request)),
         ),
         Err(response) => return with_id(*response),
     };
@@ -102,6 +101,15 @@ async fn operate(
         }
     };
     with_id(response)
+}
+
+/// How long a request holds its connection: the usual wait plus the time the game's process
+/// may take (a stop's requested timeout), at most twice the usual wait, so that a stop asked
+/// to wait an hour does not hold a connection (and whatever proxy is in between) for an hour.
+/// A longer operation answers 503 "still running", and a retry with the same `X-Request-Id`
+/// joins it.
+fn bridge_wait(usual: std::time::Duration, grace: std::time::Duration) -> std::time::Duration {
+    usual + grace.min(usual)
 }
 
 /// How long the game's process may be waited for beyond the usual: a stop's requested timeout.
@@ -211,4 +219,19 @@ async fn parse_operation(
     let bytes = Value::Object(input).to_string();
     LifecycleRequest::from_json(kind, bytes.as_bytes())
         .map_err(|invalid| reject(StatusCode::BAD_REQUEST, invalid.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_requested_timeout_extends_the_wait_up_to_twice_the_usual() {
+        let usual = Duration::from_secs(120);
+        let wait = |grace| super::bridge_wait(usual, Duration::from_secs(grace));
+        assert_eq!(wait(0), usual);
+        assert_eq!(wait(30), Duration::from_secs(150));
+        assert_eq!(wait(120), Duration::from_secs(240));
+        assert_eq!(wait(3600), Duration::from_secs(240));
+    }
 }
