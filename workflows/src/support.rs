@@ -377,6 +377,66 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_step_summary_carries_a_lease_secret() {
+        use crate::contract::*;
+        use rtmanager_domain::{GameId, ImageRef, LeaseToken, RuntimeStatus};
+        let game_id = GameId::parse("g-1").unwrap();
+        let lease = LeaseToken::parse("1795779568187930:S3CRET").unwrap();
+        let image_ref = ImageRef::parse("game:1").unwrap();
+        // Every step input that holds a secret or a lease token.
+        let summaries = [
+            step_summary(&AcquireLeaseInput {
+                game_id: game_id.clone(),
+                secret: "S3CRET".into(),
+            }),
+            step_summary(&CheckLeaseInput {
+                game_id: game_id.clone(),
+                token: lease.clone(),
+            }),
+            step_summary(&ReleaseLeaseInput {
+                game_id: game_id.clone(),
+                token: lease.clone(),
+            }),
+            step_summary(&StopContainerInput {
+                game_id: game_id.clone(),
+                container_id: "c".into(),
+                lease: lease.clone(),
+                timeout_secs: Some(5),
+                signal: None,
+            }),
+            step_summary(&EnsureContainerInput {
+                game_id: game_id.clone(),
+                image_ref: image_ref.clone(),
+                name: "n".into(),
+                lease: lease.clone(),
+            }),
+            step_summary(&RecordRunningInput {
+                game_id: game_id.clone(),
+                operation_id: "op".into(),
+                fence: 1,
+                lease: Some(lease.clone()),
+                container_id: "c".into(),
+                image_ref,
+                host_id: None,
+            }),
+            step_summary(&UpdateStatusInput {
+                game_id: game_id.clone(),
+                operation_id: "op".into(),
+                expected_from: RuntimeStatus::Running,
+                expected_container_id: Some("c".into()),
+                to: RuntimeStatus::Stopped,
+                fence: 1,
+                lease: Some(lease),
+            }),
+        ];
+        for summary in summaries {
+            let summary = summary.expect("a summary");
+            assert!(summary.contains("g-1"), "{summary}");
+            assert!(!summary.contains("S3CRET"), "{summary}");
+        }
+    }
+
+    #[test]
     fn a_workflow_input_must_be_one_json_payload() {
         let one = json_input(&serde_json::json!({"game_id": "g"}));
         assert_eq!(request_bytes(&one).unwrap(), br#"{"game_id":"g"}"#);
