@@ -117,11 +117,28 @@ fn main() -> ExitCode {
 
 async fn async_main() -> ExitCode {
     init_logging();
+    tokio::spawn(return_freed_memory());
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(err) => {
             eprintln!("rtmanager: {err:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// glibc keeps what a process freed for reuse: after a burst (a thousand stops at once) the
+/// worker would hold its peak for good. Handing the free pages back every 30 s lets its RSS
+/// follow what it holds now (`rtmanager bench`'s peak RSS per run, Performance in the README).
+async fn return_freed_memory() {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        // SAFETY: malloc_trim only returns free pages to the kernel; it takes the allocator's
+        // own locks.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }
